@@ -1,0 +1,448 @@
+"""Image sources: folders, manifests and in-memory tensors, all yielding the same records.
+
+Every source yields :class:`Record` objects ``(id, image, label, metadata, error)``:
+
+- ``image`` is a float tensor ``(3, H, W)`` with RGB pixels in ``[0, 1]`` (every PIL mode is decoded to RGB;
+  alpha is composited over white; 16-bit and float images are scaled, not clipped);
+- ``label`` is a class index or ``None``;
+- a file that cannot be read or decoded gives a record with ``image=None`` and ``error`` set to the reason. It never
+  raises: a bad sample in a large run is recorded and the run goes on.
+
+:func:`open_source` turns a command-line string into a source; :func:`iter_batches` groups records into stacked
+batches with a bounded memory footprint (one batch of decoded images at a time).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch import Tensor
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Batch",
+    "DataSourceError",
+    "FlatFolder",
+    "ImageFolder",
+    "ImageSource",
+    "Manifest",
+    "Record",
+    "TensorSource",
+    "decode_image",
+    "iter_batches",
+    "open_source",
+]
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                              ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k"})
+
+
+class DataSourceError(ValueError):
+    """A data source cannot be opened at all (missing folder, malformed manifest); per-file problems are records."""
+
+
+@dataclass
+class Record:
+    """One sample: ``image`` is ``(3, H, W)`` float in ``[0, 1]``, or ``None`` with ``error`` saying why."""
+
+    id: str
+    image: Tensor | None
+    label: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any PIL image → float32 array (H, W, 3) in [0, 1]."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float32)
+        scale = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        grey = np.clip(arr / scale, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(img).astype(np.float32)
+        if arr.size and (arr.min() < 0 or arr.max() > 1):
+            arr = arr / 255.0
+        grey = np.clip(np.nan_to_num(arr), 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    elif mode != "RGB":
+        img = img.convert("RGB")  # L, 1, CMYK, YCbCr, HSV, RGBX, ...
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def decode_image(source: str | Path | bytes | Image.Image) -> Tensor:
+    """Decode a file path, raw bytes or PIL image into a ``(3, H, W)`` float tensor in ``[0, 1]``.
+
+    Applies the EXIF orientation. Raises ``ValueError`` with the reason when the data is not a readable image
+    (image sources turn that into an error record).
+    """
+    import io
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(source, Image.Image):
+                img = source
+            else:
+                if isinstance(source, (str, Path)) and Path(source).stat().st_size == 0:
+                    raise ValueError("the file is empty (0 bytes)")
+                img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            img.load()  # force the full decode here: truncated files fail now, not later
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # broken EXIF must not lose an otherwise good image
+                pass
+            array = _to_rgb_array(img)
+    except ValueError:
+        raise
+    except FileNotFoundError:
+        raise ValueError("the file does not exist") from None
+    except Exception as exc:  # PIL raises many types: UnidentifiedImageError, OSError (truncated), SyntaxError...
+        raise ValueError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"decoded to an empty image of shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _file_record(path: Path, rid: str, label: int | None, metadata: dict[str, Any]) -> Record:
+    try:
+        return Record(rid, decode_image(path), label, metadata)
+    except ValueError as exc:
+        return Record(rid, None, label, metadata, error=f"{path}: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+class ImageSource:
+    """Base class: an iterable of :class:`Record`, with ``len()`` and optional ``class_names``."""
+
+    class_names: list[str] | None = None
+
+    def __iter__(self) -> Iterator[Record]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": type(self).__name__, "size": len(self), "class_names": self.class_names}
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+class ImageFolder(ImageSource):
+    """``root/<class name>/<image>``: labels are the indices of the sorted sub-folder names.
+
+    Files with an image extension are listed (recursively inside each class folder); each file is decoded only
+    when iterated. ``class_names`` can be given to fix the label order (e.g. the model's own class list);
+    sub-folders not in it are refused.
+    """
+
+    def __init__(self, root: str | Path, class_names: Sequence[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataSourceError(f"image folder {str(self.root)!r} does not exist or is not a folder")
+        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise DataSourceError(f"{str(self.root)!r} has no class sub-folders; use FlatFolder for unlabelled "
+                                  "images")
+        self.class_names = list(class_names) if class_names is not None else folders
+        unknown = [f for f in folders if f not in self.class_names]
+        if unknown:
+            raise DataSourceError(f"sub-folders {unknown} are not among the class names {self.class_names}")
+        index = {name: i for i, name in enumerate(self.class_names)}
+        self.items = [(p, index[folder]) for folder in folders
+                      for p in sorted((self.root / folder).rglob("*")) if _is_image_file(p)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Record]:
+        for path, label in self.items:
+            rid = path.relative_to(self.root).as_posix()
+            yield _file_record(path, rid, label, {"path": str(path), "class_folder": path.relative_to(self.root).parts[0]})
+
+
+class FlatFolder(ImageSource):
+    """Every image file under ``root`` (recursively), without labels."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataSourceError(f"image folder {str(self.root)!r} does not exist or is not a folder")
+        self.items = [p for p in sorted(self.root.rglob("*")) if _is_image_file(p)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Record]:
+        for path in self.items:
+            yield _file_record(path, path.relative_to(self.root).as_posix(), None, {"path": str(path)})
+
+
+class Manifest(ImageSource):
+    """A CSV or JSON Lines file with one row per image.
+
+    Columns: ``path`` (required; relative paths are relative to the manifest's folder), ``label`` (optional: a
+    class index or a class name), ``id`` (optional; default: the path) and any number of metadata columns, kept as
+    they are (numbers parsed in CSV). String labels are mapped through ``class_names`` (default: their sorted
+    unique values).
+    """
+
+    def __init__(self, path: str | Path, class_names: Sequence[str] | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataSourceError(f"manifest {str(self.path)!r} does not exist")
+        rows = self._read_rows()
+        if not rows:
+            raise DataSourceError(f"manifest {str(self.path)!r} has no rows")
+        if any("path" not in row for row in rows):
+            raise DataSourceError(f"manifest {str(self.path)!r} needs a 'path' column in every row")
+        labels = [row.get("label") for row in rows]
+        text_labels = sorted({str(v) for v in labels if isinstance(v, str) and v != "" and not _is_int(v)})
+        if class_names is not None:
+            self.class_names = list(class_names)
+        elif text_labels:
+            self.class_names = text_labels
+        else:
+            self.class_names = None
+        self.rows = rows
+
+    def _read_rows(self) -> list[dict[str, Any]]:
+        suffix = self.path.suffix.lower()
+        if suffix == ".csv":
+            with self.path.open(newline="", encoding="utf-8") as fh:
+                return [{k.strip(): _parse_cell(v) for k, v in row.items() if k is not None}
+                        for row in csv.DictReader(fh)]
+        if suffix in (".jsonl", ".ndjson"):
+            rows = []
+            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataSourceError(f"{self.path}:{n} is not valid JSON: {exc}") from None
+            return rows
+        raise DataSourceError(f"manifest must be .csv or .jsonl, got {self.path.name!r}")
+
+    def _label(self, value: Any) -> tuple[int | None, str | None]:
+        if value is None or value == "":
+            return None, None
+        if isinstance(value, (int, np.integer)) or (isinstance(value, str) and _is_int(value)):
+            return int(value), None
+        if self.class_names is not None and str(value) in self.class_names:
+            return self.class_names.index(str(value)), None
+        return None, f"label {value!r} is not one of the class names {self.class_names}"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Record]:
+        for row in self.rows:
+            path = Path(str(row["path"]))
+            if not path.is_absolute():
+                path = self.path.parent / path
+            rid = str(row.get("id", row["path"]))
+            metadata = {k: v for k, v in row.items() if k not in ("path", "label", "id")}
+            label, problem = self._label(row.get("label"))
+            if problem:
+                yield Record(rid, None, None, metadata, error=problem)
+                continue
+            yield _file_record(path, rid, label, metadata)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _parse_cell(value: str | None) -> Any:
+    if value is None:
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+class TensorSource(ImageSource):
+    """In-memory images: a tensor or array ``(N, 3, H, W)`` / ``(N, H, W, 3)`` / ``(N, H, W)``, uint8 or float.
+
+    uint8 is divided by 255; float must already be in ``[0, 1]`` (checked). ``metadata`` is a list of dicts or a
+    dict of columns.
+    """
+
+    def __init__(self, images: Tensor | np.ndarray, labels: Sequence[int] | Tensor | None = None,
+                 ids: Sequence[str] | None = None, metadata: Sequence[dict] | dict[str, Sequence] | None = None,
+                 class_names: Sequence[str] | None = None):
+        x = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
+        if not isinstance(x, Tensor):
+            raise DataSourceError(f"images must be a tensor or numpy array, got {type(images).__name__}")
+        if x.dim() == 3:
+            x = x.unsqueeze(1)  # (N, H, W) grey
+        if x.dim() != 4:
+            raise DataSourceError(f"images must be (N, 3, H, W), (N, H, W, 3) or (N, H, W); got {tuple(x.shape)}")
+        if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+            x = x.permute(0, 3, 1, 2)
+        if x.shape[1] not in (1, 3):
+            raise DataSourceError(f"images need 1 or 3 channels, got shape {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        elif x.is_floating_point():
+            x = x.float()
+            if x.numel() and (x.min() < 0 or x.max() > 1 or not torch.isfinite(x).all()):
+                raise DataSourceError("float images must be finite and in [0, 1]; divide 0-255 images by 255")
+        else:
+            raise DataSourceError(f"images must be uint8 or float, got {x.dtype}")
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        n = x.shape[0]
+        self.images = x
+        self.labels = None if labels is None else [None if int(v) < 0 else int(v) for v in torch.as_tensor(labels)]
+        if self.labels is not None and len(self.labels) != n:
+            raise DataSourceError(f"{len(self.labels)} labels for {n} images")
+        self.ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(n)]
+        if len(self.ids) != n:
+            raise DataSourceError(f"{len(self.ids)} ids for {n} images")
+        if isinstance(metadata, dict):
+            metadata = [{k: _plain(v[i]) for k, v in metadata.items()} for i in range(n)]
+        self.metadata = list(metadata) if metadata is not None else [{} for _ in range(n)]
+        if len(self.metadata) != n:
+            raise DataSourceError(f"{len(self.metadata)} metadata rows for {n} images")
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __iter__(self) -> Iterator[Record]:
+        for i in range(len(self)):
+            yield Record(self.ids[i], self.images[i], self.labels[i] if self.labels else None, self.metadata[i])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+@dataclass
+class Batch:
+    """Stacked good records plus the error records met while filling the batch."""
+
+    ids: list[str]
+    images: Tensor  # (B, 3, H, W)
+    labels: Tensor  # (B,), -1 where unknown
+    metadata: list[dict[str, Any]]
+    errors: list[Record]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def iter_batches(source: Iterable[Record], batch_size: int = 64,
+                 size: tuple[int, int] | None = None) -> Iterator[Batch]:
+    """Group records into batches of at most ``batch_size`` decoded images.
+
+    Images of another size than ``size`` are resized (bilinear, antialiased); without ``size``, the first good
+    image's size is used. Error records ride along in ``Batch.errors`` (a batch may hold only errors).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    target = tuple(size) if size is not None else None
+    ids: list[str] = []
+    images: list[Tensor] = []
+    labels: list[int] = []
+    metas: list[dict[str, Any]] = []
+    errors: list[Record] = []
+
+    def flush() -> Batch:
+        batch = Batch(list(ids), torch.stack(images) if images else torch.empty(0, 3, *(target or (0, 0))),
+                      torch.tensor(labels, dtype=torch.long), list(metas), list(errors))
+        ids.clear(), images.clear(), labels.clear(), metas.clear(), errors.clear()
+        return batch
+
+    for record in source:
+        if record.error is not None or record.image is None:
+            errors.append(record)
+        else:
+            image = record.image
+            if target is None:
+                target = tuple(image.shape[-2:])
+            if tuple(image.shape[-2:]) != target:
+                shrink = image.shape[-2] > target[0] or image.shape[-1] > target[1]
+                image = F.interpolate(image[None], size=target, mode="bilinear", align_corners=False,
+                                      antialias=shrink)[0].clamp(0, 1)
+            ids.append(record.id)
+            images.append(image)
+            labels.append(-1 if record.label is None else int(record.label))
+            metas.append(record.metadata)
+        if len(ids) >= batch_size:
+            yield flush()
+    if ids or errors:
+        yield flush()
+
+
+def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | None = None) -> ImageSource:
+    """Open a data source from a command-line string.
+
+    - a folder with class sub-folders → :class:`ImageFolder`; a folder of images → :class:`FlatFolder`;
+    - ``*.csv`` / ``*.jsonl`` → :class:`Manifest`;
+    - ``demo:shapes[:SPLIT]``, ``demo:digits[:SPLIT]`` → the embedded demo data (SPLIT: train, calibration, test;
+      default test).
+    """
+    if isinstance(spec, ImageSource):
+        return spec
+    text = str(spec)
+    if text.startswith("demo:"):
+        from . import demo
+
+        return demo.demo_source(text)
+    path = Path(text)
+    if path.is_dir():
+        has_class_dirs = any(p.is_dir() and not p.name.startswith(".") and any(_is_image_file(f) for f in p.rglob("*"))
+                             for p in path.iterdir())
+        has_top_images = any(_is_image_file(p) for p in path.iterdir())
+        if has_class_dirs and not has_top_images:
+            return ImageFolder(path, class_names)
+        return FlatFolder(path)
+    if path.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
+        return Manifest(path, class_names)
+    if not path.exists():
+        raise DataSourceError(f"data source {text!r} does not exist; give a folder, a .csv/.jsonl manifest or "
+                              "demo:shapes / demo:digits")
+    raise DataSourceError(f"cannot tell what kind of data source {text!r} is; give a folder, a .csv/.jsonl "
+                          "manifest or demo:shapes / demo:digits")

@@ -1,0 +1,479 @@
+"""Classifier adapter: one object for any PyTorch image classifier.
+
+:class:`Classifier` wraps an ``nn.Module`` (plain PyTorch, TorchScript, Hugging Face ``*ForImageClassification``,
+torchvision, timm) and gives every stage of cfx the same view of it:
+
+- ``logits(images)``: raw pre-softmax logits, ``(N, C)``;
+- ``features(images)``: the input of the final linear layer, ``(N, d)`` (captured with a forward hook);
+- ``logits_and_features(images)``: both from one forward pass (one extraction serves many scores);
+- ``head``: that final linear layer (``out_features == num_classes``);
+- ``num_classes``, ``class_names`` and the ``preprocessing`` (size, mean, std).
+
+Images handed to a :class:`Classifier` are always float tensors ``(N, 3, H, W)`` with pixels in ``[0, 1]``, the
+convention of every cfx image source. The adapter resizes and normalises them itself with differentiable torch
+operations, so gradient-based generators can work in pixel space.
+
+:func:`load_classifier` builds one from a model spec string (``torchscript:PATH``, ``hf:LOCAL_DIR``,
+``python:module:callable``, ``torchvision:NAME[:WEIGHTS]``, ``timm:NAME[:WEIGHTS]``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Classifier",
+    "ClassifierError",
+    "Preprocessing",
+    "find_head",
+    "load_classifier",
+    "parse_image_size",
+    "read_class_names",
+]
+
+
+class ClassifierError(ValueError):
+    """A model could not be loaded or adapted; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a classifier wants its input: resize to ``size`` (H, W), then ``(x - mean) / std`` per channel.
+
+    ``None`` fields are skipped: no ``size`` keeps the image size, no ``mean``/``std`` keeps pixels in ``[0, 1]``.
+    """
+
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            if len(self.size) != 2 or min(self.size) < 1:
+                raise ClassifierError(f"image size must be two positive integers (H, W), got {self.size!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) not in (1, 3):
+                raise ClassifierError(f"{name} needs 1 or 3 values (one per RGB channel), got {value!r}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ClassifierError(f"std values must be positive, got {self.std!r}")
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """Resize (bilinear, antialiased when shrinking) and normalise a ``(N, 3, H, W)`` batch in ``[0, 1]``."""
+        x = images
+        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            shrinking = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=shrinking)
+        if self.mean is not None:
+            x = x - torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        if self.std is not None:
+            x = x / torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return x
+
+    def to_dict(self) -> dict:
+        return {"size": list(self.size) if self.size else None,
+                "mean": list(self.mean) if self.mean else None,
+                "std": list(self.std) if self.std else None}
+
+
+def _output_logits(output: object) -> Tensor:
+    """Pull the logits tensor out of whatever a model returns (tensor, HF output object, tuple, dict)."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, dict) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise ClassifierError(
+        f"the model returned {type(output).__name__}, not logits; wrap it so that forward() returns a (N, C) tensor")
+
+
+def _linear_weight(module: nn.Module) -> Tensor | None:
+    """The weight of a linear layer (plain or TorchScript), else None."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") == "Linear":
+        weight = getattr(module, "weight", None)
+        return weight if isinstance(weight, Tensor) and weight.dim() == 2 else None
+    return None
+
+
+def find_head(model: nn.Module, num_classes: int, name: str | None = None) -> tuple[str, nn.Module]:
+    """Find the final linear layer of ``model``: the linear layer whose ``out_features == num_classes``.
+
+    With ``name`` given, that submodule is used (and checked). When several linear layers have ``num_classes``
+    outputs the choice is ambiguous and a :class:`ClassifierError` lists them so the user can pass ``head=NAME``.
+    """
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            linears = [n for n, m in modules.items() if _linear_weight(m) is not None]
+            raise ClassifierError(f"the model has no submodule named {name!r}; its linear layers are: {linears}")
+        weight = _linear_weight(modules[name])
+        if weight is None:
+            raise ClassifierError(f"submodule {name!r} is a {type(modules[name]).__name__}, not a linear layer; "
+                                  "name the final nn.Linear of the classifier")
+        if weight.shape[0] != num_classes:
+            raise ClassifierError(f"submodule {name!r} has {weight.shape[0]} outputs but the model gives "
+                                  f"{num_classes} logits; name the layer that produces the logits")
+        return name, modules[name]
+    candidates = [(n, m) for n, m in modules.items()
+                  if (w := _linear_weight(m)) is not None and w.shape[0] == num_classes]
+    if not candidates:
+        linears = {n: tuple(w.shape) for n, m in modules.items() if (w := _linear_weight(m)) is not None}
+        raise ClassifierError(
+            f"no linear layer with {num_classes} outputs (the number of logits) was found; linear layers: "
+            f"{linears or 'none'}. cfx needs the final layer to be an nn.Linear; wrap the model or pass head=NAME")
+    if len(candidates) > 1:
+        raise ClassifierError(
+            f"{len(candidates)} linear layers have {num_classes} outputs: {[n for n, _ in candidates]}; "
+            "say which one produces the logits with head=NAME (--head NAME on the command line)")
+    return candidates[0]
+
+
+@dataclass
+class Classifier:
+    """A PyTorch image classifier seen the way cfx needs it.
+
+    Build with :meth:`Classifier.wrap` (any ``nn.Module``) or :func:`load_classifier` (a spec string).
+    All methods take images ``(N, 3, H, W)`` in ``[0, 1]`` and apply :attr:`preprocessing` themselves.
+    """
+
+    model: nn.Module
+    head: nn.Module
+    head_name: str
+    num_classes: int
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    class_names: list[str] | None = None
+    source: str = "module"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def wrap(cls, model: nn.Module, *, preprocessing: Preprocessing | None = None, head: str | None = None,
+             class_names: Sequence[str] | None = None, num_classes: int | None = None,
+             example_size: tuple[int, int] | None = None, device: str | torch.device | None = None,
+             source: str = "module") -> "Classifier":
+        """Adapt ``model``. The number of classes is read from one probe forward pass unless given.
+
+        ``example_size`` is the (H, W) of the probe image when the preprocessing has no size (default 32×32).
+        """
+        if not isinstance(model, nn.Module):
+            raise ClassifierError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        preprocessing = preprocessing or Preprocessing()
+        model = model.eval()
+        if device is not None:
+            model = model.to(device)
+        if num_classes is None:
+            size = preprocessing.size or example_size or (32, 32)
+            param = next(iter(model.parameters()), None)
+            probe = torch.rand(2, 3, *size, device=param.device if param is not None else "cpu",
+                               dtype=param.dtype if param is not None and param.is_floating_point() else None)
+            try:
+                with torch.inference_mode():
+                    logits = _output_logits(model(preprocessing(probe)))
+            except ClassifierError:
+                raise
+            except Exception as exc:  # the model rejects the probe input: say how to give the right size
+                raise ClassifierError(
+                    f"a probe forward pass on a (2, 3, {size[0]}, {size[1]}) batch failed ({type(exc).__name__}: "
+                    f"{exc}); give the model's input size with --image-size H[xW] (image_size=...)") from exc
+            if logits.dim() != 2:
+                raise ClassifierError(f"the model returns shape {tuple(logits.shape)}; a classifier must return "
+                                      "(N, C) logits")
+            num_classes = int(logits.shape[1])
+        if num_classes < 2:
+            raise ClassifierError(f"a classifier needs at least 2 classes, this one has {num_classes}")
+        head_name, head_module = find_head(model, num_classes, head)
+        names = list(class_names) if class_names is not None else None
+        if names is not None and len(names) != num_classes:
+            raise ClassifierError(f"{len(names)} class names were given but the model has {num_classes} classes")
+        return cls(model=model, head=head_module, head_name=head_name, num_classes=num_classes,
+                   preprocessing=preprocessing, class_names=names, source=source)
+
+    # ------------------------------------------------------------------ device
+    @property
+    def device(self) -> torch.device:
+        param = next(iter(self.model.parameters()), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "Classifier":
+        """Move the model to ``device`` (in place) and return self."""
+        self.model.to(device)
+        return self
+
+    # ------------------------------------------------------------------ forward passes
+    def _check_images(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape (N, 3, H, W) with RGB pixels in [0, 1], got "
+                             f"{tuple(images.shape)}; grey images: repeat the channel (x.expand(-1, 3, -1, -1))")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}; divide uint8 by 255")
+        return images.to(self.device)
+
+    def logits(self, images: Tensor) -> Tensor:
+        """Raw logits ``(N, C)`` for images ``(N, 3, H, W)`` in ``[0, 1]``. Gradients flow if enabled."""
+        images = self._check_images(images)
+        logits = _output_logits(self.model(self.preprocessing(images)))
+        return logits
+
+    def logits_and_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits ``(N, C)`` and final-layer input features ``(N, d)`` from one forward pass."""
+        images = self._check_images(images)
+        if isinstance(self.head, torch.jit.ScriptModule):
+            return self._scripted_logits_and_features(images)
+        captured: list[Tensor] = []
+
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            captured.append(inputs[0])
+
+        handle = self.head.register_forward_pre_hook(hook)
+        try:
+            logits = _output_logits(self.model(self.preprocessing(images)))
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise ClassifierError(f"the head {self.head_name!r} ran {len(captured)} times in one forward pass; "
+                                  "name the final classification layer with head=NAME")
+        features = captured[0]
+        if features.dim() > 2:  # e.g. a head applied to (N, tokens, d): take what produced the logits
+            features = features.reshape(features.shape[0], -1, features.shape[-1])[:, 0]
+        return logits, features
+
+    def _scripted_logits_and_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        # TorchScript modules do not support hooks: use an exported features() method when the model has one.
+        x = self.preprocessing(images)
+        for method in ("features", "forward_features"):
+            if hasattr(self.model, method):
+                feats = getattr(self.model, method)(x)
+                if feats.dim() != 2:
+                    raise ClassifierError(f"the TorchScript model's {method}() returned shape {tuple(feats.shape)}; "
+                                          "it must return the (N, d) input of the final linear layer")
+                return self.head(feats), feats
+        raise ClassifierError(
+            "this TorchScript model does not expose its penultimate features: TorchScript modules do not support "
+            "hooks. Export a method with @torch.jit.export def features(self, x) returning the input of the final "
+            "linear layer, or load the model as python:module:callable. Scores that need only logits still work.")
+
+    def features(self, images: Tensor) -> Tensor:
+        """Final-layer input features ``(N, d)``."""
+        return self.logits_and_features(images)[1]
+
+    def predict(self, images: Tensor, batch_size: int = 256) -> Tensor:
+        """Predicted class indices ``(N,)`` under ``torch.inference_mode``, in batches."""
+        with torch.inference_mode():
+            out = [self.logits(images[i:i + batch_size]).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+    def describe(self) -> dict:
+        """A JSON-serialisable summary: source, head, classes, preprocessing."""
+        return {"source": self.source, "head": self.head_name, "num_classes": self.num_classes,
+                "feature_dim": int(_linear_weight(self.head).shape[1]) if _linear_weight(self.head) is not None
+                else None,
+                "class_names": self.class_names, "preprocessing": self.preprocessing.to_dict()}
+
+
+# ---------------------------------------------------------------------------------------------- spec loading
+
+def parse_image_size(text: str | int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"224"`` → (224, 224); ``"240x320"`` → (240, 320); ints and pairs pass through."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return (text, text)
+    if not isinstance(text, str):
+        values = tuple(int(v) for v in text)
+        return values if len(values) == 2 else (values[0], values[0])
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ClassifierError(f"image size must look like 224 or 240x320, got {text!r}") from None
+    if len(values) == 1:
+        values = (values[0], values[0])
+    if len(values) != 2 or min(values) < 1:
+        raise ClassifierError(f"image size must look like 224 or 240x320, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a file: one per line (text), a JSON list, or a JSON ``{index: name}`` object."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClassifierError(f"class-names file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            return [str(data[k]) for k in sorted(data, key=lambda k: int(k))]
+        return [str(v) for v in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _load_python_factory(target: str) -> Callable[[], object]:
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ClassifierError(f"python spec must be python:module:callable or python:path/file.py:callable, "
+                              f"got python:{target}")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise ClassifierError(f"python file {module_name!r} does not exist")
+        spec = importlib.util.spec_from_file_location(f"cfx_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[spec.name] = module  # type: ignore[union-attr]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ClassifierError(f"cannot import module {module_name!r} ({exc}); is it installed or on "
+                                  "PYTHONPATH?") from exc
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ClassifierError(f"module {module_name!r} has no attribute {attr!r}")
+    return factory
+
+
+def _hf_preprocessing(directory: Path) -> Preprocessing:
+    config_path = directory / "preprocessor_config.json"
+    if not config_path.is_file():
+        return Preprocessing()
+    cfg = json.loads(config_path.read_text())
+    size = cfg.get("crop_size") if cfg.get("do_center_crop") else cfg.get("size")
+    hw: tuple[int, int] | None = None
+    if isinstance(size, dict):
+        if "height" in size and "width" in size:
+            hw = (int(size["height"]), int(size["width"]))
+        elif "shortest_edge" in size:
+            hw = (int(size["shortest_edge"]),) * 2
+    elif isinstance(size, int):
+        hw = (size, size)
+    normalize = cfg.get("do_normalize", True)
+    mean = tuple(cfg["image_mean"]) if normalize and cfg.get("image_mean") is not None else None
+    std = tuple(cfg["image_std"]) if normalize and cfg.get("image_std") is not None else None
+    return Preprocessing(size=hw, mean=mean, std=std)
+
+
+def load_classifier(spec: str | nn.Module | Classifier, *, image_size: str | tuple[int, int] | None = None,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    classes: str | Path | Sequence[str] | None = None, head: str | None = None,
+                    device: str | torch.device = "cpu") -> Classifier:
+    """Load a classifier from a spec and adapt it.
+
+    Specs:
+      - ``torchscript:PATH``: a ``torch.jit.save`` file;
+      - ``hf:LOCAL_DIR``: a Hugging Face ``AutoModelForImageClassification`` folder (uses its preprocessor config
+        and ``id2label``);
+      - ``python:module:callable`` or ``python:path/to/file.py:callable``: a factory returning an ``nn.Module``
+        (or a ready :class:`Classifier`);
+      - ``torchvision:NAME[:WEIGHTS]`` and ``timm:NAME[:WEIGHTS]``: only when those packages are importable.
+
+    ``image_size``/``mean``/``std`` set the preprocessing of specs that carry none (TorchScript, python factories);
+    default: no resizing and no normalisation (pixels in [0, 1]). ``classes`` is a list of names or a file
+    (one per line, or JSON). The model is loaded on CPU and moved to ``device``.
+    """
+    size = parse_image_size(image_size)
+    user_pre = Preprocessing(size=size, mean=tuple(mean) if mean else None, std=tuple(std) if std else None)
+    names = read_class_names(classes) if isinstance(classes, (str, Path)) else (list(classes) if classes else None)
+
+    if isinstance(spec, Classifier):
+        return spec.to(device)
+    if isinstance(spec, nn.Module):
+        return Classifier.wrap(spec, preprocessing=user_pre, head=head, class_names=names, device=device)
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ClassifierError(f"model spec must look like KIND:TARGET (torchscript:PATH, hf:DIR, "
+                              f"python:module:callable, torchvision:NAME, timm:NAME), got {spec!r}")
+    kind, target = spec.split(":", 1)
+    kind = kind.lower()
+    if kind == "torchscript":
+        path = Path(target)
+        if not path.is_file():
+            raise ClassifierError(f"TorchScript file {target!r} does not exist")
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ClassifierError(f"{target!r} is not a TorchScript file ({exc}); save with torch.jit.save") from exc
+        return Classifier.wrap(model, preprocessing=user_pre, head=head, class_names=names, device=device,
+                               source=spec)
+    if kind == "hf":
+        directory = Path(target)
+        if not (directory / "config.json").is_file():
+            raise ClassifierError(f"{target!r} is not a Hugging Face model folder (no config.json); save one with "
+                                  "model.save_pretrained(DIR). cfx never downloads models")
+        from transformers import AutoModelForImageClassification  # lazy: heavy import
+
+        model = AutoModelForImageClassification.from_pretrained(str(directory), local_files_only=True)
+        pre = _hf_preprocessing(directory)
+        if size is not None or mean or std:  # explicit options win over the folder's config
+            pre = Preprocessing(size=size or pre.size, mean=tuple(mean) if mean else pre.mean,
+                                std=tuple(std) if std else pre.std)
+        id2label = getattr(model.config, "id2label", None) or {}
+        hf_names = [str(id2label[i]) for i in sorted(id2label)] if id2label else None
+        if hf_names and all(n == f"LABEL_{i}" for i, n in enumerate(hf_names)):
+            hf_names = None  # transformers' placeholder names carry no information
+        return Classifier.wrap(model, preprocessing=pre, head=head, class_names=names or hf_names,
+                               device=device, source=spec)
+    if kind == "python":
+        factory = _load_python_factory(target)
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+        if isinstance(model, Classifier):
+            return model.to(device)
+        if not isinstance(model, nn.Module):
+            raise ClassifierError(f"python:{target} returned {type(model).__name__}; it must return a "
+                                  "torch.nn.Module or a cfx.Classifier")
+        return Classifier.wrap(model, preprocessing=user_pre, head=head, class_names=names, device=device,
+                               source=spec)
+    if kind == "torchvision":
+        try:
+            import torchvision  # noqa: F401
+            from torchvision.models import get_model, get_model_weights
+        except Exception as exc:  # ImportError, or the operator-registration error of a mismatched build
+            raise ClassifierError(f"torchvision specs need a working torchvision ({type(exc).__name__}: {exc}). "
+                                  "Install the torchvision that matches your torch, or export the model with "
+                                  "torch.jit.save and use torchscript:PATH") from exc
+        name, _, weights_name = target.partition(":")
+        weights = get_model_weights(name)[weights_name] if weights_name and weights_name != "DEFAULT" else (
+            get_model_weights(name).DEFAULT if weights_name == "DEFAULT" else None)
+        model = get_model(name, weights=weights)
+        pre = user_pre
+        tv_names = None
+        if weights is not None:
+            tf = weights.transforms()
+            crop = list(getattr(tf, "crop_size", None) or [])
+            crop_hw = (int(crop[0]), int(crop[-1])) if crop else None
+            pre = Preprocessing(size=size or crop_hw,
+                                mean=tuple(getattr(tf, "mean", ())) or None, std=tuple(getattr(tf, "std", ())) or None)
+            tv_names = list(weights.meta.get("categories") or []) or None
+        return Classifier.wrap(model, preprocessing=pre, head=head, class_names=names or tv_names, device=device,
+                               source=spec, example_size=(224, 224))
+    if kind == "timm":
+        try:
+            import timm
+        except Exception as exc:
+            raise ClassifierError(f"timm specs need timm installed ({type(exc).__name__}: {exc}); "
+                                  "pip install timm (it needs torchvision)") from exc
+        name, _, weights_name = target.partition(":")
+        model = timm.create_model(f"{name}.{weights_name}" if weights_name else name, pretrained=bool(weights_name))
+        cfg = timm.data.resolve_data_config({}, model=model)
+        in_size = cfg.get("input_size", (3, 224, 224))
+        pre = Preprocessing(size=size or (int(in_size[1]), int(in_size[2])), mean=tuple(cfg.get("mean", ())) or None,
+                            std=tuple(cfg.get("std", ())) or None)
+        return Classifier.wrap(model, preprocessing=pre, head=head, class_names=names, device=device, source=spec)
+    raise ClassifierError(f"unknown model spec kind {kind!r}; use torchscript:, hf:, python:, torchvision: or timm:")
