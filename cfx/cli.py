@@ -212,6 +212,8 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
         if classifier.class_names is None and source.class_names and len(source.class_names) == \
                 classifier.num_classes:
             classifier.class_names = list(source.class_names)  # ImageFolder's sorted sub-folder names
+            info["model"] = classifier.describe()
+            click.echo(f"classes   {', '.join(source.class_names[:10])} (from the data's folder names)")
         size = classifier.preprocessing.size
         counts = {"images": 0, "errors": 0, "labelled": 0, "correct": 0}
         errors = []

@@ -322,9 +322,10 @@ def digits_data(image_size: int = 32, seed: int = 0) -> DemoData:
 # ---------------------------------------------------------------------------------------------- causes
 
 def _luminance(images: Tensor) -> Tensor:
-    # PIL's "L" conversion (ITU-R 601-2 luma), rounded to the 8-bit grid as PIL does.
-    lum = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
-    return torch.round(lum * 255.0).unsqueeze(1) / 255.0
+    """PIL's "L" conversion: ITU-R 601-2 luma in 16-bit fixed point, rounded to the 8-bit grid, as ``(N, 1, H, W)``."""
+    v = torch.round(images.double() * 255.0 * 1e4) / 1e4  # inputs on the 8-bit grid map to exact integers
+    lum = torch.floor((19595 * v[:, 0] + 38470 * v[:, 1] + 7471 * v[:, 2] + 32768) / 65536)
+    return (lum / 255.0).to(images.dtype).unsqueeze(1)
 
 
 _PHOTOS: Tensor | None = None
@@ -465,7 +466,7 @@ def _demo_config(name: str, seed: int, bias_rate: float) -> dict:
         if name.startswith("shapes") else {"image_size": 32, "seed": seed}
     train = asdict(TrainingConfig(seed=seed, classifier_epochs=20,
                                   autoencoder_epochs=60 if name == "digits" else 25))
-    return {"dataset": name, "world": world, "training": train, "version": 3, "torch": torch.__version__}
+    return {"dataset": name, "world": world, "training": train, "version": 4, "torch": torch.__version__}
 
 
 def _fit(model: nn.Module, inputs: Tensor, targets: Tensor | None, epochs: int, batch_size: int, lr: float,

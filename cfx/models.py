@@ -260,8 +260,9 @@ class Classifier:
         # TorchScript modules do not support hooks: use an exported features() method when the model has one.
         x = self.preprocessing(images)
         for method in ("features", "forward_features"):
-            if hasattr(self.model, method):
-                feats = getattr(self.model, method)(x)
+            attr = getattr(self.model, method, None)
+            if attr is not None and not isinstance(attr, nn.Module):  # a method, not a submodule named "features"
+                feats = attr(x)
                 if feats.dim() != 2:
                     raise ClassifierError(f"the TorchScript model's {method}() returned shape {tuple(feats.shape)}; "
                                           "it must return the (N, d) input of the final linear layer")

@@ -41,14 +41,14 @@ class SmallCNN(nn.Module):
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
         if min(h, w) < 16:
             raise ValueError(f"SmallCNN needs inputs of at least 16 px, got {h}x{w}")
-        self.features = _conv_stack(in_channels)
+        self.convs = _conv_stack(in_channels)
         flat = 64 * _down(h) * _down(w)
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(flat, 256), nn.ReLU(inplace=True),
                                   nn.Linear(256, 128), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.head = nn.Linear(128, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(self.features(x)))
+        return self.head(self.body(self.convs(x)))
 
 
 class ConvAutoencoder(nn.Module):

@@ -1,0 +1,64 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cfx.cli import main
+
+FACTORIES = Path(__file__).parent / "factories.py"
+
+
+def test_help_reads_well():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "cfx demo" in result.output and "inspect" in result.output
+    result = CliRunner().invoke(main, ["inspect", "--help"])
+    assert "--image-size" in result.output and "torchscript:PATH" in result.output
+
+
+def test_inspect_model_and_folder_with_broken_files(tmp_path):
+    data = tmp_path / "data"
+    for cls in ("a", "b", "c", "d"):
+        (data / cls).mkdir(parents=True)
+        Image.fromarray(np.full((40, 40, 3), 100, dtype=np.uint8)).save(data / cls / "ok.png")
+    (data / "b" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["inspect", "--model", f"python:{FACTORIES}:tiny_cnn", "--image-size", "32",
+                                       "--data", str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["num_classes"] == 4 and summary["model"]["head"] == "fc"
+    assert summary["model"]["class_names"] == ["a", "b", "c", "d"]  # from the ImageFolder's sub-folders
+    assert summary["data"]["images"] == 4 and summary["data"]["errors"] == 1
+    assert summary["data"]["error_records"][0]["id"] == "b/broken.png"
+    assert "1 unreadable" in result.output
+
+
+def test_bad_spec_is_a_one_line_error_not_a_traceback():
+    result = CliRunner().invoke(main, ["inspect", "--model", "torchscript:/no/such/file.pt"])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["inspect", "--model", f"python:{FACTORIES}:tiny_cnn", "--mean", "a,b"])
+    assert result.exit_code == 2 and "comma-separated numbers" in result.output
+
+
+@pytest.mark.slow
+def test_demo_command_writes_summary(tmp_path, digits_models, shapes_models):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    shapes = summary["datasets"]["shapes"]
+    assert shapes["loaded_from_cache"] and shapes["splits"]["test"]["accuracy"] >= 0.95
+    assert set(shapes["causes"]) == {"spatial", "brightness", "contrast", "saturation", "noise", "pixelation"}
+    assert len(shapes["causes"]["noise"]["test"]) == 6
+    assert summary["datasets"]["digits"]["causes"]["saturation"]["test"] is None  # grey images
+    assert "test split under each cause" in result.output
+
+
+def test_demo_rejects_unknown_dataset(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--datasets", "cifar", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2 and "unknown demo data set" in result.output

