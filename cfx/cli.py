@@ -37,7 +37,7 @@ def model_options(func: Callable) -> Callable:
     options = [
         click.option("--model", "model_spec", required=True, metavar="SPEC",
                      help="torchscript:PATH, hf:LOCAL_DIR, python:module:callable (or python:file.py:callable), "
-                          "torchvision:NAME[:WEIGHTS], timm:NAME[:WEIGHTS]."),
+                          "torchvision:NAME[:WEIGHTS], timm:NAME[:WEIGHTS], or demo:shapes / demo:digits."),
         click.option("--image-size", metavar="H[xW]", help="Input size for specs without preprocessing metadata "
                      "(TorchScript, python factories). Default: keep the image size."),
         click.option("--mean", metavar="M1,M2,M3", help="Normalisation mean (default: none, pixels in [0, 1])."),
@@ -59,6 +59,15 @@ def _load_model(model_spec: str, image_size: str | None, mean: str | None, std: 
                                classes=classes, head=head, device=device)
     except (ClassifierError, DataSourceError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _open_data(spec: str, classifier):
+    """Open a data source; a model without class names adopts the ImageFolder's sorted sub-folder names."""
+    source = open_source(spec, class_names=classifier.class_names)
+    if classifier.class_names is None and source.class_names and len(source.class_names) == classifier.num_classes:
+        classifier.class_names = list(source.class_names)
+        click.echo(f"classes   {', '.join(source.class_names[:10])} (from the data's folder names)")
+    return source
 
 
 def _friendly_errors(func: Callable) -> Callable:
@@ -180,6 +189,18 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
         click.echo(f"test split under each cause (clean accuracy {result['splits']['test']['accuracy']:.3f}, "
                    f"mean MSP {result['splits']['test']['mean_msp']:.3f}):")
         click.echo(_table(["cause", "grid", "acc (mild)", "acc (strong)", "MSP (strong)", "examples MSP<0.9"], rows))
+        from .demo import cause_conditions
+        from .scoring import evaluate_conditions
+        from .trust import applicable_scores
+
+        conditions = cause_conditions(x_test, y_test, seed=seed)
+        methods = applicable_scores(clf)
+        trust = evaluate_conditions(clf, conditions, methods)
+        result["trust"] = json.loads(json.dumps(trust).replace("NaN", "null"))
+        click.echo("misprediction detection, AUROC per trust score (test split clean, and under each cause at "
+                   "every strength):")
+        click.echo(_table(["score"] + list(conditions),
+                          [[m] + [trust[c][m]["auroc"] for c in conditions] for m in methods]))
         summary["datasets"][name] = result
     _write_json(out_dir / "summary.json", summary)
     click.echo(f"\nwrote {out_dir / 'summary.json'}")
@@ -208,12 +229,8 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
     if data_spec:
         from tqdm.auto import tqdm
 
-        source = open_source(data_spec, class_names=classifier.class_names)
-        if classifier.class_names is None and source.class_names and len(source.class_names) == \
-                classifier.num_classes:
-            classifier.class_names = list(source.class_names)  # ImageFolder's sorted sub-folder names
-            info["model"] = classifier.describe()
-            click.echo(f"classes   {', '.join(source.class_names[:10])} (from the data's folder names)")
+        source = _open_data(data_spec, classifier)
+        info["model"] = classifier.describe()
         size = classifier.preprocessing.size
         counts = {"images": 0, "errors": 0, "labelled": 0, "correct": 0}
         errors = []
@@ -235,6 +252,94 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
             click.echo(f"  error   {e['id']}: {e['error']}")
     if out:
         _write_json(Path(out) / "summary.json", info)
+
+
+@main.command(context_settings=CONTEXT)
+@model_options
+@click.option("--data", "data_spec", required=True, metavar="SOURCE",
+              help="Images to score: a folder, a .csv/.jsonl manifest, or demo:shapes[:SPLIT] / demo:digits[:SPLIT].")
+@click.option("--out", type=click.Path(file_okay=False), default="cfx-trust", show_default=True,
+              help="Folder for scores.csv, summary.json, roc.png and risk_coverage.png.")
+@click.option("--methods", default="all", show_default=True,
+              help="Comma-separated score names (see --list-methods), or 'all' applicable ones.")
+@click.option("--list-methods", is_flag=True, is_eager=True, expose_value=False, callback=lambda ctx, _, v: (
+    click.echo("\n".join(f"{n:15s} {s.description}" for n, s in __import__("cfx.trust").trust.SCORES.items())),
+    ctx.exit()) if v else None, help="List the trust scores and exit.")
+@click.option("--flag-score", default="gradtrust", show_default=True, help="Score that decides the flags.")
+@click.option("--flag-below", type=float, default=None, help="Flag samples whose flag score is below this number.")
+@click.option("--flag-percentile", type=float, default=None,
+              help="Flag below this percentile (0-100) of the flag score on --calibration data.")
+@click.option("--calibration", "calibration_spec", default=None, metavar="SOURCE",
+              help="Calibration data for --flag-percentile (e.g. demo:shapes:calibration).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--bootstrap", default=0, show_default=True, help="Bootstrap resamples for confidence intervals.")
+@click.option("--odin-temperature", default=1000.0, show_default=True)
+@click.option("--odin-epsilon", default=0.0014, show_default=True)
+@click.option("--mc-passes", default=10, show_default=True, help="Dropout passes for mc_dropout.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly_errors
+def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
+          head: str | None, device: str, data_spec: str, out: str, methods: str, flag_score: str,
+          flag_below: float | None, flag_percentile: float | None, calibration_spec: str | None, batch_size: int,
+          bootstrap: int, odin_temperature: float, odin_epsilon: float, mc_passes: int, quiet: bool) -> None:
+    """Score every prediction with every trust score, flag the untrusted ones, and measure the scores.
+
+    \b
+    Writes OUT/scores.csv (one row per image), OUT/summary.json (per sample: id, label, prediction, correct,
+    scores, flagged, error; metrics per method) and, when labels are known, OUT/roc.png and
+    OUT/risk_coverage.png, and prints AUROC, AUPR-Error, FPR@95%TPR and AURC per score.
+    Every score is "higher = more trusted". Unreadable images are error rows; the run goes on.
+    \b
+    Example:
+        cfx trust --model demo:shapes --data demo:shapes:test --flag-percentile 10 \\
+                  --calibration demo:shapes:calibration
+    """
+    from .metrics import metrics_table
+    from .scoring import score_source, write_trust_outputs
+    from .trust import SCORES, Threshold, applicable_scores
+
+    classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
+    available = applicable_scores(classifier)
+    chosen = available if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in SCORES]
+    if unknown:
+        raise click.BadParameter(f"unknown score(s) {unknown}; choose from {', '.join(SCORES)}",
+                                 param_hint="--methods")
+    if flag_below is not None and flag_percentile is not None:
+        raise click.UsageError("give either --flag-below or --flag-percentile, not both")
+    if flag_percentile is not None and not calibration_spec:
+        raise click.UsageError("--flag-percentile needs --calibration SOURCE to take the percentile on")
+    if (flag_below is not None or flag_percentile is not None) and flag_score not in chosen:
+        chosen.append(flag_score)
+    options = {"odin_temperature": odin_temperature, "odin_epsilon": odin_epsilon, "mc_passes": mc_passes}
+    threshold = None
+    if flag_below is not None:
+        threshold = Threshold.fixed(flag_score, flag_below)
+    elif flag_percentile is not None:
+        cal = score_source(classifier, _open_data(calibration_spec, classifier), [flag_score], batch_size,
+                           progress=not quiet, **options)
+        threshold = Threshold.from_percentile(flag_score, cal.scores[flag_score], flag_percentile)
+        click.echo(f"threshold {flag_score} < {threshold.value:.6g} (percentile {flag_percentile:g} of "
+                   f"{threshold.calibration_size} calibration samples)")
+    source = _open_data(data_spec, classifier)
+    try:
+        table = score_source(classifier, source, chosen, batch_size, progress=not quiet, **options)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = write_trust_outputs(table, out, classifier, {"source": data_spec, **source.describe()},
+                                  threshold=threshold, bootstrap=bootstrap)
+    counts = summary["counts"]
+    click.echo(f"scored {counts['samples']} samples ({counts['errors']} errors, {counts['labelled']} labelled)"
+               + (f", flagged {counts['flagged']}" if counts["flagged"] is not None else ""))
+    metrics = table.metrics()
+    if metrics:
+        ranked = dict(sorted(metrics.items(), key=lambda kv: -(kv[1]["auroc"] if kv[1]["auroc"] == kv[1]["auroc"]
+                                                              else -1)))
+        click.echo(f"accuracy {next(iter(metrics.values()))['accuracy']:.3f}; misprediction detection:")
+        click.echo(metrics_table(ranked))
+    else:
+        click.echo("no labels: metrics need labelled data (ImageFolder or a manifest with a label column)")
+    click.echo(f"wrote {Path(out) / 'summary.json'}, scores.csv" + (", roc.png, risk_coverage.png" if metrics else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -51,6 +51,7 @@ __all__ = [
     "ShapesWorld",
     "WorldConfig",
     "apply_cause",
+    "cause_conditions",
     "cause_examples",
     "default_cache_dir",
     "demo_source",
@@ -437,6 +438,23 @@ def cause_examples(images: Tensor, labels: Tensor, classifier: Classifier, cause
         kept_after.append(after[keep])
     return CauseExamples(cause, torch.cat(kept_images), torch.cat(kept_idx), torch.cat(kept_strength),
                          torch.cat(kept_before), torch.cat(kept_after))
+
+
+def cause_conditions(images: Tensor, labels: Tensor, seed: int = 0,
+                     causes: Iterable[str] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """Evaluation sets: ``clean`` and, per cause, the images under every strength of its grid (mild to strong).
+
+    Saturation is left out for grey images, where it cannot change anything.
+    """
+    grey = bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
+    out = {"clean": (images, labels)}
+    for cause in causes if causes is not None else CAUSES:
+        if cause == "saturation" and grey:
+            continue
+        grid = CAUSES[cause]
+        out[cause] = (torch.cat([apply_cause(images, cause, k, seed=seed + j) for j, k in enumerate(grid)]),
+                      labels.repeat(len(grid)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- training + cache

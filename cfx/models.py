@@ -384,7 +384,8 @@ def load_classifier(spec: str | nn.Module | Classifier, *, image_size: str | tup
         and ``id2label``);
       - ``python:module:callable`` or ``python:path/to/file.py:callable``: a factory returning an ``nn.Module``
         (or a ready :class:`Classifier`);
-      - ``torchvision:NAME[:WEIGHTS]`` and ``timm:NAME[:WEIGHTS]``: only when those packages are importable.
+      - ``torchvision:NAME[:WEIGHTS]`` and ``timm:NAME[:WEIGHTS]``: only when those packages are importable;
+      - ``demo:shapes``, ``demo:shapes-biased``, ``demo:digits``: the embedded demo classifiers (trained on first use).
 
     ``image_size``/``mean``/``std`` set the preprocessing of specs that carry none (TorchScript, python factories);
     default: no resizing and no normalisation (pixels in [0, 1]). ``classes`` is a list of names or a file
@@ -441,6 +442,12 @@ def load_classifier(spec: str | nn.Module | Classifier, *, image_size: str | tup
                                   "torch.nn.Module or a cfx.Classifier")
         return Classifier.wrap(model, preprocessing=user_pre, head=head, class_names=names, device=device,
                                source=spec)
+    if kind == "demo":  # the embedded demo models: demo:shapes, demo:shapes-biased, demo:digits
+        from .demo import DATASETS, load_demo
+
+        if target not in DATASETS:
+            raise ClassifierError(f"unknown demo model {target!r}; choose one of {', '.join(DATASETS)}")
+        return load_demo(target).classifier.to(device)
     if kind == "torchvision":
         try:
             import torchvision  # noqa: F401
@@ -477,4 +484,5 @@ def load_classifier(spec: str | nn.Module | Classifier, *, image_size: str | tup
         pre = Preprocessing(size=size or (int(in_size[1]), int(in_size[2])), mean=tuple(cfg.get("mean", ())) or None,
                             std=tuple(cfg.get("std", ())) or None)
         return Classifier.wrap(model, preprocessing=pre, head=head, class_names=names, device=device, source=spec)
-    raise ClassifierError(f"unknown model spec kind {kind!r}; use torchscript:, hf:, python:, torchvision: or timm:")
+    raise ClassifierError(f"unknown model spec kind {kind!r}; use torchscript:, hf:, python:, torchvision:, timm: "
+                          "or demo:")
