@@ -5,14 +5,19 @@ The public API of the foundation stage:
 - :mod:`cfx.models`: :class:`Classifier` (adapter for any PyTorch classifier) and :func:`load_classifier` (specs);
 - :mod:`cfx.data`: image sources (:class:`ImageFolder`, :class:`FlatFolder`, :class:`Manifest`,
   :class:`TensorSource`), :func:`open_source` and :func:`iter_batches`;
-- :mod:`cfx.demo`: the embedded demo world (shapes, digits, the six causes) and :func:`load_demo`.
+- :mod:`cfx.demo`: the embedded demo world (shapes, digits, the six causes) and :func:`load_demo`;
+- :mod:`cfx.trust`: GradTrust and the baseline trust scores (registry :data:`SCORES`), :func:`flag`, :class:`Threshold`;
+- :mod:`cfx.metrics`: :func:`misprediction_metrics`; :mod:`cfx.scoring`: :func:`score_source` for whole data sources.
 
 The later stages import as ``cfx.generators``, ``cfx.prompts`` and ``cfx.reports``.
 """
 
 from .data import (Batch, DataSourceError, FlatFolder, ImageFolder, ImageSource, Manifest, Record, TensorSource,
                    decode_image, iter_batches, open_source)
+from .metrics import misprediction_metrics
 from .models import Classifier, ClassifierError, Preprocessing, find_head, load_classifier
+from .scoring import ScoreTable, score_source
+from .trust import SCORES, Threshold, flag, gradtrust, gradtrust_reference, score_batch
 
 __version__ = "0.1.0"
 
@@ -20,4 +25,6 @@ __all__ = [
     "Batch", "Classifier", "ClassifierError", "DataSourceError", "FlatFolder", "ImageFolder", "ImageSource",
     "Manifest", "Preprocessing", "Record", "TensorSource", "decode_image", "find_head", "iter_batches",
     "load_classifier", "open_source", "__version__",
+    "SCORES", "ScoreTable", "Threshold", "flag", "gradtrust", "gradtrust_reference", "misprediction_metrics",
+    "score_batch", "score_source",
 ]
