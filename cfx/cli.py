@@ -189,13 +189,17 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
         click.echo(f"test split under each cause (clean accuracy {result['splits']['test']['accuracy']:.3f}, "
                    f"mean MSP {result['splits']['test']['mean_msp']:.3f}):")
         click.echo(_table(["cause", "grid", "acc (mild)", "acc (strong)", "MSP (strong)", "examples MSP<0.9"], rows))
-        from .demo import cause_conditions
+        from .demo import cause_conditions, demo_fitted
         from .scoring import evaluate_conditions
         from .trust import applicable_scores
 
+        t1 = time.perf_counter()
+        fitted = demo_fitted(models, progress=not quiet, refit=retrain)
+        result["fitted"] = {"path": str(fitted.path), "seconds": round(time.perf_counter() - t1, 2),
+                            "parce": fitted.manifest["parce"]}
         conditions = cause_conditions(x_test, y_test, seed=seed)
-        methods = applicable_scores(clf)
-        trust = evaluate_conditions(clf, conditions, methods)
+        methods = applicable_scores(clf, fitted)
+        trust = evaluate_conditions(clf, conditions, methods, fitted=fitted)
         result["trust"] = json.loads(json.dumps(trust).replace("NaN", "null"))
         click.echo("misprediction detection, AUROC per trust score (test split clean, and under each cause at "
                    "every strength):")
@@ -256,6 +260,68 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 
 @main.command(context_settings=CONTEXT)
 @model_options
+@click.option("--train", "train_spec", required=True, metavar="SOURCE",
+              help="Labelled reference data (ideally not the classifier's own training set).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="The fitted folder to write.")
+@click.option("--calibration", "calibration_spec", default=None, metavar="SOURCE",
+              help="Held-out labelled calibration data (default: split --calibration-fraction off --train).")
+@click.option("--calibration-fraction", default=0.2, show_default=True, help="Share of --train used to calibrate.")
+@click.option("--ae-size", type=int, default=None, help="Autoencoder resolution (default: image size, max 64).")
+@click.option("--ae-epochs", default=25, show_default=True, help="Autoencoder training epochs.")
+@click.option("--oracle", is_flag=True, help="Also train the steep-slope trust oracle.")
+@click.option("--oracle-loss", type=click.Choice(["steep_slope", "ce", "focal", "tcp"]), default="steep_slope",
+              show_default=True)
+@click.option("--oracle-epochs", default=10, show_default=True)
+@click.option("--oracle-copies", default=2, show_default=True,
+              help="Corrupted copies of each calibration image added to the oracle's training data.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly_errors
+def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
+        head: str | None, device: str, train_spec: str, out: str, calibration_spec: str | None,
+        calibration_fraction: float, ae_size: int | None, ae_epochs: int, oracle: bool, oracle_loss: str,
+        oracle_epochs: int, oracle_copies: int, batch_size: int, seed: int, quiet: bool) -> None:
+    """Fit the trust scores that learn from reference data and write a fitted folder.
+
+    \b
+    Trains the PaRCE autoencoder, calibrates PaRCE competency, fits the Mahalanobis score, stores every score's
+    calibration percentiles (for --flag-percentile without calibration data) and, with --oracle, trains the
+    steep-slope trust oracle. Use the folder with cfx trust --fitted DIR.
+    \b
+    Example:
+        cfx fit --model demo:shapes --train demo:shapes:train --calibration demo:shapes:calibration \\
+                --out fitted/ --oracle
+    """
+    from .fitted import fit as fit_folder
+
+    classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
+    train_source = _open_data(train_spec, classifier)
+    cal_source = _open_data(calibration_spec, classifier) if calibration_spec else None
+    try:
+        fitted = fit_folder(classifier, train_source, out, calibration=cal_source,
+                            calibration_fraction=calibration_fraction, ae_size=ae_size, ae_epochs=ae_epochs,
+                            oracle=oracle, oracle_loss=oracle_loss, oracle_epochs=oracle_epochs,
+                            oracle_copies=oracle_copies, batch_size=batch_size, seed=seed, progress=not quiet)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    m = fitted.manifest
+    click.echo(f"fitted {m['counts']['train']} train / {m['counts']['calibration']} calibration images "
+               f"({m['counts']['errors']} unreadable) in {m['seconds']:.1f} s")
+    click.echo(f"PaRCE: z* = {m['parce']['z_star']:.2f}, calibration accuracy {m['parce']['calibration_accuracy']:.3f}"
+               f", mean competency off by {m['parce']['calibration_gap']:.3f}; autoencoder "
+               f"{m['autoencoder']['image_size']} latent {m['autoencoder']['latent_dim']}")
+    if "oracle" in m:
+        click.echo(f"oracle ({m['oracle']['loss']}): trained on {m['oracle_training']['images']} images, "
+                   f"classifier error rate there {m['oracle_training']['error_rate']:.3f}")
+    summary = {"command": "fit", "fitted": str(Path(out).resolve()),
+               **{k: v for k, v in m.items() if k not in ("files", "calibration_percentiles")}}
+    _write_json(Path(out) / "summary.json", summary)
+    click.echo(f"wrote {out}/manifest.json")
+
+
+@main.command(context_settings=CONTEXT)
+@model_options
 @click.option("--data", "data_spec", required=True, metavar="SOURCE",
               help="Images to score: a folder, a .csv/.jsonl manifest, or demo:shapes[:SPLIT] / demo:digits[:SPLIT].")
 @click.option("--out", type=click.Path(file_okay=False), default="cfx-trust", show_default=True,
@@ -265,10 +331,13 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 @click.option("--list-methods", is_flag=True, is_eager=True, expose_value=False, callback=lambda ctx, _, v: (
     click.echo("\n".join(f"{n:15s} {s.description}" for n, s in __import__("cfx.trust").trust.SCORES.items())),
     ctx.exit()) if v else None, help="List the trust scores and exit.")
+@click.option("--fitted", "fitted_dir", type=click.Path(file_okay=False), default=None,
+              help="Fitted folder from cfx fit: adds PaRCE, Mahalanobis and the oracle, and stored percentiles.")
 @click.option("--flag-score", default="gradtrust", show_default=True, help="Score that decides the flags.")
 @click.option("--flag-below", type=float, default=None, help="Flag samples whose flag score is below this number.")
 @click.option("--flag-percentile", type=float, default=None,
-              help="Flag below this percentile (0-100) of the flag score on --calibration data.")
+              help="Flag below this percentile (0-100) of the flag score on --calibration data, or on the "
+                   "calibration split stored by cfx fit (--fitted).")
 @click.option("--calibration", "calibration_spec", default=None, metavar="SOURCE",
               help="Calibration data for --flag-percentile (e.g. demo:shapes:calibration).")
 @click.option("--batch-size", default=64, show_default=True)
@@ -279,7 +348,8 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
-          head: str | None, device: str, data_spec: str, out: str, methods: str, flag_score: str,
+          head: str | None, device: str, data_spec: str, out: str, methods: str, fitted_dir: str | None,
+          flag_score: str,
           flag_below: float | None, flag_percentile: float | None, calibration_spec: str | None, batch_size: int,
           bootstrap: int, odin_temperature: float, odin_epsilon: float, mc_passes: int, quiet: bool) -> None:
     """Score every prediction with every trust score, flag the untrusted ones, and measure the scores.
@@ -299,7 +369,12 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     from .trust import SCORES, Threshold, applicable_scores
 
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
-    available = applicable_scores(classifier)
+    fitted = None
+    if fitted_dir:
+        from .fitted import Fitted
+
+        fitted = Fitted.load(fitted_dir, classifier)
+    available = applicable_scores(classifier, fitted)
     chosen = available if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in SCORES]
     if unknown:
@@ -307,14 +382,25 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
                                  param_hint="--methods")
     if flag_below is not None and flag_percentile is not None:
         raise click.UsageError("give either --flag-below or --flag-percentile, not both")
-    if flag_percentile is not None and not calibration_spec:
-        raise click.UsageError("--flag-percentile needs --calibration SOURCE to take the percentile on")
+    if flag_percentile is not None and not calibration_spec and fitted is None:
+        raise click.UsageError("--flag-percentile needs --calibration SOURCE or --fitted DIR to take the "
+                               "percentile on")
+    needs_fit = [m for m in chosen if SCORES[m].needs_fit and (fitted is None or m not in fitted.score_names)]
+    if needs_fit:
+        raise click.BadParameter(f"score(s) {needs_fit} need a fitted folder that has them (cfx fit"
+                                 f"{' --oracle' if 'oracle' in needs_fit else ''}; then --fitted DIR)",
+                                 param_hint="--methods")
     if (flag_below is not None or flag_percentile is not None) and flag_score not in chosen:
         chosen.append(flag_score)
-    options = {"odin_temperature": odin_temperature, "odin_epsilon": odin_epsilon, "mc_passes": mc_passes}
+    options = {"odin_temperature": odin_temperature, "odin_epsilon": odin_epsilon, "mc_passes": mc_passes,
+               "fitted": fitted}
     threshold = None
     if flag_below is not None:
         threshold = Threshold.fixed(flag_score, flag_below)
+    elif flag_percentile is not None and not calibration_spec:
+        threshold = fitted.threshold(flag_score, flag_percentile)
+        click.echo(f"threshold {flag_score} < {threshold.value:.6g} (percentile {flag_percentile:g} of the "
+                   f"{threshold.calibration_size} calibration samples stored in {fitted_dir})")
     elif flag_percentile is not None:
         cal = score_source(classifier, _open_data(calibration_spec, classifier), [flag_score], batch_size,
                            progress=not quiet, **options)

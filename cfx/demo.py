@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from .data import DataSourceError, TensorSource
 from .models import Classifier, Preprocessing
 from .nets import ConvAutoencoder, SmallCNN
+from .training import train_model
 
 __all__ = [
     "CAUSES",
@@ -54,6 +55,7 @@ __all__ = [
     "cause_conditions",
     "cause_examples",
     "default_cache_dir",
+    "demo_fitted",
     "demo_source",
     "digits_data",
     "load_demo",
@@ -487,41 +489,6 @@ def _demo_config(name: str, seed: int, bias_rate: float) -> dict:
     return {"dataset": name, "world": world, "training": train, "version": 4, "torch": torch.__version__}
 
 
-def _fit(model: nn.Module, inputs: Tensor, targets: Tensor | None, epochs: int, batch_size: int, lr: float,
-         seed: int, desc: str, progress: bool) -> list[float]:
-    """Adam training loop shared by the classifier (cross-entropy) and the autoencoder (MSE to the input)."""
-    from tqdm.auto import tqdm
-
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    # The classifier gets a one-cycle schedule (it converges to a confident, accurate model in few epochs); the
-    # autoencoder reconstructs better with a constant rate, as in §A1.
-    steps = epochs * math.ceil(len(inputs) / batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15) \
-        if targets is not None else None
-    losses = []
-    model.train()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
-    for _ in bar:
-        perm = torch.randperm(len(inputs), generator=g)
-        total = 0.0
-        for i in range(0, len(inputs), batch_size):
-            idx = perm[i:i + batch_size]
-            x = inputs[idx]
-            out = model(x)
-            loss = F.cross_entropy(out, targets[idx]) if targets is not None else F.mse_loss(out, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if schedule is not None:
-                schedule.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(inputs))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    model.eval()
-    return losses
-
-
 @dataclass
 class DemoModels:
     """A demo data set with its trained classifier and autoencoder (see :func:`load_demo`)."""
@@ -572,10 +539,10 @@ def load_demo(name: str = "shapes", seed: int = 0, bias_rate: float = 0.9, cache
         classifier_net = SmallCNN(num_classes, image_size=size)
         autoencoder = ConvAutoencoder(image_size=size)
         t0 = time.perf_counter()
-        c_loss = _fit(classifier_net, x_train, y_train, tc.classifier_epochs, tc.batch_size, tc.lr, tc.seed,
+        c_loss = train_model(classifier_net, x_train, y_train, tc.classifier_epochs, tc.batch_size, tc.lr, tc.seed,
                       f"{name}: classifier", progress)
         t1 = time.perf_counter()
-        a_loss = _fit(autoencoder, x_train, None, tc.autoencoder_epochs, tc.autoencoder_batch_size, tc.lr,
+        a_loss = train_model(autoencoder, x_train, None, tc.autoencoder_epochs, tc.autoencoder_batch_size, tc.lr,
                       tc.seed + 1, f"{name}: autoencoder", progress)
         t2 = time.perf_counter()
         training = {"classifier_seconds": round(t1 - t0, 2), "autoencoder_seconds": round(t2 - t1, 2),
@@ -592,6 +559,22 @@ def load_demo(name: str = "shapes", seed: int = 0, bias_rate: float = 0.9, cache
     classifier = Classifier.wrap(classifier_net, preprocessing=Preprocessing(size=(size, size)),
                                  class_names=data.class_names, num_classes=num_classes, source=f"demo:{name}")
     return DemoModels(data, classifier, autoencoder, config, path, training, loaded)
+
+
+def demo_fitted(models: DemoModels, progress: bool = True, refit: bool = False):
+    """The fitted folder of a demo data set (PaRCE, Mahalanobis, the steep-slope oracle), made with
+    :func:`cfx.fitted.fit` on its train and calibration splits and cached beside the demo models."""
+    from .fitted import Fitted, FittedError, fit
+
+    path = models.cache_path / "fitted"
+    if not refit and (path / "manifest.json").is_file():
+        try:
+            return Fitted.load(path, models.classifier)
+        except FittedError:
+            pass  # stale or corrupted: fit again
+    return fit(models.classifier, models.data.source("train"), path, calibration=models.data.source("calibration"),
+               autoencoder=models.autoencoder, oracle=True, seed=int(models.config["training"]["seed"]),
+               progress=progress)
 
 
 def demo_source(spec: str) -> TensorSource:

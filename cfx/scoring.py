@@ -81,7 +81,7 @@ def score_source(classifier: Classifier, source: ImageSource | Iterable[Record],
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    methods = list(methods) if methods is not None else applicable_scores(classifier)
+    methods = list(methods) if methods is not None else applicable_scores(classifier, score_options.get("fitted"))
     unknown = [m for m in methods if m not in SCORES]
     if unknown:
         raise ValueError(f"unknown score(s) {unknown}; known: {', '.join(SCORES)}")

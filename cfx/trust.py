@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models import Classifier, _linear_weight
+
+if TYPE_CHECKING:
+    from .fitted import Fitted
 
 __all__ = [
     "SCORES",
@@ -298,6 +301,13 @@ SCORES: dict[str, ScoreSpec] = {s.name: s for s in [
               reference="Liang et al. 2018"),
     ScoreSpec("mc_dropout", "negative entropy of the mean softmax over 10 dropout passes", "model",
               reference="Gal & Ghahramani 2016"),
+    ScoreSpec("parce", "PaRCE competency: estimated probability the prediction is correct, from the softmax and "
+              "the autoencoder's reconstruction loss (cfx fit)", "model", needs_fit=True,
+              reference="counterfactuals.md §A1"),
+    ScoreSpec("mahalanobis", "minus the smallest Mahalanobis distance of the features to a class mean (cfx fit)",
+              "features", needs_fit=True, reference="Lee et al. 2018"),
+    ScoreSpec("oracle", "learned trust oracle trained with the steep slope loss (cfx fit --oracle)", "model",
+              needs_fit=True, reference="trust.md §2"),
 ]}
 
 _LOGIT_SCORES: dict[str, Callable[[Tensor], Tensor]] = {
@@ -308,15 +318,16 @@ _LOGIT_SCORES: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def applicable_scores(classifier: Classifier) -> list[str]:
-    """Registry names that apply to this classifier (MC dropout only with dropout; features only with hooks)."""
-    names = [n for n, s in SCORES.items() if not s.needs_fit]
+def applicable_scores(classifier: Classifier, fitted: "Fitted | None" = None) -> list[str]:
+    """Registry names that apply to this classifier (MC dropout only with dropout; features only with hooks;
+    fitted scores only with a fitted folder)."""
+    names = [n for n, s in SCORES.items() if not s.needs_fit or (fitted is not None and n in fitted.score_names)]
     if not _dropout_modules(classifier.model):
         names.remove("mc_dropout")
     if isinstance(classifier.head, torch.jit.ScriptModule) and not any(
             callable(getattr(classifier.model, m, None)) and not isinstance(getattr(classifier.model, m), nn.Module)
             for m in ("features", "forward_features")):
-        names.remove("gradnorm")
+        names = [n for n in names if SCORES[n].needs != "features"]
     return names
 
 
@@ -330,28 +341,31 @@ class BatchScores:
 
 
 def score_batch(classifier: Classifier, images: Tensor, methods: Sequence[str] | None = None,
-                odin_temperature: float = 1000.0, odin_epsilon: float = 0.0014, mc_passes: int = 10) -> BatchScores:
+                odin_temperature: float = 1000.0, odin_epsilon: float = 0.0014, mc_passes: int = 10,
+                fitted: "Fitted | None" = None) -> BatchScores:
     """Compute the named scores for a batch of images ``(N, 3, H, W)`` in [0, 1].
 
     All logit- and feature-based scores share one forward pass under ``torch.inference_mode``; ODIN and MC dropout
     make their own passes. A sample whose logits are not finite gets NaN scores and an error message instead of
     stopping the batch.
     """
-    methods = list(methods) if methods is not None else applicable_scores(classifier)
+    methods = list(methods) if methods is not None else applicable_scores(classifier, fitted)
     unknown = [m for m in methods if m not in SCORES]
     if unknown:
         raise ValueError(f"unknown score(s) {unknown}; known: {list(SCORES)}")
-    fitted = [m for m in methods if SCORES[m].needs_fit]
-    if fitted:
-        raise ValueError(f"score(s) {fitted} need fitting on reference data (cfx fit); compute them with their "
-                         "fitted object")
+    needs_fit = [m for m in methods if SCORES[m].needs_fit]
+    if needs_fit and fitted is None:
+        raise ValueError(f"score(s) {needs_fit} need a fitted folder: run cfx fit, then pass it (--fitted DIR, "
+                         "fitted=cfx.Fitted.load(DIR, classifier))")
     need_features = any(SCORES[m].needs == "features" for m in methods)
+    images = images.to(classifier.device)
     with torch.inference_mode():
         if need_features:
             logits, features = classifier.logits_and_features(images)
         else:
             logits, features = classifier.logits(images), None
-    logits = logits.float()
+    logits = logits.float().cpu()
+    features = features.float().cpu() if features is not None else None
     finite = torch.isfinite(logits).all(dim=1)
     errors: list[str | None] = [None if ok else "the model returned NaN or infinite logits" for ok in finite.tolist()]
     n = len(logits)
@@ -369,6 +383,11 @@ def score_batch(classifier: Classifier, images: Tensor, methods: Sequence[str] |
             elif name == "mc_dropout":
                 value[good] = mc_dropout(classifier, images[good], mc_passes).float().cpu()
         out[name] = value
+    if needs_fit and len(good):
+        fitted_scores = fitted.scores(classifier, images[good.to(images.device)], logits[good],
+                                      None if features is None else features[good].float(), needs_fit)
+        for name, value in fitted_scores.items():
+            out[name][good] = value.float().cpu()
     return BatchScores(logits.cpu(), out, errors)
 
 

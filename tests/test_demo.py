@@ -4,7 +4,8 @@ import torch
 from PIL import Image, ImageEnhance
 
 from cfx.data import TensorSource, open_source
-from cfx.demo import (CAUSES, SHAPES, ShapesWorld, WorldConfig, _fit, apply_cause, cause_examples, digits_data,
+from cfx.training import train_model
+from cfx.demo import (CAUSES, SHAPES, ShapesWorld, WorldConfig, apply_cause, cause_examples, digits_data,
                       shapes_data, split_indices)
 from cfx.nets import ConvAutoencoder, SmallCNN
 
@@ -162,7 +163,7 @@ def test_training_is_deterministic_given_seed(small_world):
     for _ in range(2):
         torch.manual_seed(5)
         net = SmallCNN(len(SHAPES))
-        _fit(net, x[:64], y[:64], epochs=1, batch_size=32, lr=1e-3, seed=5, desc="t", progress=False)
+        train_model(net, x[:64], y[:64], epochs=1, batch_size=32, lr=1e-3, seed=5, desc="t", progress=False)
         weights.append(torch.cat([p.flatten() for p in net.parameters()]))
     assert torch.equal(weights[0], weights[1])
 
