@@ -1,0 +1,214 @@
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from scipy.stats import norm
+from torch import nn
+
+from cfx.cli import main
+from cfx.data import TensorSource
+from cfx.fitted import Fitted, FittedError, Mahalanobis, PaRCE, TrustOracle, fit, steep_slope_loss
+from cfx.models import Classifier, load_classifier
+from cfx.nets import ConvAutoencoder
+
+FACTORIES = Path(__file__).parent / "factories.py"
+
+
+def _parce_reference(probs, losses, mu, sigma, z_star):
+    """§A1 written out with scipy: rho = max_c p_c * sum_c p_c (1 - Phi((l - 2 mu_c) / sigma_c - z*))."""
+    in_dist = 1 - norm.cdf((losses[:, None] - 2 * mu[None]) / sigma[None] - z_star)
+    return probs.max(1) * (probs * in_dist).sum(1)
+
+
+def test_parce_calibration_picks_the_grid_point_matching_accuracy():
+    rng = np.random.default_rng(0)
+    n, c = 400, 4
+    labels = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 3 * np.eye(c)[labels] * (rng.random(n) < 0.8)[:, None]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    losses = rng.gamma(2.0, 0.01, n) * (1 + 0.2 * labels)
+    parce = PaRCE(ConvAutoencoder(16)).fit(torch.tensor(probs), torch.tensor(losses), torch.tensor(labels))
+    mu = np.array([losses[labels == k].mean() for k in range(c)])
+    sigma = np.array([losses[labels == k].std() for k in range(c)])
+    np.testing.assert_allclose(parce.mu_.numpy(), mu, rtol=1e-10)
+    np.testing.assert_allclose(parce.sigma_.numpy(), sigma, rtol=1e-10)
+    accuracy = (probs.argmax(1) == labels).mean()
+    grid = np.round(np.arange(0, 5, 0.05), 2)
+    gaps = [abs(_parce_reference(probs, losses, mu, sigma, z).mean() - accuracy) for z in grid]
+    assert parce.z_star_ == pytest.approx(grid[int(np.argmin(gaps))])
+    assert parce.calibration_gap_ == pytest.approx(min(gaps))
+    assert parce.z_star_ in set(grid.tolist())
+    comp = parce._competency(torch.tensor(probs), torch.tensor(losses), parce.z_star_).numpy()
+    np.testing.assert_allclose(comp, _parce_reference(probs, losses, mu, sigma, parce.z_star_), rtol=1e-8)
+    assert (comp >= 0).all() and (comp <= 1).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_fitted(tmp_path_factory):
+    torch.manual_seed(0)
+    clf = load_classifier(f"python:{FACTORIES}:tiny_cnn")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(120, 3, 16, 16, generator=g)
+    labels = torch.randint(0, 4, (120,), generator=g)
+    out = tmp_path_factory.mktemp("fitted")
+    fitted = fit(clf, TensorSource(images, labels), out, ae_epochs=1, progress=False)
+    return clf, fitted, images, labels
+
+
+def test_torch_competency_equals_batched_and_has_input_gradients(tiny_fitted):
+    clf, fitted, images, _ = tiny_fitted
+    x = images[:8].clone().requires_grad_(True)
+    comp = fitted.parce.score_torch(clf, x)
+    batched = fitted.parce.score(clf, images[:8], batch_size=3)
+    torch.testing.assert_close(comp.detach(), batched)
+    assert ((batched >= 0) & (batched <= 1)).all()
+    comp.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # directional derivative against central finite differences (float64 copies of both networks)
+    d = torch.randn_like(images[:8])
+    clf64 = Classifier.wrap(__import__("copy").deepcopy(clf.model).double(), num_classes=4)
+    parce64 = PaRCE.from_state(__import__("copy").deepcopy(fitted.autoencoder).double(), fitted.parce.state())
+    x64 = images[:8].double().requires_grad_(True)
+    parce64.score_torch(clf64, x64).sum().backward()
+    eps = 1e-5
+    with torch.no_grad():
+        fd = (parce64.score_torch(clf64, x64 + eps * d.double()).sum()
+              - parce64.score_torch(clf64, x64 - eps * d.double()).sum()) / (2 * eps)
+    assert float((x64.grad * d).sum()) == pytest.approx(float(fd), rel=1e-4, abs=1e-8)
+
+
+def test_mahalanobis_matches_brute_force_and_ranks_far_points_low():
+    rng = np.random.default_rng(1)
+    means = np.array([[0.0, 0, 0], [5, 0, 0], [0, 5, 0]])
+    labels = rng.integers(0, 3, 300)
+    feats = means[labels] + rng.normal(size=(300, 3)) * [1.0, 0.5, 2.0]
+    m = Mahalanobis().fit(torch.tensor(feats), torch.tensor(labels))
+    queries = np.array([[0.1, 0.2, 0.0], [5.2, 0.1, 0.3], [30.0, 30.0, 30.0]])
+    p = m.precision_.numpy()
+    mu = m.means_.numpy()
+    brute = [-min((q - mu[k]) @ p @ (q - mu[k]) for k in range(3)) for q in queries]
+    np.testing.assert_allclose(m.score(torch.tensor(queries)).numpy(), brute, rtol=1e-5)
+    np.testing.assert_allclose(mu, [feats[labels == k].mean(0) for k in range(3)])
+    s = m.score(torch.tensor(queries))
+    assert s[2] < s[0] and s[2] < s[1]
+
+
+def test_steep_slope_loss_values_and_directions():
+    a_neg, a_pos = 5.0, 2.0
+    z = torch.tensor([0.0, 0.0])
+    y = torch.tensor([1, 0])
+    # at z = 0 each term is 1 - e^{-alpha}
+    per = [1 - math.exp(-a_pos), 1 - math.exp(-a_neg)]
+    assert steep_slope_loss(z, y, a_neg, a_pos).item() == pytest.approx(sum(per) / 2)
+    # the good extremes cost nothing: correct with z -> +inf, wrong with z -> -inf
+    assert steep_slope_loss(torch.tensor([1e6]), torch.tensor([1]), a_neg, a_pos).item() == pytest.approx(0, abs=1e-5)
+    assert steep_slope_loss(torch.tensor([-1e6]), torch.tensor([0]), a_neg, a_pos).item() == pytest.approx(0, abs=1e-5)
+    # the gradient pushes correct samples up and wrong ones down (seed 003's printed Eq. 8 would do the opposite)
+    zz = torch.zeros(2, requires_grad=True)
+    steep_slope_loss(zz, torch.tensor([1, 0]), a_neg, a_pos).backward()
+    assert zz.grad[0] < 0 < zz.grad[1]
+
+
+def test_oracle_needs_errors_to_learn_from(tiny_fitted):
+    clf, _, images, _ = tiny_fitted
+    right = clf.predict(images)
+    with pytest.raises(ValueError, match="nothing to learn"):
+        TrustOracle(epochs=1).fit(clf, images, right, progress=False)
+    with pytest.raises(ValueError, match="loss must be"):
+        TrustOracle(loss="hinge")
+
+
+def test_fitted_folder_round_trip_and_integrity_errors(tiny_fitted, tmp_path):
+    clf, fitted, images, labels = tiny_fitted
+    again = Fitted.load(fitted.path, clf)
+    torch.testing.assert_close(again.parce.score(clf, images), fitted.parce.score(clf, images))
+    assert again.manifest["counts"]["calibration"] == 24 and again.score_names == ["parce", "mahalanobis"]
+    assert set(again.calibration_scores) >= {"gradtrust", "msp", "parce", "mahalanobis", "correct"}
+    t = again.threshold("parce", 10)
+    assert t.percentile == 10 and t.calibration_size == 24
+
+    import shutil
+
+    def copy():
+        target = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(fitted.path, target)
+        return target
+
+    broken = copy()
+    (broken / "manifest.json").write_text("{ not json")
+    with pytest.raises(FittedError, match="corrupted"):
+        Fitted.load(broken, clf)
+    missing = copy()
+    (missing / "mahalanobis.pt").unlink()
+    with pytest.raises(FittedError, match="missing mahalanobis.pt"):
+        Fitted.load(missing, clf)
+    modified = copy()
+    with (modified / "autoencoder.pt").open("ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(FittedError, match="checksum"):
+        Fitted.load(modified, clf)
+    torch.manual_seed(99)
+    other = Classifier.wrap(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                          nn.Flatten(), nn.Linear(32, 4)))
+    with pytest.raises(FittedError, match="another model"):
+        Fitted.load(fitted.path, other)
+    with pytest.raises(FittedError, match="does not exist"):
+        Fitted.load(tmp_path / "nope", clf)
+
+
+def test_fit_needs_labels(tmp_path):
+    clf = load_classifier(f"python:{FACTORIES}:tiny_cnn")
+    with pytest.raises(ValueError, match="labelled"):
+        fit(clf, TensorSource(torch.rand(10, 3, 16, 16)), tmp_path, ae_epochs=1, progress=False)
+
+
+def test_cli_fit_then_trust_with_fitted_scores(tmp_path):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate("abcd"):
+        (data / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    (data / "a" / "bad.png").write_bytes(b"")
+    out = tmp_path / "fitted"
+    r = CliRunner().invoke(main, ["fit", "--model", f"python:{FACTORIES}:tiny_cnn", "--train", str(data),
+                                  "--out", str(out), "--ae-epochs", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["errors"] == 1 and manifest["errors"][0]["id"] == "a/bad.png"
+    assert "z* =" in r.output
+    r = CliRunner().invoke(main, ["trust", "--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(data),
+                                  "--fitted", str(out), "--flag-score", "parce", "--flag-percentile", "20",
+                                  "--out", str(tmp_path / "t"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert {"parce", "mahalanobis"} <= set(summary["methods"]) and summary["threshold"]["calibration_size"] == 10
+    r = CliRunner().invoke(main, ["trust", "--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(data),
+                                  "--fitted", str(out), "--methods", "oracle", "--quiet", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--oracle" in r.output
+    r = CliRunner().invoke(main, ["trust", "--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(data),
+                                  "--methods", "parce", "--quiet", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "fitted folder" in r.output
+
+
+@pytest.mark.slow
+def test_demo_fitted_oracle_and_table(shapes_models):
+    from cfx.demo import cause_conditions, demo_fitted
+    from cfx.metrics import misprediction_metrics
+
+    fitted = demo_fitted(shapes_models, progress=False)
+    assert fitted.oracle is not None and fitted.score_names == ["parce", "mahalanobis", "oracle"]
+    x, y = shapes_models.data.split("test")
+    cond = cause_conditions(x, y)
+    px = torch.cat([c[0] for c in cond.values()])
+    py = torch.cat([c[1] for c in cond.values()])
+    correct = shapes_models.classifier.predict(px) == py
+    raw = fitted.oracle.raw(px)
+    torch.testing.assert_close(fitted.oracle.score(px), torch.sigmoid(raw))
+    m = misprediction_metrics(fitted.oracle.score(px), correct, threshold=0.5)
+    assert m["auroc"] > 0.6 and m["tnr"] > 0.3
