@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .data import DataSourceError, TensorSource
 from .models import Classifier, Preprocessing
@@ -564,16 +564,19 @@ def load_demo(name: str = "shapes", seed: int = 0, bias_rate: float = 0.9, cache
 def demo_fitted(models: DemoModels, progress: bool = True, refit: bool = False):
     """The fitted folder of a demo data set (PaRCE, Mahalanobis, the steep-slope oracle), made with
     :func:`cfx.fitted.fit` on its train and calibration splits and cached beside the demo models."""
-    from .fitted import Fitted, FittedError, fit
+    from .fitted import Fitted, FittedError, TrustOracle, fit
 
     path = models.cache_path / "fitted"
+    seed = int(models.config["training"]["seed"])
     if not refit and (path / "manifest.json").is_file():
         try:
-            return Fitted.load(path, models.classifier)
+            fitted = Fitted.load(path, models.classifier)
+            if fitted.manifest.get("oracle") == TrustOracle(seed=seed).config():
+                return fitted
         except FittedError:
             pass  # stale or corrupted: fit again
     return fit(models.classifier, models.data.source("train"), path, calibration=models.data.source("calibration"),
-               autoencoder=models.autoencoder, oracle=True, seed=int(models.config["training"]["seed"]),
+               autoencoder=models.autoencoder, oracle=True, seed=seed,
                progress=progress)
 
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
@@ -256,7 +256,7 @@ class TrustOracle:
 
     loss: OracleLoss = "steep_slope"
     epochs: int = 10
-    lr: float = 1e-4
+    lr: float = 3e-4
     batch_size: int = 64
     slope: tuple[float, float, float, float] = (5.0, 2.0, 0.0, 0.0)  # (α⁻, α⁺, β⁻, β⁺), trust.md §2.2 ResNet
     focal_gamma: float = 2.0
@@ -539,7 +539,6 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     optionally train the trust oracle on the calibration split plus ``oracle_copies`` corrupted copies.
     Bad images are skipped and listed in the manifest. Returns the loaded :class:`Fitted`.
     """
-    from .trust import SCORES, applicable_scores, score_batch
 
     if not 0 < calibration_fraction < 1:
         raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")

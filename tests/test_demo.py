@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from cfx.data import TensorSource, open_source
+from cfx.data import open_source
 from cfx.training import train_model
 from cfx.demo import (CAUSES, SHAPES, ShapesWorld, WorldConfig, apply_cause, cause_examples, digits_data,
                       shapes_data, split_indices)
