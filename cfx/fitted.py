@@ -374,6 +374,7 @@ class Fitted:
     mahalanobis: Mahalanobis
     calibration_scores: dict[str, Tensor]
     oracle: TrustOracle | None = None
+    latent_index: Any = None  # cfx.generators.LatentIndex over high-competency calibration latents
 
     @property
     def autoencoder(self) -> ConvAutoencoder:
@@ -456,9 +457,14 @@ class Fitted:
             net = _OracleNet(classifier, signed_distance=oracle.loss == "steep_slope")
             net.load_state_dict(torch.load(path / "oracle.pt", map_location="cpu", weights_only=True))
             oracle.net_ = net.to(classifier.device).eval()
+        latent_index = None
+        if "latent_index.faiss" in files:
+            from cfx.generators.latent import LatentIndex
+
+            latent_index = LatentIndex.load(path)
         if classifier is not None:
             ae.to(classifier.device)
-        return cls(path, manifest, parce, maha, cal, oracle)
+        return cls(path, manifest, parce, maha, cal, oracle, latent_index)
 
 
 def _collect(classifier: Classifier, source: ImageSource | Iterable[Record], batch_size: int, progress: bool,
@@ -527,8 +533,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         ae_size: int | tuple[int, int] | None = None, ae_epochs: int = 25, ae_batch_size: int = 64,
         ae_lr: float = 1e-3, latent_dim: int = 256, autoencoder: ConvAutoencoder | None = None,
         oracle: bool = False, oracle_loss: OracleLoss = "steep_slope", oracle_epochs: int = 10,
-        oracle_copies: int = 2, competency_threshold: float = 0.9, batch_size: int = 64, seed: int = 0,
-        progress: bool = True) -> Fitted:
+        oracle_copies: int = 2, competency_threshold: float = 0.9, index_metric: str = "l1", batch_size: int = 64,
+        seed: int = 0, progress: bool = True) -> Fitted:
     """Fit everything the later stages need on reference data and write a fitted folder to ``out``.
 
     ``train`` is labelled reference data. Give held-out ``calibration`` data, or a ``calibration_fraction`` of
@@ -537,7 +543,9 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     at ``ae_size`` (default: the images' size, capped at 64 px); calibrate PaRCE on the calibration split; fit
     Mahalanobis on the train split; store every score on the calibration split (for percentile thresholds);
     optionally train the trust oracle on the calibration split plus ``oracle_copies`` corrupted copies.
-    Bad images are skipped and listed in the manifest. Returns the loaded :class:`Fitted`.
+    The latent index of LNN counterfactuals (``index_metric``: l1, l2 or cos) holds the calibration images whose
+    competency exceeds ``competency_threshold``. Bad images are skipped and listed in the manifest. Returns the
+    loaded :class:`Fitted`.
     """
 
     if not 0 < calibration_fraction < 1:
@@ -600,6 +608,19 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
                                   as_float_images(cal_float[i:i + 256]).to(classifier.device)).float().cpu()
             for i in range(0, len(cal_float), 256)])
     cal_scores["mahalanobis"] = maha.score(cal["features"])
+    # The latent index of LNN counterfactuals: high-competency calibration images (§A2).
+    from cfx.generators.latent import LatentIndex
+
+    confident = torch.nonzero(cal_scores["parce"] > competency_threshold).flatten()
+    latent_index = None
+    if len(confident):
+        ae_images = torch.cat([_resize(as_float_images(cal_float[confident[i:i + 256]]), autoencoder.image_size)
+                               for i in range(0, len(confident), 256)])
+        with torch.inference_mode():
+            latents = torch.cat([autoencoder.encode(ae_images[i:i + 256].to(classifier.device)).cpu()
+                                 for i in range(0, len(ae_images), 256)])
+        latent_index = LatentIndex(index_metric).build(latents, [cal["ids"][i] for i in confident.tolist()],
+                                                       cal["labels"][confident], ae_images)
     if trained_oracle is not None:
         cal_scores["oracle"] = trained_oracle.score(cal["images"])
     cal_scores["correct"] = (cal["logits"].argmax(1) == cal["labels"]).float()
@@ -613,10 +634,13 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     if trained_oracle is not None:
         torch.save(trained_oracle.net_.state_dict(), out / "oracle.pt")
         files.append("oracle.pt")
+    if latent_index is not None:
+        files += latent_index.save(out)
     config = {"calibration_fraction": None if calibration is not None else calibration_fraction,
               "separate_calibration": calibration is not None, "ae_size": list(autoencoder.image_size),
               "ae_epochs": ae_epochs if losses else None, "latent_dim": autoencoder.latent_dim,
-              "competency_threshold": competency_threshold, "seed": seed, "oracle": oracle}
+              "competency_threshold": competency_threshold, "index_metric": index_metric, "seed": seed,
+              "oracle": oracle}
     from . import __version__
 
     percentiles = {name: np.percentile(v[torch.isfinite(v)].numpy(), np.arange(0, 101)).round(8).tolist()
@@ -628,6 +652,7 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         "model": classifier.describe(), "model_fingerprint": model_fingerprint(classifier),
         "data_fingerprint": _data_fingerprint(ref["ids"], ref["labels"], ref["images"]),
         "counts": {"reference": len(ref["ids"]), "train": len(tr_idx), "calibration": len(cal["ids"]),
+                   "latent_index": len(latent_index) if latent_index is not None else 0,
                    "errors": len(ref["errors"]) + len(cal["errors"])},
         "errors": [{"id": i, "error": e} for i, e in ref["errors"] + cal["errors"]][:1000],
         "autoencoder": {"image_size": list(autoencoder.image_size), "latent_dim": autoencoder.latent_dim,

@@ -1,8 +1,22 @@
-"""cfx.generators: counterfactual generators and property edits (stage 2 of the pipeline).
+"""cfx.generators: counterfactual generators (stage 2 of the pipeline).
 
-Installed as ``cfx.generators`` (``pyproject.toml`` maps this folder into the ``cfx`` namespace). The generators
-(image/feature/latent gradient descent, reconstruction, latent nearest neighbours) and the property editors with
-EPGM arrive with their issues; see ``../shared/design/architecture.md``.
+For a low-trust image, make similar images the model is confident about (``../shared/methods/counterfactuals.md``
+§A2): :class:`ImageGradientDescent` (IGD), :class:`FeatureGradientDescent` (FGD),
+:class:`AutoencoderReconstruction` (Reco), :class:`LatentGradientDescent` (LGD) and
+:class:`LatentNearestNeighbours` (LNN, on a FAISS :class:`LatentIndex`). All share one verb,
+``generate(images) -> Counterfactuals``, and raise a differentiable target score (:func:`competency_target`,
+PaRCE, by default). :func:`counterfactual_metrics` measures them (§A3).
+
+Installed as ``cfx.generators`` (``pyproject.toml`` maps this folder into the ``cfx`` namespace).
 """
 
-__all__: list[str] = []
+from .base import Counterfactuals, TargetScore, competency_target, gradtrust_target, ssim, ssim_distance
+from .gradient import FeatureGradientDescent, ImageGradientDescent, LatentGradientDescent
+from .latent import AutoencoderReconstruction, LatentIndex, LatentNearestNeighbours
+from .metrics import counterfactual_metrics, kernel_inception_distance
+
+__all__ = [
+    "AutoencoderReconstruction", "Counterfactuals", "FeatureGradientDescent", "ImageGradientDescent",
+    "LatentGradientDescent", "LatentIndex", "LatentNearestNeighbours", "TargetScore", "competency_target",
+    "counterfactual_metrics", "gradtrust_target", "kernel_inception_distance", "ssim", "ssim_distance",
+]

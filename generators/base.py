@@ -1,0 +1,94 @@
+"""What every counterfactual generator returns, the target scores they raise, and weight-free image distances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from cfx.fitted import Fitted
+    from cfx.models import Classifier
+
+__all__ = ["Counterfactuals", "TargetScore", "competency_target", "gradtrust_target", "ssim", "ssim_distance"]
+
+
+class TargetScore(Protocol):
+    """A differentiable trust score to raise: images ``(N, 3, H, W)`` in [0, 1] → scores ``(N,)``."""
+
+    def __call__(self, images: Tensor) -> Tensor: ...
+
+
+@dataclass
+class Counterfactuals:
+    """Counterfactual images for a batch, with what it took to make them.
+
+    ``score_before``/``score_after`` are the target score of the originals and of the counterfactuals;
+    ``success`` says where the counterfactual reached the threshold; ``steps`` is the optimisation steps each sample
+    used (0 for one-shot generators); ``seconds`` is the wall time of the whole batch. ``extra`` carries
+    generator-specific results (e.g. the latent neighbour's id, label and own image).
+    """
+
+    method: str
+    images: Tensor
+    score_before: Tensor
+    score_after: Tensor
+    success: Tensor
+    steps: Tensor
+    seconds: float
+    threshold: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_steps(self) -> int:
+        """Total forward/backward passes over single images: the compute the optimisation spent."""
+        return int(self.steps.sum())
+
+
+def competency_target(classifier: "Classifier", fitted: "Fitted") -> Callable[[Tensor], Tensor]:
+    """PaRCE competency (§A1) as the target: the generators' default."""
+    return lambda images: fitted.parce.score_torch(classifier, images)
+
+
+def gradtrust_target(classifier: "Classifier", labels: str = "all") -> Callable[[Tensor], Tensor]:
+    """GradTrust normalised to (0, 1] by dividing by C, so a threshold like 0.5 reads as "half the maximum"."""
+    from cfx.trust import gradtrust
+
+    return lambda images: gradtrust(classifier.logits(images), labels=labels) / classifier.num_classes
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(coords ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim(x: Tensor, y: Tensor, window: int = 7, sigma: float = 1.5) -> Tensor:
+    """Per-image structural similarity (Wang et al. 2004) of images in [0, 1], Gaussian window; differentiable.
+
+    The window shrinks to the image for small inputs. Returns ``(N,)`` in [-1, 1] (1 = identical).
+    """
+    c = x.shape[1]
+    size = min(window, x.shape[-2], x.shape[-1])
+    size -= 1 - size % 2  # odd
+    w = _gaussian_window(size, sigma, c, x.device, x.dtype)
+    mu_x = F.conv2d(x, w, groups=c)
+    mu_y = F.conv2d(y, w, groups=c)
+    sxx = F.conv2d(x * x, w, groups=c) - mu_x ** 2
+    syy = F.conv2d(y * y, w, groups=c) - mu_y ** 2
+    sxy = F.conv2d(x * y, w, groups=c) - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1)
+
+
+def ssim_distance(x: Tensor, y: Tensor) -> Tensor:
+    """1 − SSIM per image: the weight-free perceptual distance IGD uses in place of LPIPS."""
+    return 1 - ssim(x, y)

@@ -1,0 +1,173 @@
+"""Autoencoder-based counterfactuals (§A2): reconstruction (Reco) and latent nearest neighbours (LNN) on FAISS."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Counterfactuals
+from .gradient import _check_autoencoder_size, _check_images
+
+__all__ = ["AutoencoderReconstruction", "LatentIndex", "LatentNearestNeighbours"]
+
+Metric = Literal["l1", "l2", "cos"]
+
+
+def _score(target: Callable[[Tensor], Tensor], images: Tensor, batch: int) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([target(images[i:i + batch]).detach().float().cpu() for i in range(0, len(images), batch)])
+
+
+class AutoencoderReconstruction:
+    """Reco (§A2): the counterfactual is the autoencoder's reconstruction ``D(E(x))``; no optimisation."""
+
+    name = "reco"
+
+    def __init__(self, target: Callable[[Tensor], Tensor], autoencoder, threshold: float = 0.9,
+                 internal_batch_size: int = 256):
+        self.target, self.autoencoder, self.threshold = target, autoencoder.eval(), threshold
+        self.internal_batch_size = internal_batch_size
+
+    def generate(self, images: Tensor) -> Counterfactuals:
+        images = _check_images(images)
+        _check_autoencoder_size(images, self.autoencoder)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = torch.cat([self.autoencoder(images[i:i + self.internal_batch_size]).cpu()
+                             for i in range(0, len(images), self.internal_batch_size)])
+        seconds = time.perf_counter() - t0
+        before = _score(self.target, images, self.internal_batch_size)
+        after = _score(self.target, out.to(images.device), self.internal_batch_size)
+        return Counterfactuals(self.name, out, before, after, after >= self.threshold,
+                               torch.zeros(len(out), dtype=torch.long), seconds, self.threshold)
+
+
+class LatentIndex:
+    """A FAISS index over autoencoder latents of high-competency reference images, with their ids, labels and images.
+
+    ``metric``: ``l1`` (the paper's default), ``l2`` or ``cos``; ``kind``: ``flat`` (exact, the default) or
+    ``hnsw`` (approximate, for very large sets; L2 and cosine only).
+    """
+
+    def __init__(self, metric: Metric = "l1", kind: Literal["flat", "hnsw"] = "flat", hnsw_m: int = 32):
+        if metric not in ("l1", "l2", "cos"):
+            raise ValueError(f"metric must be l1, l2 or cos, got {metric!r}")
+        if kind not in ("flat", "hnsw"):
+            raise ValueError(f"kind must be flat or hnsw, got {kind!r}")
+        if kind == "hnsw" and metric == "l1":
+            raise ValueError("FAISS HNSW does not support L1; use metric='l2' or 'cos', or kind='flat'")
+        self.metric, self.kind, self.hnsw_m = metric, kind, hnsw_m
+
+    def _prepare(self, z: Tensor) -> np.ndarray:
+        x = np.ascontiguousarray(z.detach().float().cpu().numpy())
+        if self.metric == "cos":
+            import faiss
+
+            faiss.normalize_L2(x)
+        return x
+
+    def build(self, latents: Tensor, ids: list[str], labels: Tensor, images: Tensor) -> "LatentIndex":
+        """Index ``latents (M, d)`` with the matching ids, labels and images (uint8 or float)."""
+        import faiss
+
+        if len(latents) == 0:
+            raise ValueError("no latents to index: no reference image reached the competency threshold")
+        if not (len(latents) == len(ids) == len(labels) == len(images)):
+            raise ValueError("latents, ids, labels and images must have the same length")
+        d = latents.shape[1]
+        if self.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT if self.metric == "cos"
+                                        else faiss.METRIC_L2)
+        elif self.metric == "l1":
+            index = faiss.IndexFlat(d, faiss.METRIC_L1)
+        elif self.metric == "l2":
+            index = faiss.IndexFlatL2(d)
+        else:
+            index = faiss.IndexFlatIP(d)
+        index.add(self._prepare(latents))
+        self.index_ = index
+        self.ids_ = list(ids)
+        self.labels_ = torch.as_tensor(labels).long().cpu()
+        self.images_ = (images * 255).round().to(torch.uint8).cpu() if images.is_floating_point() else images.cpu()
+        return self
+
+    def __len__(self) -> int:
+        return self.index_.ntotal if hasattr(self, "index_") else 0
+
+    def search(self, latents: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
+        """Nearest indexed entries: ``(distances, positions)``, each ``(N, k)``; cosine returns similarities."""
+        if not hasattr(self, "index_"):
+            raise RuntimeError("the latent index is empty: build() it or load it from a fitted folder")
+        dist, pos = self.index_.search(self._prepare(latents), k)
+        return torch.from_numpy(dist), torch.from_numpy(pos).long()
+
+    def save(self, folder: str | Path) -> list[str]:
+        """Write ``latent_index.faiss`` and ``latent_index.pt`` into ``folder``; returns the file names."""
+        import faiss
+
+        folder = Path(folder)
+        faiss.write_index(self.index_, str(folder / "latent_index.faiss"))
+        torch.save({"ids": self.ids_, "labels": self.labels_, "images": self.images_, "metric": self.metric,
+                    "kind": self.kind, "hnsw_m": self.hnsw_m}, folder / "latent_index.pt")
+        return ["latent_index.faiss", "latent_index.pt"]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "LatentIndex":
+        import faiss
+
+        folder = Path(folder)
+        if not (folder / "latent_index.faiss").is_file():
+            raise FileNotFoundError(f"{str(folder)!r} has no latent index; run cfx fit again (it builds one)")
+        meta = torch.load(folder / "latent_index.pt", map_location="cpu", weights_only=True)
+        out = cls(meta["metric"], meta["kind"], meta["hnsw_m"])
+        out.index_ = faiss.read_index(str(folder / "latent_index.faiss"))
+        out.ids_, out.labels_, out.images_ = meta["ids"], meta["labels"], meta["images"]
+        return out
+
+
+class LatentNearestNeighbours:
+    """LNN (§A2): the decoded latent of the nearest high-competency reference image, ``D(Z_j)``.
+
+    ``extra`` also holds the neighbour itself (``neighbour_images``, ``neighbour_ids``, ``neighbour_labels``,
+    ``neighbour_distance``): the most similar example the model is confident about, for reports.
+    """
+
+    name = "lnn"
+
+    def __init__(self, target: Callable[[Tensor], Tensor], autoencoder, index: LatentIndex, threshold: float = 0.9,
+                 internal_batch_size: int = 256):
+        if index is None or len(index) == 0:
+            raise ValueError("LNN needs a built latent index (cfx fit builds one into the fitted folder)")
+        self.target, self.autoencoder, self.index = target, autoencoder.eval(), index
+        self.threshold, self.internal_batch_size = threshold, internal_batch_size
+
+    def generate(self, images: Tensor) -> Counterfactuals:
+        images = _check_images(images)
+        _check_autoencoder_size(images, self.autoencoder)
+        t0 = time.perf_counter()
+        b = self.internal_batch_size
+        with torch.no_grad():
+            z = torch.cat([self.autoencoder.encode(images[i:i + b]).cpu() for i in range(0, len(images), b)])
+            dist, pos = self.index.search(z, 1)
+            pos = pos[:, 0]
+            stored = torch.from_numpy(self.index.index_.reconstruct_batch(pos.numpy())) if self.index.metric != "cos" \
+                else None
+            if stored is None:  # cosine indexes hold normalised vectors: re-encode the neighbours' own images
+                nb = self.index.images_[pos].float() / 255
+                stored = torch.cat([self.autoencoder.encode(nb[i:i + b].to(images.device)).cpu()
+                                    for i in range(0, len(nb), b)])
+            out = torch.cat([self.autoencoder.decode(stored[i:i + b].to(images.device)).cpu()
+                             for i in range(0, len(stored), b)])
+        seconds = time.perf_counter() - t0
+        before = _score(self.target, images, b)
+        after = _score(self.target, out.to(images.device), b)
+        extra = {"neighbour_images": self.index.images_[pos].float() / 255,
+                 "neighbour_ids": [self.index.ids_[j] for j in pos.tolist()],
+                 "neighbour_labels": self.index.labels_[pos], "neighbour_distance": dist[:, 0]}
+        return Counterfactuals(self.name, out, before, after, after >= self.threshold,
+                               torch.zeros(len(out), dtype=torch.long), seconds, self.threshold, extra)
