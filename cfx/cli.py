@@ -274,6 +274,8 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 @click.option("--oracle-epochs", default=10, show_default=True)
 @click.option("--oracle-copies", default=2, show_default=True,
               help="Corrupted copies of each calibration image added to the oracle's training data.")
+@click.option("--index-metric", type=click.Choice(["l1", "l2", "cos"]), default="l1", show_default=True,
+              help="Distance of the latent nearest-neighbour index (LNN counterfactuals).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -281,13 +283,14 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
         head: str | None, device: str, train_spec: str, out: str, calibration_spec: str | None,
         calibration_fraction: float, ae_size: int | None, ae_epochs: int, oracle: bool, oracle_loss: str,
-        oracle_epochs: int, oracle_copies: int, batch_size: int, seed: int, quiet: bool) -> None:
+        oracle_epochs: int, oracle_copies: int, index_metric: str, batch_size: int, seed: int, quiet: bool) -> None:
     """Fit the trust scores that learn from reference data and write a fitted folder.
 
     \b
     Trains the PaRCE autoencoder, calibrates PaRCE competency, fits the Mahalanobis score, stores every score's
     calibration percentiles (for --flag-percentile without calibration data) and, with --oracle, trains the
-    steep-slope trust oracle. Use the folder with cfx trust --fitted DIR.
+    steep-slope trust oracle. Builds the FAISS latent index of confident calibration images for LNN
+    counterfactuals. Use the folder with cfx trust --fitted DIR.
     \b
     Example:
         cfx fit --model demo:shapes --train demo:shapes:train --calibration demo:shapes:calibration \\
@@ -302,7 +305,8 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
         fitted = fit_folder(classifier, train_source, out, calibration=cal_source,
                             calibration_fraction=calibration_fraction, ae_size=ae_size, ae_epochs=ae_epochs,
                             oracle=oracle, oracle_loss=oracle_loss, oracle_epochs=oracle_epochs,
-                            oracle_copies=oracle_copies, batch_size=batch_size, seed=seed, progress=not quiet)
+                            oracle_copies=oracle_copies, index_metric=index_metric, batch_size=batch_size,
+                            seed=seed, progress=not quiet)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     m = fitted.manifest

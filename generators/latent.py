@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable, Literal
@@ -48,20 +49,21 @@ class AutoencoderReconstruction:
 
 
 class LatentIndex:
-    """A FAISS index over autoencoder latents of high-competency reference images, with their ids, labels and images.
+    """A FAISS index over autoencoder latents of high-competency reference images, with their ids, labels, images
+    and the latents themselves (LNN decodes the neighbour's latent).
 
-    ``metric``: ``l1`` (the paper's default), ``l2`` or ``cos``; ``kind``: ``flat`` (exact, the default) or
-    ``hnsw`` (approximate, for very large sets; L2 and cosine only).
+    ``metric``: ``l1`` (the paper's default), ``l2`` or ``cos``. ``kind``: ``flat`` (exact), ``ivf`` (inverted
+    lists, ``nprobe`` of about 4·√M lists searched: approximate, fast at 10⁵ and more), ``hnsw`` (graph,
+    approximate), or ``auto`` (default: exact up to ``exact_limit`` latents, ``ivf`` beyond).
     """
 
-    def __init__(self, metric: Metric = "l1", kind: Literal["flat", "hnsw"] = "flat", hnsw_m: int = 32):
+    def __init__(self, metric: Metric = "l1", kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto",
+                 nprobe: int = 16, hnsw_m: int = 32, exact_limit: int = 20_000):
         if metric not in ("l1", "l2", "cos"):
             raise ValueError(f"metric must be l1, l2 or cos, got {metric!r}")
-        if kind not in ("flat", "hnsw"):
-            raise ValueError(f"kind must be flat or hnsw, got {kind!r}")
-        if kind == "hnsw" and metric == "l1":
-            raise ValueError("FAISS HNSW does not support L1; use metric='l2' or 'cos', or kind='flat'")
-        self.metric, self.kind, self.hnsw_m = metric, kind, hnsw_m
+        if kind not in ("auto", "flat", "ivf", "hnsw"):
+            raise ValueError(f"kind must be auto, flat, ivf or hnsw, got {kind!r}")
+        self.metric, self.kind, self.nprobe, self.hnsw_m, self.exact_limit = metric, kind, nprobe, hnsw_m, exact_limit
 
     def _prepare(self, z: Tensor) -> np.ndarray:
         x = np.ascontiguousarray(z.detach().float().cpu().numpy())
@@ -79,18 +81,23 @@ class LatentIndex:
             raise ValueError("no latents to index: no reference image reached the competency threshold")
         if not (len(latents) == len(ids) == len(labels) == len(images)):
             raise ValueError("latents, ids, labels and images must have the same length")
-        d = latents.shape[1]
-        if self.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT if self.metric == "cos"
-                                        else faiss.METRIC_L2)
-        elif self.metric == "l1":
-            index = faiss.IndexFlat(d, faiss.METRIC_L1)
-        elif self.metric == "l2":
-            index = faiss.IndexFlatL2(d)
+        n, d = latents.shape
+        metric = {"l1": faiss.METRIC_L1, "l2": faiss.METRIC_L2, "cos": faiss.METRIC_INNER_PRODUCT}[self.metric]
+        kind = self.kind if self.kind != "auto" else ("flat" if n <= self.exact_limit else "ivf")
+        data = self._prepare(latents)
+        if kind == "flat":
+            index = faiss.IndexFlat(d, metric)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, self.hnsw_m, metric)
         else:
-            index = faiss.IndexFlatIP(d)
-        index.add(self._prepare(latents))
-        self.index_ = index
+            nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+            index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, nlist, metric)
+            rng = np.random.default_rng(0)
+            index.train(data[rng.permutation(n)[:max(nlist * 39, min(n, 50_000))]])
+            index.nprobe = min(self.nprobe, nlist)
+        index.add(data)
+        self.index_, self.built_kind_ = index, kind
+        self.latents_ = latents.detach().float().cpu()
         self.ids_ = list(ids)
         self.labels_ = torch.as_tensor(labels).long().cpu()
         self.images_ = (images * 255).round().to(torch.uint8).cpu() if images.is_floating_point() else images.cpu()
@@ -112,8 +119,9 @@ class LatentIndex:
 
         folder = Path(folder)
         faiss.write_index(self.index_, str(folder / "latent_index.faiss"))
-        torch.save({"ids": self.ids_, "labels": self.labels_, "images": self.images_, "metric": self.metric,
-                    "kind": self.kind, "hnsw_m": self.hnsw_m}, folder / "latent_index.pt")
+        torch.save({"ids": self.ids_, "labels": self.labels_, "images": self.images_, "latents": self.latents_,
+                    "metric": self.metric, "kind": self.kind, "built_kind": self.built_kind_, "nprobe": self.nprobe,
+                    "hnsw_m": self.hnsw_m, "exact_limit": self.exact_limit}, folder / "latent_index.pt")
         return ["latent_index.faiss", "latent_index.pt"]
 
     @classmethod
@@ -124,9 +132,10 @@ class LatentIndex:
         if not (folder / "latent_index.faiss").is_file():
             raise FileNotFoundError(f"{str(folder)!r} has no latent index; run cfx fit again (it builds one)")
         meta = torch.load(folder / "latent_index.pt", map_location="cpu", weights_only=True)
-        out = cls(meta["metric"], meta["kind"], meta["hnsw_m"])
+        out = cls(meta["metric"], meta["kind"], meta["nprobe"], meta["hnsw_m"], meta["exact_limit"])
         out.index_ = faiss.read_index(str(folder / "latent_index.faiss"))
-        out.ids_, out.labels_, out.images_ = meta["ids"], meta["labels"], meta["images"]
+        out.built_kind_ = meta["built_kind"]
+        out.ids_, out.labels_, out.images_, out.latents_ = meta["ids"], meta["labels"], meta["images"], meta["latents"]
         return out
 
 
@@ -155,12 +164,7 @@ class LatentNearestNeighbours:
             z = torch.cat([self.autoencoder.encode(images[i:i + b]).cpu() for i in range(0, len(images), b)])
             dist, pos = self.index.search(z, 1)
             pos = pos[:, 0]
-            stored = torch.from_numpy(self.index.index_.reconstruct_batch(pos.numpy())) if self.index.metric != "cos" \
-                else None
-            if stored is None:  # cosine indexes hold normalised vectors: re-encode the neighbours' own images
-                nb = self.index.images_[pos].float() / 255
-                stored = torch.cat([self.autoencoder.encode(nb[i:i + b].to(images.device)).cpu()
-                                    for i in range(0, len(nb), b)])
+            stored = self.index.latents_[pos]
             out = torch.cat([self.autoencoder.decode(stored[i:i + b].to(images.device)).cpu()
                              for i in range(0, len(stored), b)])
         seconds = time.perf_counter() - t0

@@ -69,7 +69,7 @@ def test_reco_is_the_autoencoder_reconstruction(world):
 def test_lnn_neighbour_is_the_brute_force_nearest(world):
     clf, fitted, images, target = world
     index = fitted.latent_index
-    stored = torch.from_numpy(index.index_.reconstruct_n(0, len(index)))
+    stored = index.latents_
     with torch.no_grad():
         z = fitted.autoencoder.encode(images)
     brute = torch.cdist(z.double(), stored.double(), p=1).argmin(1)
@@ -154,8 +154,18 @@ def test_latent_index_metrics_agree_with_brute_force():
                         ("cos", F.normalize(q, dim=1).matmul(F.normalize(z, dim=1).T).argmax(1))):
         idx = LatentIndex(metric).build(z, [str(i) for i in range(300)], torch.zeros(300), imgs)
         assert torch.equal(idx.search(q)[1][:, 0], ref), metric
-    with pytest.raises(ValueError, match="HNSW does not support L1"):
-        LatentIndex("l1", kind="hnsw")
+    # approximate kinds on clustered data find (nearly) the exact neighbours
+    centres = torch.rand(20, 16) * 10
+    zc = centres[torch.randint(0, 20, (3000,))] + torch.rand(3000, 16) * 0.5
+    qc = zc[:100] + 0.01
+    exact = torch.cdist(qc, zc, p=1).argmin(1)
+    for kind in ("ivf", "hnsw"):
+        idx = LatentIndex("l1", kind=kind).build(zc, [""] * 3000, torch.zeros(3000), torch.zeros(3000, 3, 1, 1))
+        assert (idx.search(qc)[1][:, 0] == exact).float().mean() > 0.9, kind
+    assert LatentIndex("l1", exact_limit=100).build(zc, [""] * 3000, torch.zeros(3000),
+                                                    torch.zeros(3000, 3, 1, 1)).built_kind_ == "ivf"
+    with pytest.raises(ValueError, match="kind must be"):
+        LatentIndex("l1", kind="tree")
     with pytest.raises(ValueError, match="no latents"):
         LatentIndex().build(torch.empty(0, 4), [], torch.empty(0), torch.empty(0, 3, 4, 4))
     assert ConvAutoencoder(16).image_size == (16, 16)
