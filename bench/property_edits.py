@@ -5,7 +5,9 @@
    is the nuisance attribute's EPGM at least 3x the control's?
 2. The restoring view per cause: which parametric edit raises PaRCE competency the most for cause images.
 
-    python bench/property_edits.py [--seeds 10] [--images 200] [--skip-restoring]
+3. A 20-strength InstructPix2Pix sweep as one batched call vs one pipeline call per strength (tiny pipeline).
+
+    python bench/property_edits.py [--seeds 10] [--images 200] [--skip-restoring] [--skip-diffusion]
 """
 
 from __future__ import annotations
@@ -84,6 +86,31 @@ def restoring_table(per_cause: int) -> None:
         print(f"| {cause} | {len(best)} | {top} | {statistics.mean(b.gain for b in best):.3f} |", flush=True)
 
 
+def diffusion_sweep(strengths: int = 20, repeats: int = 3) -> None:
+    """A 20-step text-guidance sweep on the tiny InstructPix2Pix pipeline: one batched call vs one call per strength."""
+    from cfx.generators import InstructPix2PixEditor
+    from cfx.generators.diffusion import tiny_instruct_pix2pix
+
+    pipe = tiny_instruct_pix2pix()
+    image = torch.rand(1, 3, 32, 32)
+    editor = InstructPix2PixEditor(pipe, "brightness", steps=10, batch_size=strengths)
+    scales = editor.sweep(steps=strengths)
+    editor.edit(image, scales[:2])  # warm-up
+    batched, per_call = [], []
+    for _ in range(repeats):  # interleaved
+        t0 = time.perf_counter()
+        editor.edit(image, scales)
+        batched.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for g in scales.tolist():
+            pipe(prompt=editor.instruction, image=image, num_inference_steps=10, guidance_scale=g,
+                 image_guidance_scale=2.5, generator=torch.Generator().manual_seed(0), output_type="pt")
+        per_call.append(time.perf_counter() - t0)
+    a, b = statistics.median(batched), statistics.median(per_call)
+    print(f"\nInstructPix2Pix sweep, {strengths} guidance scales x 10 denoising steps, tiny pipeline, 32x32: batched "
+          f"{a:.2f} s, one pipeline call per strength {b:.2f} s, speed-up {b / a:.1f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
@@ -91,9 +118,12 @@ def main():
     parser.add_argument("--per-cause", type=int, default=100)
     parser.add_argument("--skip-restoring", action="store_true")
     parser.add_argument("--skip-bias", action="store_true")
+    parser.add_argument("--skip-diffusion", action="store_true")
     args = parser.parse_args()
     if not args.skip_restoring:
         restoring_table(args.per_cause)
+    if not args.skip_diffusion:
+        diffusion_sweep()
     if not args.skip_bias:
         bias_table(args.seeds, args.images)
 
