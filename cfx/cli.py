@@ -274,6 +274,8 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 @click.option("--oracle-epochs", default=10, show_default=True)
 @click.option("--oracle-copies", default=2, show_default=True,
               help="Corrupted copies of each calibration image added to the oracle's training data.")
+@click.option("--ddpm", is_flag=True, help="Also train a small DDPM for SDEdit edits toward the training data.")
+@click.option("--ddpm-steps", default=600, show_default=True, help="DDPM training steps (about 0.25 s each at 32 px).")
 @click.option("--index-metric", type=click.Choice(["l1", "l2", "cos"]), default="l1", show_default=True,
               help="Distance of the latent nearest-neighbour index (LNN counterfactuals).")
 @click.option("--batch-size", default=64, show_default=True)
@@ -283,7 +285,8 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
         head: str | None, device: str, train_spec: str, out: str, calibration_spec: str | None,
         calibration_fraction: float, ae_size: int | None, ae_epochs: int, oracle: bool, oracle_loss: str,
-        oracle_epochs: int, oracle_copies: int, index_metric: str, batch_size: int, seed: int, quiet: bool) -> None:
+        oracle_epochs: int, oracle_copies: int, ddpm: bool, ddpm_steps: int, index_metric: str, batch_size: int,
+        seed: int, quiet: bool) -> None:
     """Fit the trust scores that learn from reference data and write a fitted folder.
 
     \b
@@ -305,7 +308,8 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
         fitted = fit_folder(classifier, train_source, out, calibration=cal_source,
                             calibration_fraction=calibration_fraction, ae_size=ae_size, ae_epochs=ae_epochs,
                             oracle=oracle, oracle_loss=oracle_loss, oracle_epochs=oracle_epochs,
-                            oracle_copies=oracle_copies, index_metric=index_metric, batch_size=batch_size,
+                            oracle_copies=oracle_copies, index_metric=index_metric, ddpm=ddpm,
+                            ddpm_steps=ddpm_steps, batch_size=batch_size,
                             seed=seed, progress=not quiet)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -318,6 +322,9 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
     if "oracle" in m:
         click.echo(f"oracle ({m['oracle']['loss']}): trained on {m['oracle_training']['images']} images, "
                    f"classifier error rate there {m['oracle_training']['error_rate']:.3f}")
+    if "ddpm" in m:
+        click.echo(f"DDPM: {m['ddpm']['steps']} steps at {m['ddpm']['image_size']} px, final loss "
+                   f"{m['ddpm']['final_loss']:.3f}")
     summary = {"command": "fit", "fitted": str(Path(out).resolve()),
                **{k: v for k, v in m.items() if k not in ("files", "calibration_percentiles")}}
     _write_json(Path(out) / "summary.json", summary)

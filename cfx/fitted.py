@@ -375,6 +375,15 @@ class Fitted:
     calibration_scores: dict[str, Tensor]
     oracle: TrustOracle | None = None
     latent_index: Any = None  # cfx.generators.LatentIndex over high-competency calibration latents
+    ddpm: Any = None  # diffusers UNet2DModel trained on the reference data (cfx fit --ddpm), for SDEdit edits
+
+    def ddpm_editor(self, **kwargs):
+        """A :class:`cfx.generators.DDPMEditor` on the fitted DDPM (``cfx fit --ddpm``)."""
+        from cfx.generators.diffusion import DDPMEditor
+
+        if self.ddpm is None:
+            raise FittedError(f"{self.path} has no DDPM; run cfx fit with --ddpm")
+        return DDPMEditor(self.ddpm, **kwargs)
 
     @property
     def autoencoder(self) -> ConvAutoencoder:
@@ -462,9 +471,14 @@ class Fitted:
             from cfx.generators.latent import LatentIndex
 
             latent_index = LatentIndex.load(path)
+        ddpm = None
+        if "ddpm/config.json" in files:
+            from diffusers import UNet2DModel
+
+            ddpm = UNet2DModel.from_pretrained(str(path / "ddpm")).eval()
         if classifier is not None:
             ae.to(classifier.device)
-        return cls(path, manifest, parce, maha, cal, oracle, latent_index)
+        return cls(path, manifest, parce, maha, cal, oracle, latent_index, ddpm)
 
 
 def _collect(classifier: Classifier, source: ImageSource | Iterable[Record], batch_size: int, progress: bool,
@@ -533,8 +547,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         ae_size: int | tuple[int, int] | None = None, ae_epochs: int = 25, ae_batch_size: int = 64,
         ae_lr: float = 1e-3, latent_dim: int = 256, autoencoder: ConvAutoencoder | None = None,
         oracle: bool = False, oracle_loss: OracleLoss = "steep_slope", oracle_epochs: int = 10,
-        oracle_copies: int = 2, competency_threshold: float = 0.9, index_metric: str = "l1", batch_size: int = 64,
-        seed: int = 0, progress: bool = True) -> Fitted:
+        oracle_copies: int = 2, competency_threshold: float = 0.9, index_metric: str = "l1", ddpm: bool = False,
+        ddpm_steps: int = 600, batch_size: int = 64, seed: int = 0, progress: bool = True) -> Fitted:
     """Fit everything the later stages need on reference data and write a fitted folder to ``out``.
 
     ``train`` is labelled reference data. Give held-out ``calibration`` data, or a ``calibration_fraction`` of
@@ -543,7 +557,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     at ``ae_size`` (default: the images' size, capped at 64 px); calibrate PaRCE on the calibration split; fit
     Mahalanobis on the train split; store every score on the calibration split (for percentile thresholds);
     optionally train the trust oracle on the calibration split plus ``oracle_copies`` corrupted copies.
-    The latent index of LNN counterfactuals (``index_metric``: l1, l2 or cos) holds the calibration images whose
+    With ``ddpm``, a small DDPM (``ddpm_steps`` training steps, images capped at 64 px) is trained on the train
+    split for SDEdit-style edits (:meth:`Fitted.ddpm_editor`). The latent index of LNN counterfactuals (``index_metric``: l1, l2 or cos) holds the calibration images whose
     competency exceeds ``competency_threshold``. Bad images are skipped and listed in the manifest. Returns the
     loaded :class:`Fitted`.
     """
@@ -636,6 +651,16 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         files.append("oracle.pt")
     if latent_index is not None:
         files += latent_index.save(out)
+    ddpm_info = None
+    if ddpm:
+        from cfx.generators.diffusion import train_ddpm
+
+        unet, ddpm_losses = train_ddpm(train_images, steps=ddpm_steps, seed=seed, progress=progress,
+                                       image_size=min(64, int(train_images.shape[-1])))
+        unet.save_pretrained(str(out / "ddpm"))
+        files += ["ddpm/config.json", "ddpm/diffusion_pytorch_model.safetensors"]
+        ddpm_info = {"steps": ddpm_steps, "image_size": int(unet.config.sample_size),
+                     "final_loss": float(np.mean(ddpm_losses[-20:]))}
     config = {"calibration_fraction": None if calibration is not None else calibration_fraction,
               "separate_calibration": calibration is not None, "ae_size": list(autoencoder.image_size),
               "ae_epochs": ae_epochs if losses else None, "latent_dim": autoencoder.latent_dim,
@@ -663,6 +688,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         "seconds": round(time.perf_counter() - t0, 1),
         "files": {name: _sha256(out / name) for name in files},
     }
+    if ddpm_info is not None:
+        manifest["ddpm"] = ddpm_info
     if trained_oracle is not None:
         manifest["oracle"] = trained_oracle.config()
         manifest["oracle_training"] = {"images": len(ox), "error_rate": trained_oracle.train_error_rate_}

@@ -17,14 +17,15 @@ Installed as ``cfx.generators`` (``pyproject.toml`` maps this folder into the ``
 from .base import Counterfactuals, TargetScore, competency_target, gradtrust_target, ssim, ssim_distance
 from .gradient import FeatureGradientDescent, ImageGradientDescent, LatentGradientDescent
 from .latent import AutoencoderReconstruction, LatentIndex, LatentNearestNeighbours
-from .diffusion import DEFAULT_INSTRUCTIONS, InstructPix2PixEditor
+from .diffusion import (DEFAULT_INSTRUCTIONS, DDPMEditor, InstructPix2PixEditor, SDEditCounterfactual,
+                        train_ddpm)
 from .editors import (AttributeEditor, Blur, Brightness, Contrast, Denoise, Editor, HueShift, Noise, Occlusion,
                       Pixelation, Saturation, Sharpen, parametric_editors)
 from .epgm import PropertyCurve, RestoringEdit, epgm, property_curve, restoring_edits, shuffle_test
 from .metrics import counterfactual_metrics, kernel_inception_distance
 
 __all__ = [
-    "DEFAULT_INSTRUCTIONS", "InstructPix2PixEditor",
+    "DDPMEditor", "DEFAULT_INSTRUCTIONS", "InstructPix2PixEditor", "SDEditCounterfactual", "train_ddpm",
     "AttributeEditor", "Blur", "Brightness", "Contrast", "Denoise", "Editor", "HueShift", "Noise", "Occlusion",
     "Pixelation", "PropertyCurve", "RestoringEdit", "Saturation", "Sharpen", "epgm", "parametric_editors",
     "property_curve", "restoring_edits", "shuffle_test",

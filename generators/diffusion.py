@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DEFAULT_INSTRUCTIONS", "InstructPix2PixEditor", "tiny_instruct_pix2pix"]
+__all__ = ["DEFAULT_INSTRUCTIONS", "DDPMEditor", "InstructPix2PixEditor", "SDEditCounterfactual", "tiny_instruct_pix2pix",
+           "train_ddpm"]
 
 #: Property → edit instruction; extend with ``InstructPix2PixEditor(..., instructions={...})``.
 DEFAULT_INSTRUCTIONS: dict[str, str] = {
@@ -141,6 +142,139 @@ class InstructPix2PixEditor:
                 edits = F.interpolate(edits, size=(h, w), mode="bilinear").clamp(0, 1)
             out.append(torch.cat([image.cpu().unsqueeze(0), edits]))
         return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------- SDEdit with a DDPM
+
+def small_unet(image_size: int, channels: int = 3):
+    """The small unconditional UNet cfx trains on reference data (0.27M parameters at 32×32, no attention)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels, layers_per_block=1,
+                       block_out_channels=(16, 32, 32), down_block_types=("DownBlock2D",) * 3,
+                       up_block_types=("UpBlock2D",) * 3, norm_num_groups=8)
+
+
+def train_ddpm(images: Tensor, steps: int = 600, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+               image_size: int | None = None, progress: bool = True):
+    """Train :func:`small_unet` to predict noise on ``images`` (uint8 or [0, 1] floats), DDPM with a cosine
+    schedule. About 0.25 s per step at 32×32 on 2 CPU cores: the default 600 steps take 2-3 minutes, enough for a
+    smooth "toward the training data" edit, not for a good generative model."""
+    from diffusers import DDPMScheduler
+    from tqdm.auto import tqdm
+
+    from cfx.training import as_float_images
+
+    if len(images) == 0:
+        raise ValueError("no images to train the DDPM on")
+    size = image_size or int(images.shape[-1])
+    torch.manual_seed(seed)
+    unet = small_unet(size, images.shape[1])
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    unet.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="ddpm", unit="step", disable=not progress, leave=False):
+        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=g)
+        x0 = as_float_images(images[idx])
+        if x0.shape[-1] != size:
+            x0 = F.interpolate(x0, size=(size, size), mode="bilinear", antialias=True)
+        x0 = x0 * 2 - 1
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (len(x0),), generator=g)
+        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    unet.eval()
+    return unet, losses
+
+
+class DDPMEditor:
+    """SDEdit with a DDPM trained on the reference data: noise the image to level ``strength`` ∈ [0, 1] (the share
+    of the diffusion), then denoise with DDIM. Low strengths keep the image; high ones replace it by what the model
+    learned the data looks like: a gradual "toward the training distribution" edit. The noise is drawn once per
+    image (same seed for every strength) so the sequence is smooth. Strength 0 returns the original."""
+
+    neutral = 0.0
+    range = (0.0, 1.0)
+    directions = ("increase",)
+    property = "toward_training_data"
+
+    def __init__(self, unet, steps: int = 25, seed: int = 0, batch_size: int = 64):
+        from diffusers import DDIMScheduler
+
+        self.unet = unet.eval()
+        self.scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+        self.steps, self.seed, self.batch_size = steps, seed, batch_size
+        self.size = int(unet.config.sample_size)
+
+    def sweep(self, direction: str | None = None, steps: int = 10) -> Tensor:
+        return torch.linspace(0.0, 1.0, steps + 1)[1:]
+
+    @torch.no_grad()
+    def apply(self, images: Tensor, strength: float) -> Tensor:
+        """Edit a batch at one noise level."""
+        if images.dim() != 4 or images.shape[1] != self.unet.config.in_channels:
+            raise ValueError(f"images must be (N, {self.unet.config.in_channels}, H, W) in [0, 1], got "
+                             f"{tuple(images.shape)}")
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        if strength == 0:
+            return images.clone()
+        h, w = images.shape[-2:]
+        dev = next(self.unet.parameters()).device
+        x = images.to(dev)
+        if (h, w) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        x0 = x * 2 - 1
+        g = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn((1, *x0.shape[1:]), generator=g).expand_as(x0).to(dev)  # shared by every image
+        self.scheduler.set_timesteps(self.steps, device=dev)
+        ts = self.scheduler.timesteps
+        start = min(len(ts) - 1, int(round(len(ts) * (1 - strength))))
+        ts = ts[start:]
+        sample = self.scheduler.add_noise(x0, noise, ts[:1].repeat(len(x0)))
+        for t in ts:
+            sample = self.scheduler.step(self.unet(sample, t).sample, t, sample).prev_sample
+        out = (sample / 2 + 0.5).clamp(0, 1)
+        if (h, w) != (self.size, self.size):
+            out = F.interpolate(out, size=(h, w), mode="bilinear").clamp(0, 1)
+        return out.to(images.device)
+
+    def edit(self, images: Tensor, strengths: Sequence[float] | Tensor) -> Tensor:
+        """``(N, S + 1, C, H, W)``: the originals, then one edit per noise level."""
+        s = torch.as_tensor(strengths, dtype=torch.float32).flatten()
+        outs = [torch.cat([self.apply(images[i:i + self.batch_size], float(k)) for i in range(0, len(images),
+                                                                                             self.batch_size)])
+                for k in s.tolist()]
+        return torch.stack([images] + outs, dim=1)
+
+
+class SDEditCounterfactual:
+    """A counterfactual generator from the DDPM editor: ``generate(images)`` moves each image toward the training
+    data at one noise level and reports the target score before and after."""
+
+    name = "sdedit"
+
+    def __init__(self, target, editor: DDPMEditor, strength: float = 0.5, threshold: float = 0.9):
+        self.target, self.editor, self.strength, self.threshold = target, editor, strength, threshold
+
+    def generate(self, images: Tensor):
+        import time
+
+        from .base import Counterfactuals
+
+        t0 = time.perf_counter()
+        out = self.editor.apply(images, self.strength)
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            before = self.target(images).float().cpu()
+            after = self.target(out).float().cpu()
+        return Counterfactuals(self.name, out.cpu(), before, after, after >= self.threshold,
+                               torch.zeros(len(out), dtype=torch.long), seconds, self.threshold)
 
 
 def tiny_instruct_pix2pix(seed: int = 0):

@@ -41,3 +41,31 @@ def test_instruction_mapping_and_errors(tiny_ip2p, tmp_path):
     loaded = InstructPix2PixEditor(tmp_path / "ip2p", "brightness", steps=2)
     out = loaded.edit(torch.rand(2, 3, 20, 28), [2.0, 5.0])  # sizes not multiples of 8 are resized and back
     assert out.shape == (2, 3, 3, 20, 28) and 0 <= out.min() and out.max() <= 1
+
+
+def test_ddpm_editor_sweep_and_fitted_round_trip(tmp_path):
+    from cfx.data import TensorSource
+    from cfx.fitted import Fitted, fit
+    from cfx.generators import DDPMEditor, SDEditCounterfactual
+    from cfx.models import load_classifier
+    from pathlib import Path
+
+    clf = load_classifier(f"python:{Path(__file__).parent / 'factories.py'}:tiny_cnn")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(40, 3, 16, 16, generator=g)
+    fitted = fit(clf, TensorSource(images, torch.randint(0, 4, (40,), generator=g)), tmp_path, ae_epochs=1,
+                 ddpm=True, ddpm_steps=3, progress=False)
+    assert fitted.manifest["ddpm"]["steps"] == 3 and fitted.ddpm is not None
+    editor = fitted.ddpm_editor(steps=5)
+    seq = editor.edit(images[:3], [0.2, 0.6, 1.0])
+    assert seq.shape == (3, 4, 3, 16, 16) and torch.equal(seq[:, 0], images[:3])
+    assert 0 <= seq.min() and seq.max() <= 1
+    change = [(seq[:, i] - seq[:, 0]).abs().mean() for i in range(4)]
+    assert change[0] == 0 and change[1] < change[3]  # more noise, further from the original
+    torch.testing.assert_close(editor.apply(images[:3], 0.0), images[:3])
+    again = Fitted.load(tmp_path, clf)
+    torch.testing.assert_close(DDPMEditor(again.ddpm, steps=5).edit(images[:3], [0.6]), seq[:, [0, 2]])
+    cf = SDEditCounterfactual(lambda x: fitted.parce.score_torch(clf, x), editor, 0.5).generate(images[:3])
+    assert cf.images.shape == (3, 3, 16, 16) and cf.score_after.shape == (3,)
+    with pytest.raises(ValueError, match="strength must be in"):
+        editor.apply(images[:1], 1.5)
