@@ -75,9 +75,11 @@ def _friendly_errors(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .fitted import FittedError
+
         try:
             return func(*args, **kwargs)
-        except (ClassifierError, DataSourceError) as exc:
+        except (ClassifierError, DataSourceError, FittedError) as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("\ninterrupted; finished work was written", err=True)

@@ -194,6 +194,10 @@ def test_cli_fit_then_trust_with_fitted_scores(tmp_path):
     r = CliRunner().invoke(main, ["trust", "--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(data),
                                   "--methods", "parce", "--quiet", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "fitted folder" in r.output
+    (out / "parce.json").write_text("{}")  # tampered: a one-line error, not a traceback
+    r = CliRunner().invoke(main, ["trust", "--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(data),
+                                  "--fitted", str(out), "--quiet", "--out", str(tmp_path / "t2")])
+    assert r.exit_code == 1 and "checksum" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.slow
