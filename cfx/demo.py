@@ -571,7 +571,9 @@ def demo_fitted(models: DemoModels, progress: bool = True, refit: bool = False):
     if not refit and (path / "manifest.json").is_file():
         try:
             fitted = Fitted.load(path, models.classifier)
-            if fitted.manifest.get("oracle") == TrustOracle(seed=seed).config():
+            current = (fitted.manifest.get("oracle") == TrustOracle(seed=seed).config()
+                       and "latent_index" in fitted.manifest["counts"])  # made by this version of cfx fit
+            if current:
                 return fitted
         except FittedError:
             pass  # stale or corrupted: fit again

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CAUSE_LABELS", "STATISTICS", "Evidence", "collect_evidence", "difference_mass", "image_statistics"]
+__all__ = ["CAUSE_LABELS", "STATISTICS", "Evidence", "blockiness", "collect_evidence", "difference_mass",
+           "image_statistics"]
 
-STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness")
+STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
+              "colour_localisation")
 CAUSE_LABELS = ("spatial", "brightness", "contrast", "saturation", "noise", "pixelation", "other")
 
 
@@ -29,21 +31,54 @@ def _luma(x: Tensor) -> Tensor:
 def image_statistics(images: Tensor) -> dict[str, Tensor]:
     """Per-image statistics ``(N,)`` of images ``(N, 3, H, W)`` in [0, 1]:
 
-    brightness (mean luma), contrast (std of luma), saturation (mean of max − min over channels), high-frequency
-    energy (mean |Laplacian| of luma) and blockiness (share of neighbouring pixels that are exactly equal, the
-    signature of nearest-neighbour upsampling).
+    brightness (mean luma), contrast (std of luma), saturation (mean of max − min over channels after a 3×3 box
+    blur, so per-pixel colour speckle does not count), colour localisation (the most colourful of 4×4 tiles over the
+    mean tile), high-frequency
+    energy (mean |Laplacian| of luma), :func:`blockiness` (the signature of nearest-neighbour pixelation) and
+    detail localisation (the most detailed of 4×4 tiles over the mean tile: ≈ 1 for noise spread everywhere, high
+    when fine detail sits in one region).
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     x = images.float()
     y = _luma(x)
     lap = (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
-    q = torch.round(x * 255)
-    same_h = (q[..., 1:] == q[..., :-1]).all(1).float().mean((1, 2))
-    same_v = (q[..., 1:, :] == q[..., :-1, :]).all(1).float().mean((1, 2))
-    return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)),
-            "saturation": (x.max(1).values - x.min(1).values).mean((1, 2)),
-            "high_frequency": lap.mean((1, 2)), "blockiness": (same_h + same_v) / 2}
+    tiles = F.adaptive_avg_pool2d(lap.unsqueeze(1), 4).flatten(1)
+    smooth = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)  # colour of regions, not speckle
+    chroma = smooth.max(1).values - smooth.min(1).values
+    chroma_tiles = F.adaptive_avg_pool2d(chroma.unsqueeze(1), 4).flatten(1)
+    return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)), "saturation": chroma.mean((1, 2)),
+            "colour_localisation": chroma_tiles.max(1).values / chroma_tiles.mean(1).clamp_min(1e-3),
+            "high_frequency": lap.mean((1, 2)), "blockiness": blockiness(x),
+            "detail_localisation": tiles.max(1).values / tiles.mean(1).clamp_min(1e-6)}
+
+
+def blockiness(images: Tensor, block_sizes: Sequence[int] = range(2, 9)) -> Tensor:
+    """Signature of nearest-neighbour pixelation ``(N,)`` in [-1, 1]: for the best block size k, the share of equal
+    neighbouring pixels *inside* the k-blocks minus the share *across* block edges (rows and columns averaged).
+    About 0 for photos and flat areas alike (both sides equal), near 1 for a pixelated image."""
+    q = torch.round(images.float() * 255)
+    eq_h = (q[..., 1:] == q[..., :-1]).all(1).float()          # (N, H, W-1)
+    eq_v = (q[..., 1:, :] == q[..., :-1, :]).all(1).float()    # (N, H-1, W)
+    h, w = q.shape[-2:]
+    best = torch.full((len(q),), -1.0)
+
+    def split(eq: Tensor, size: int, k: int, dim: int) -> Tensor | None:
+        m = size // k
+        if m < 1 or m >= size:
+            return None
+        src = torch.floor((torch.arange(size) + 0.5) * m / size)
+        inside = src[1:] == src[:-1]
+        if inside.all() or not inside.any():
+            return None
+        a, b = (eq[..., inside], eq[..., ~inside]) if dim == -1 else (eq[:, inside], eq[:, ~inside])
+        return a.flatten(1).mean(1) - b.flatten(1).mean(1)
+
+    for k in block_sizes:
+        parts = [p for p in (split(eq_h, w, k, -1), split(eq_v, h, k, -2)) if p is not None]
+        if parts:
+            best = torch.maximum(best, torch.stack(parts).mean(0).cpu())
+    return best.clamp_min(-1.0)
 
 
 def difference_mass(original: Tensor, counterfactual: Tensor, share: float = 0.1) -> Tensor:
@@ -127,7 +162,8 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
     if reference is not None and len(reference) > 1:
         ref_stats = image_statistics(reference)
         ref_mean = {k: float(v.mean()) for k, v in ref_stats.items()}
-        ref_std = {k: float(v.std()) + 1e-6 for k, v in ref_stats.items()}
+        # a floor keeps z finite where the reference barely varies (e.g. saturation of grey digits)
+        ref_std = {k: max(float(v.std()), 0.05 * abs(float(v.mean())), 0.01) for k, v in ref_stats.items()}
     cfs: dict[str, Any] = {}
     if with_counterfactuals:
         makers = {"reco": lambda: AutoencoderReconstruction(target, fitted.autoencoder),

@@ -9,15 +9,15 @@ def test_image_statistics_by_hand():
     s = image_statistics(flat)
     assert float(s["brightness"]) == pytest.approx(0.4, abs=1e-6) and float(s["contrast"]) == pytest.approx(0, abs=1e-6)
     assert float(s["saturation"]) == pytest.approx(0, abs=1e-6) and float(s["high_frequency"]) == pytest.approx(0, abs=1e-6)
-    assert float(s["blockiness"]) == 1.0
+    assert float(s["blockiness"]) == pytest.approx(0.0)  # flat: as many equal pairs across block edges as inside
     red = torch.zeros(1, 3, 8, 8)
     red[:, 0] = 1.0
     assert float(image_statistics(red)["saturation"]) == pytest.approx(1.0)
     noise = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     ns = image_statistics(noise)
-    assert float(ns["blockiness"]) < 0.05 and float(ns["high_frequency"]) > 0.1
+    assert abs(float(ns["blockiness"])) < 0.05 and float(ns["high_frequency"]) > 0.1
     blocky = noise[:, :, ::4, ::4].repeat_interleave(4, 2).repeat_interleave(4, 3)
-    assert float(image_statistics(blocky)["blockiness"]) == pytest.approx(24 / 31, abs=0.01)  # 3 equal pairs per block, 31 pairs a row
+    assert float(image_statistics(blocky)["blockiness"]) > 0.95  # all pairs inside blocks equal, none across
 
 
 def test_difference_mass_tells_local_from_global_changes():

@@ -1,0 +1,131 @@
+"""Reporters turn an :class:`~cfx.evidence.Evidence` record into an :class:`Explanation`.
+
+:class:`EvidenceReporter` is the offline default: no model, it infers the most likely cause of low competency from
+the measured evidence alone and says why in one or two sentences with the numbers behind them.
+
+Cause signals (z-scores are the original image's statistics against the confident reference images of the fitted
+folder; see :func:`cfx.evidence.image_statistics`):
+
+- brightness: |z(brightness)| ≥ 3 (too bright or too dark);
+- saturation: |z(saturation)| ≥ 3 over the whole image (colour localisation < 2);
+- noise: z(high-frequency energy) ≥ 3, spread over the image (detail localisation < 2);
+- pixelation: blockiness ≥ 0.1 (equal pixels inside nearest-neighbour blocks, not across their edges);
+- contrast: the image is flat: brightness ordinary but contrast, saturation and high-frequency energy all low
+  (mean of their z-scores ≤ −1), or |z(contrast)| ≥ 3;
+- spatial (unfamiliar content): the change to the counterfactual is localised (difference mass ≥ 0.27), or extra
+  fine detail or colour sits in one region (z ≥ 3 with localisation ≥ 2), or nothing global stands out.
+
+The strongest signal (each scaled to 1 at its threshold) wins; the confidence is its share of the two strongest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cfx.evidence import Evidence
+
+__all__ = ["EvidenceReporter", "Explanation", "MAX_TEXT"]
+
+MAX_TEXT = 2000  # explanation texts are capped: model output is untrusted data
+
+
+@dataclass
+class Explanation:
+    """Why the model is not confident, in words, with a cause label and a confidence in [0, 1]."""
+
+    text: str
+    cause: str
+    confidence: float
+    backend: str
+    prompt: str | None = None
+    raw: Any = None
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.text = str(self.text)[:MAX_TEXT]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_NAMES = {"brightness": "brightness", "contrast": "contrast", "saturation": "colour saturation",
+          "high_frequency": "high-frequency energy (grain)", "blockiness": "blockiness"}
+
+
+class EvidenceReporter:
+    """Explains from the measured evidence alone (no model, no network)."""
+
+    backend = "evidence"
+
+    def __init__(self, z_threshold: float = 3.0, flat_threshold: float = 1.0, block_threshold: float = 0.1,
+                 mass_threshold: float = 0.27, localisation_threshold: float = 2.0):
+        self.z_threshold, self.flat_threshold = z_threshold, flat_threshold
+        self.block_threshold, self.mass_threshold = block_threshold, mass_threshold
+        self.localisation_threshold = localisation_threshold
+
+    def signals(self, ev: Evidence) -> dict[str, float]:
+        """Strength of each cause's evidence, 1 at its threshold."""
+        z = ev.statistics_z or {}
+        zb, zc, zs, zh = (z.get(k, 0.0) for k in ("brightness", "contrast", "saturation", "high_frequency"))
+        orig = ev.statistics.get("original") or {}
+        block = orig.get("blockiness", 0.0)
+        localised = orig.get("detail_localisation", 1.0) >= self.localisation_threshold
+        colour_localised = orig.get("colour_localisation", 1.0) >= self.localisation_threshold
+        flat = -(zc + zs + zh) / 3
+        detail = zh / self.z_threshold
+        out = {
+            "brightness": abs(zb) / self.z_threshold,
+            "saturation": (abs(zs) / self.z_threshold if (zs > 0 or abs(zb) < self.z_threshold)
+                           and not colour_localised else 0.0),
+            "noise": detail if block < self.block_threshold and not localised else 0.0,
+            "pixelation": block / self.block_threshold,
+            "contrast": max(flat / self.flat_threshold if abs(zb) < self.z_threshold else 0.0,
+                            abs(zc) / self.z_threshold if zh < self.z_threshold else 0.0),
+            # unfamiliar content: a localised change to the counterfactual, or fine detail confined to one region
+            "spatial": max((ev.difference_mass or 0.0) / self.mass_threshold, detail if localised else 0.0,
+                           abs(zs) / self.z_threshold if colour_localised else 0.0),
+        }
+        return {k: max(0.0, float(v)) for k, v in out.items()}
+
+    def explain(self, ev: Evidence) -> Explanation:
+        s = self.signals(ev)
+        ranked = sorted(s.items(), key=lambda kv: -kv[1])
+        (cause, top), (_, second) = ranked[0], ranked[1]
+        if top < 1.0:  # nothing global stands out: content the model has not seen, if anything
+            cause = "spatial" if top >= 0.5 or ev.difference_mass is None else "other"
+        confidence = float(top / (top + second)) if top + second > 0 else 0.0
+        return Explanation(self._text(ev, cause), cause, round(confidence, 3), self.backend, None, None, s)
+
+    def _text(self, ev: Evidence, cause: str) -> str:
+        z = ev.statistics_z or {}
+        orig = ev.statistics.get("original", {})
+        ref = ev.statistics.get("reference_mean", {})
+        comp = f"{ev.competency:.2f}" if ev.competency is not None else "low"
+        what = ev.prediction_name or f"class {ev.prediction}"
+
+        def stat(key: str) -> str:
+            if key in orig and key in ref and key in z:
+                return f"{_NAMES[key]} {orig[key]:.3f} vs {ref[key]:.3f} typical, z = {z[key]:+.1f}"
+            return _NAMES[key]
+
+        lead = {
+            "brightness": (f"The image is much {'brighter' if z.get('brightness', 0) > 0 else 'darker'} than the "
+                           f"images the model is confident about ({stat('brightness')})."),
+            "saturation": f"The colours are far more saturated than usual ({stat('saturation')}).",
+            "noise": f"The image is grainy: it carries much more pixel noise than usual ({stat('high_frequency')}).",
+            "pixelation": (f"The image is pixelated: it is made of uniform blocks (blockiness "
+                           f"{orig.get('blockiness', 0):.2f}, near 0 for ordinary images)."),
+            "contrast": (f"The image is washed out: contrast, colour and detail are all lower than usual "
+                         f"({stat('contrast')})."),
+            "spatial": ("Part of the image shows content the model has not seen in training: the most similar image "
+                        f"it is confident about differs mostly in one region (difference mass "
+                        f"{ev.difference_mass if ev.difference_mass is not None else float('nan'):.2f})."),
+            "other": "No single image property stands out as the reason.",
+        }[cause]
+        r = ev.restoring_edit
+        tail = ""
+        if r and r.get("gain", 0) > 0.05:
+            tail = (f" Editing {r['property']} ({r['direction']}, strength {r['strength']:.2f}) raises competency "
+                    f"from {r['score_before']:.2f} to {r['score_after']:.2f}.")
+        return f"The model predicts {what} with competency {comp}. {lead}{tail}"[:2000]
