@@ -70,6 +70,15 @@ def _open_data(spec: str, classifier):
     return source
 
 
+def _list_methods(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        from .trust import SCORES
+
+        for name, spec in SCORES.items():
+            click.echo(f"{name:15s} {spec.description}{'  [needs cfx fit]' if spec.needs_fit else ''}")
+        ctx.exit()
+
+
 def _friendly_errors(func: Callable) -> Callable:
     """Turn cfx's own validation errors into one-line CLI errors instead of tracebacks."""
 
@@ -341,9 +350,8 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
               help="Folder for scores.csv, summary.json, roc.png and risk_coverage.png.")
 @click.option("--methods", default="all", show_default=True,
               help="Comma-separated score names (see --list-methods), or 'all' applicable ones.")
-@click.option("--list-methods", is_flag=True, is_eager=True, expose_value=False, callback=lambda ctx, _, v: (
-    click.echo("\n".join(f"{n:15s} {s.description}" for n, s in __import__("cfx.trust").trust.SCORES.items())),
-    ctx.exit()) if v else None, help="List the trust scores and exit.")
+@click.option("--list-methods", is_flag=True, is_eager=True, expose_value=False, callback=_list_methods,
+              help="List the trust scores and exit.")
 @click.option("--fitted", "fitted_dir", type=click.Path(file_okay=False), default=None,
               help="Fitted folder from cfx fit: adds PaRCE, Mahalanobis and the oracle, and stored percentiles.")
 @click.option("--flag-score", default="gradtrust", show_default=True, help="Score that decides the flags.")

@@ -62,3 +62,9 @@ def test_demo_command_writes_summary(tmp_path, digits_models, shapes_models):
 def test_demo_rejects_unknown_dataset(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--datasets", "cifar", "--out", str(tmp_path), "--quiet"])
     assert result.exit_code == 2 and "unknown demo data set" in result.output
+
+
+def test_trust_lists_its_scores():
+    result = CliRunner().invoke(main, ["trust", "--list-methods"])
+    assert result.exit_code == 0
+    assert "gradtrust" in result.output and "parce" in result.output and "needs cfx fit" in result.output
