@@ -1,0 +1,82 @@
+"""Prompt templates (Jinja2 files in ``templates/``) and the side-by-side image of §A5.
+
+Templates: ``free_form`` (one image), ``free_form_counterfactual`` (original left, counterfactual right),
+``multiple_choice`` and ``grounded`` (the counterfactual question plus the measured evidence in plain words). The
+dataset description is the caller's: one or two first-person sentences on what the classifier was trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from PIL import Image
+from torch import Tensor
+
+from cfx.evidence import Evidence
+
+__all__ = ["PROMPTS", "evidence_facts", "render_prompt", "side_by_side"]
+
+PROMPTS = ("free_form", "free_form_counterfactual", "multiple_choice", "grounded")
+DEFAULT_CHOICES = ("an unfamiliar object or region", "brightness", "contrast", "colour saturation", "noise",
+                   "pixelation")
+_ENV = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "templates")), undefined=StrictUndefined,
+                   autoescape=False, keep_trailing_newline=False)  # plain-text prompts, not HTML
+
+
+def evidence_facts(ev: Evidence) -> list[str]:
+    """The measured evidence as short plain sentences for the grounded prompt."""
+    facts = []
+    if ev.competency is not None:
+        facts.append(f"competency of the original: {ev.competency:.2f}")
+    names = {"brightness": "brightness", "contrast": "contrast", "saturation": "colour saturation",
+             "high_frequency": "fine detail / noise", "blockiness": "blockiness"}
+    for key, label in names.items():
+        z = (ev.statistics_z or {}).get(key)
+        if z is not None and abs(z) >= 2:
+            facts.append(f"{label} is {'far above' if z > 0 else 'far below'} that of confident images (z = {z:+.1f})")
+    r = ev.restoring_edit
+    if r and r.get("gain", 0) > 0.05:
+        facts.append(f"changing {r['property']} ({r['direction']}) raises competency from {r['score_before']:.2f} to "
+                     f"{r['score_after']:.2f}")
+    if ev.difference_mass is not None:
+        facts.append(f"{'the change to the confident image is concentrated in one region' if ev.difference_mass >= 0.27 else 'the change to the confident image is spread over the whole image'}")
+    return facts
+
+
+def render_prompt(kind: str, dataset: str, evidence: Evidence | None = None,
+                  choices: Sequence[str] = DEFAULT_CHOICES, with_counterfactual: bool = True) -> str:
+    """Render one of :data:`PROMPTS` with a dataset description (and, for ``grounded``, the evidence)."""
+    if kind not in PROMPTS:
+        raise ValueError(f"unknown prompt {kind!r}; choose one of {PROMPTS}")
+    if not dataset or not dataset.strip():
+        raise ValueError("give a dataset description, e.g. 'I trained a classifier to tell six shapes apart.'")
+    if kind == "grounded" and evidence is None:
+        raise ValueError("the grounded prompt needs the evidence record")
+    template = _ENV.get_template(f"{kind}.jinja")
+    return template.render(dataset=dataset.strip(), choices=list(choices), with_counterfactual=with_counterfactual,
+                           facts=evidence_facts(evidence) if evidence is not None else []).strip()
+
+
+def _to_pil(image: Tensor) -> Image.Image:
+    arr = (image.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def side_by_side(original: Tensor, counterfactual: Tensor, padding: int = 10, scale: int = 1) -> Image.Image:
+    """Original left, counterfactual right, on white with ``padding`` pixels around and between (as in §A5)."""
+    if original.dim() != 3 or counterfactual.dim() != 3:
+        raise ValueError("give two single images (3, H, W)")
+    if counterfactual.shape[-2:] != original.shape[-2:]:
+        counterfactual = torch.nn.functional.interpolate(counterfactual[None], size=original.shape[-2:],
+                                                         mode="bilinear")[0]
+    a, b = _to_pil(original), _to_pil(counterfactual)
+    if scale > 1:
+        a, b = (im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in (a, b))
+    canvas = Image.new("RGB", (a.width + b.width + 3 * padding, max(a.height, b.height) + 2 * padding), "white")
+    canvas.paste(a, (padding, padding))
+    canvas.paste(b, (2 * padding + a.width, padding))
+    return canvas
