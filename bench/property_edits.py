@@ -20,7 +20,7 @@ import time
 import torch
 
 from cfx.demo import CAUSES, ShapesWorld, WorldConfig, cause_examples, demo_fitted, load_demo, shapes_data
-from cfx.generators import AttributeEditor, parametric_editors, property_curve, restoring_edits
+from cfx.generators import AttributeEditor, property_curve, restoring_editors, restoring_edits
 from cfx.models import Classifier, Preprocessing
 from cfx.nets import SmallCNN
 from cfx.training import train_model
@@ -80,7 +80,7 @@ def restoring_table(per_cause: int) -> None:
     for cause in CAUSES:
         ex = cause_examples(x, y, clf, cause, score=lambda im: fitted.parce.score(clf, im))
         images = ex.images[torch.randperm(len(ex.images), generator=torch.Generator().manual_seed(0))[:per_cause]]
-        best = restoring_edits(score, images, parametric_editors(), steps=8)
+        best = restoring_edits(score, images, restoring_editors(), steps=8)
         counts = collections.Counter(f"{b.property}:{b.direction}" for b in best)
         top = ", ".join(f"{k} {v / len(best):.0%}" for k, v in counts.most_common(3))
         print(f"| {cause} | {len(best)} | {top} | {statistics.mean(b.gain for b in best):.3f} |", flush=True)

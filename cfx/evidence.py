@@ -139,7 +139,7 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
     ``with_counterfactuals=False`` leaves out the counterfactual evidence (for ablations).
     """
     from cfx.generators import (AutoencoderReconstruction, LatentGradientDescent, LatentNearestNeighbours,
-                                competency_target, parametric_editors, property_curve, restoring_edits)
+                                Occlusion, competency_target, parametric_editors, property_curve, restoring_edits)
     from cfx.trust import applicable_scores, score_batch
 
     n = len(images)
@@ -154,7 +154,8 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
     pred = batch.logits.argmax(1)
     target = competency_target(classifier, fitted)
     score_fn = lambda x: fitted.parce.competency_from(classifier.logits(x), x)  # noqa: E731
-    restoring = restoring_edits(score_fn, images, editors, steps=steps)
+    # occlusion probes spatial reliance but restores nothing (see cfx.generators.restoring_editors)
+    restoring = restoring_edits(score_fn, images, [e for e in editors if not isinstance(e, Occlusion)], steps=steps)
     curves = [property_curve(classifier, e, images, e.sweep(steps=steps), permutations=200) for e in editors]
     reference = fitted.latent_index.images_.float() / 255 if fitted.latent_index is not None else None
     orig_stats = image_statistics(images)

@@ -20,7 +20,7 @@ from .latent import AutoencoderReconstruction, LatentIndex, LatentNearestNeighbo
 from .diffusion import (DEFAULT_INSTRUCTIONS, DDPMEditor, InstructPix2PixEditor, SDEditCounterfactual,
                         train_ddpm)
 from .editors import (AttributeEditor, Blur, Brightness, Contrast, Denoise, Editor, HueShift, Noise, Occlusion,
-                      Pixelation, Saturation, Sharpen, parametric_editors)
+                      Pixelation, Saturation, Sharpen, parametric_editors, restoring_editors)
 from .epgm import PropertyCurve, RestoringEdit, epgm, property_curve, restoring_edits, shuffle_test
 from .metrics import counterfactual_metrics, kernel_inception_distance
 
@@ -28,7 +28,7 @@ __all__ = [
     "DDPMEditor", "DEFAULT_INSTRUCTIONS", "InstructPix2PixEditor", "SDEditCounterfactual", "train_ddpm",
     "AttributeEditor", "Blur", "Brightness", "Contrast", "Denoise", "Editor", "HueShift", "Noise", "Occlusion",
     "Pixelation", "PropertyCurve", "RestoringEdit", "Saturation", "Sharpen", "epgm", "parametric_editors",
-    "property_curve", "restoring_edits", "shuffle_test",
+    "property_curve", "restoring_editors", "restoring_edits", "shuffle_test",
     "AutoencoderReconstruction", "Counterfactuals", "FeatureGradientDescent", "ImageGradientDescent",
     "LatentGradientDescent", "LatentIndex", "LatentNearestNeighbours", "TargetScore", "competency_target",
     "counterfactual_metrics", "gradtrust_target", "kernel_inception_distance", "ssim", "ssim_distance",

@@ -22,7 +22,7 @@ from torch import Tensor
 
 __all__ = [
     "AttributeEditor", "Blur", "Brightness", "Contrast", "Denoise", "Editor", "HueShift", "Noise", "Occlusion",
-    "Pixelation", "Saturation", "Sharpen", "parametric_editors",
+    "Pixelation", "Saturation", "Sharpen", "parametric_editors", "restoring_editors",
 ]
 
 
@@ -254,6 +254,15 @@ def parametric_editors() -> list[Editor]:
     """One of each parametric editor with its default range."""
     return [Brightness(), Contrast(), Saturation(), HueShift(), Noise(), Denoise(), Pixelation(), Sharpen(), Blur(),
             Occlusion()]
+
+
+def restoring_editors() -> list[Editor]:
+    """The editors the restoring view tries: the parametric ones that correct an image without removing content.
+
+    Occlusion is left out: covering the object with grey can raise a reconstruction-based competency (a flat patch
+    is easy to reconstruct), but it restores nothing; it stays available as a property probe.
+    """
+    return [e for e in parametric_editors() if not isinstance(e, Occlusion)]
 
 
 class AttributeEditor:

@@ -114,9 +114,16 @@ class RestoringEdit:
         return self.score_after - self.score_before
 
 
-def restoring_edits(score: Callable[[Tensor], Tensor], images: Tensor, editors: Sequence, steps: int = 10,
-                    batch_size: int = 256) -> list[RestoringEdit]:
-    """For each image, the editor, direction and strength that raise ``score`` (competency) the most."""
+def restoring_edits(score: Callable[[Tensor], Tensor], images: Tensor, editors: Sequence | None = None,
+                    steps: int = 10, batch_size: int = 256) -> list[RestoringEdit]:
+    """For each image, the editor, direction and strength that raise ``score`` (competency) the most.
+
+    ``editors`` defaults to :func:`~cfx.generators.restoring_editors` (the parametric editors without occlusion).
+    """
+    if editors is None:
+        from .editors import restoring_editors
+
+        editors = restoring_editors()
     n = len(images)
     with torch.inference_mode():
         before = torch.cat([score(images[i:i + batch_size]).float().cpu() for i in range(0, n, batch_size)])

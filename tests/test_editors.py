@@ -87,6 +87,9 @@ def test_editor_validation():
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         Blur().apply(torch.rand(3, 8, 8), 1.0)
     assert len(parametric_editors()) == 10
+    from cfx.generators import restoring_editors
+
+    assert "occlusion" not in {e.property for e in restoring_editors()} and len(restoring_editors()) == 9
 
 
 def test_attribute_editor_is_a_true_intervention():
@@ -121,7 +124,7 @@ def test_property_curve_and_restoring_view_on_the_demo_world(shapes_models):
     darkened_needed = apply_cause(x[:40], "brightness", 4.0)
     low = darkened_needed[fitted.parce.score(clf, darkened_needed) < 0.9]
     assert len(low) >= 10
-    best = restoring_edits(score, low, parametric_editors(), steps=8)
+    best = restoring_edits(score, low, steps=8)  # default: restoring_editors(), no occlusion
     named = [f"{b.property}:{b.direction}" for b in best]
     assert named.count("brightness:decrease") / len(named) > 0.6
     assert all(b.score_after >= b.score_before for b in best)
