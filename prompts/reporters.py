@@ -15,7 +15,9 @@ folder; see :func:`cfx.evidence.image_statistics`):
 - spatial (unfamiliar content): the change to the counterfactual is localised (difference mass ≥ 0.27), or extra
   fine detail or colour sits in one region (z ≥ 3 with localisation ≥ 2), or nothing global stands out.
 
-The strongest signal (each scaled to 1 at its threshold) wins; the confidence is its share of the two strongest.
+A restoring edit that is the plain inverse of a cause (brightness either way, saturation down, contrast up,
+denoise) and raises competency by at least 0.3 adds 0.5 to that cause. The strongest signal (each scaled to 1 at
+its threshold) wins; the confidence is its share of the two strongest.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ class EvidenceReporter:
     backend = "evidence"
 
     def __init__(self, z_threshold: float = 3.0, flat_threshold: float = 1.0, block_threshold: float = 0.1,
-                 mass_threshold: float = 0.27, localisation_threshold: float = 2.0):
+                 mass_threshold: float = 0.27, localisation_threshold: float = 2.0, restore_gain: float = 0.3):
         self.z_threshold, self.flat_threshold = z_threshold, flat_threshold
         self.block_threshold, self.mass_threshold = block_threshold, mass_threshold
         self.localisation_threshold = localisation_threshold
+        self.restore_gain = restore_gain
 
     def signals(self, ev: Evidence) -> dict[str, float]:
         """Strength of each cause's evidence, 1 at its threshold."""
@@ -86,14 +89,22 @@ class EvidenceReporter:
             "spatial": max((ev.difference_mass or 0.0) / self.mass_threshold, detail if localised else 0.0,
                            abs(zs) / self.z_threshold if colour_localised else 0.0),
         }
+        # The restoring edit agrees: an edit that is the plain inverse of a cause and really restores competency
+        # adds to that cause (half a threshold), so mild cases that the statistics alone miss are still named.
+        r = ev.restoring_edit or {}
+        inverse = {("brightness", "decrease"): "brightness", ("brightness", "increase"): "brightness",
+                   ("saturation", "decrease"): "saturation", ("contrast", "increase"): "contrast",
+                   ("denoise", "increase"): "noise"}.get((r.get("property"), r.get("direction")))
+        if inverse is not None and r.get("gain", 0.0) >= self.restore_gain:
+            out[inverse] += 0.5
         return {k: max(0.0, float(v)) for k, v in out.items()}
 
     def explain(self, ev: Evidence) -> Explanation:
         s = self.signals(ev)
         ranked = sorted(s.items(), key=lambda kv: -kv[1])
         (cause, top), (_, second) = ranked[0], ranked[1]
-        if top < 1.0:  # nothing global stands out: content the model has not seen, if anything
-            cause = "spatial" if top >= 0.5 or ev.difference_mass is None else "other"
+        if top < 1.0:  # nothing stands out clearly: unfamiliar content if anything points there, else "other"
+            cause = "spatial" if s["spatial"] >= 0.5 else "other"
         confidence = float(top / (top + second)) if top + second > 0 else 0.0
         return Explanation(self._text(ev, cause), cause, round(confidence, 3), self.backend, None, None, s)
 

@@ -64,3 +64,11 @@ def test_untrusted_text_is_capped_and_kept_as_plain_data():
     assert len(e.text) == MAX_TEXT and e.text.startswith("<script>")  # stored verbatim; escaping is the renderer's job
     ev = EvidenceReporter().explain(_evidence(brightness=7.0))
     assert "<script>" in ev.text  # the class name is quoted as given, never interpreted
+
+
+def test_restoring_edit_tips_a_mild_case():
+    mild = _evidence(brightness=2.4, mass=0.05)
+    assert EvidenceReporter().explain(mild).cause == "brightness"  # 0.8 from the statistics + 0.5 from the edit
+    mild.restoring_edit = {"property": "blur", "direction": "increase", "strength": 1.0, "score_before": 0.3,
+                           "score_after": 0.9, "gain": 0.6}
+    assert EvidenceReporter().explain(mild).cause == "other"  # not an inverse of brightness: not enough evidence
