@@ -62,7 +62,7 @@ class TransformersReporter:
         for ev, image, cf in zip(evidence, images, counterfactuals):
             kind = self.prompt if cf is not None else "free_form"
             prompts.append(render_prompt(kind, self.dataset, ev))
-            pictures.append(side_by_side(image, cf if cf is not None else image, scale=self.image_scale))
+            pictures.append(side_by_side(image, cf, scale=self.image_scale))
         try:
             texts = [self.processor.apply_chat_template(self._messages(p), add_generation_prompt=True)
                      for p in prompts]

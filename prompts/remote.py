@@ -100,7 +100,7 @@ class OpenAIReporter:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
         png = b""
         if image is not None:
-            picture = side_by_side(image, counterfactual) if counterfactual is not None else side_by_side(image, image)
+            picture = side_by_side(image, counterfactual)
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG")
             png = buffer.getvalue()

@@ -66,8 +66,16 @@ def _to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def side_by_side(original: Tensor, counterfactual: Tensor, padding: int = 10, scale: int = 1) -> Image.Image:
-    """Original left, counterfactual right, on white with ``padding`` pixels around and between (as in §A5)."""
+def side_by_side(original: Tensor, counterfactual: Tensor | None, padding: int = 10, scale: int = 1) -> Image.Image:
+    """Original left, counterfactual right, on white with ``padding`` pixels around and between (as in §A5).
+    Without a counterfactual: the original alone, padded the same way."""
+    if counterfactual is None:
+        a = _to_pil(original)
+        if scale > 1:
+            a = a.resize((a.width * scale, a.height * scale), Image.NEAREST)
+        canvas = Image.new("RGB", (a.width + 2 * padding, a.height + 2 * padding), "white")
+        canvas.paste(a, (padding, padding))
+        return canvas
     if original.dim() != 3 or counterfactual.dim() != 3:
         raise ValueError("give two single images (3, H, W)")
     if counterfactual.shape[-2:] != original.shape[-2:]:

@@ -108,6 +108,7 @@ def test_templates_and_side_by_side():
     img = side_by_side(torch.zeros(3, 8, 8), torch.ones(3, 8, 8), padding=10)
     assert img.size == (8 + 8 + 30, 8 + 20)
     assert img.getpixel((0, 0)) == (255, 255, 255) and img.getpixel((12, 12)) == (0, 0, 0)
+    assert side_by_side(torch.zeros(3, 8, 8), None, padding=10).size == (28, 28)  # the original alone
 
 
 def test_default_path_needs_no_network(monkeypatch):
