@@ -294,8 +294,8 @@ class AttributeEditor:
         if self.attribute.endswith("hue"):
             value = torch.remainder(value, 1.0)
         rep[self.attribute] = value
-        edited = self.world.render(rep).view(n, steps, 3, *self.world.render({k: v[:1] for k, v in attrs.items()})
-                                            .shape[-2:])
+        size = self.world.config.image_size
+        edited = self.world.render(rep).view(n, steps, 3, size, size)
         return torch.cat([self.world.render(attrs).unsqueeze(1), edited], dim=1)
 
     def sweep(self, direction: str | None = None, steps: int = 10) -> Tensor:
