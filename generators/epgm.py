@@ -127,10 +127,7 @@ def restoring_edits(score: Callable[[Tensor], Tensor], images: Tensor, editors: 
     n = len(images)
     with torch.inference_mode():
         before = torch.cat([score(images[i:i + batch_size]).float().cpu() for i in range(0, n, batch_size)])
-    best_gain = torch.full((n,), -float("inf"))
-    best = [("none", "", 0.0)] * n
-    best_after = before.clone()
-    gains: list[dict[str, float]] = [{} for _ in range(n)]
+    names, top_scores, top_strengths = [], [], []   # one entry per (editor, direction): best over its strengths
     for editor in editors:
         for direction in editor.directions:
             s = editor.sweep(direction, steps)
@@ -140,13 +137,16 @@ def restoring_edits(score: Callable[[Tensor], Tensor], images: Tensor, editors: 
                 after = torch.cat([score(flat[i:i + batch_size]).float().cpu()
                                    for i in range(0, len(flat), batch_size)]).view(n, len(s))
             top, where = after.max(1)
-            gain = top - before
-            for i in range(n):
-                gains[i][f"{editor.property}:{direction}"] = float(gain[i])
-            better = gain > best_gain
-            for i in torch.nonzero(better).flatten().tolist():
-                best[i] = (editor.property, direction, float(s[where[i]]))
-                best_after[i] = top[i]
-            best_gain = torch.where(better, gain, best_gain)
-    return [RestoringEdit(p, d, st, float(before[i]), float(best_after[i]), gains[i])
-            for i, (p, d, st) in enumerate(best)]
+            names.append((editor.property, direction))
+            top_scores.append(top)
+            top_strengths.append(s.float()[where])
+    if not names:
+        return [RestoringEdit("none", "", 0.0, float(b), float(b)) for b in before]
+    tops = torch.stack(top_scores, 1)                                 # (N, E)
+    strengths = torch.stack(top_strengths, 1)
+    gains = tops - before.unsqueeze(1)
+    best = gains.argmax(1)                                            # first maximum wins ties, as before
+    keys = [f"{p}:{d}" for p, d in names]
+    return [RestoringEdit(names[j][0], names[j][1], float(strengths[i, j]), float(before[i]), float(tops[i, j]),
+                          dict(zip(keys, gains[i].tolist())))
+            for i, j in enumerate(best.tolist())]
