@@ -17,15 +17,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["CAUSE_LABELS", "STATISTICS", "Evidence", "blockiness", "collect_evidence", "difference_mass",
-           "image_statistics"]
+           "image_statistics", "reference_statistics"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
-              "colour_localisation")
+              "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
+              "border_brightness_imbalance", "border_detail_imbalance")
 CAUSE_LABELS = ("spatial", "brightness", "contrast", "saturation", "noise", "pixelation", "other")
 
 
 def _luma(x: Tensor) -> Tensor:
     return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+
+
+_RING = torch.tensor([i for i in range(16) if i // 4 in (0, 3) or i % 4 in (0, 3)])  # border tiles of a 4×4 grid
+
+
+def _imbalance(tiles: Tensor) -> Tensor:
+    return (tiles.max(1).values - tiles.min(1).values) / tiles.mean(1).clamp_min(1e-3)
 
 
 def image_statistics(images: Tensor) -> dict[str, Tensor]:
@@ -37,6 +45,15 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
     energy (mean |Laplacian| of luma), :func:`blockiness` (the signature of nearest-neighbour pixelation) and
     detail localisation (the most detailed of 4×4 tiles over the mean tile: ≈ 1 for noise spread everywhere, high
     when fine detail sits in one region).
+
+    Three ratios do not change when the whole image is scaled brighter or darker, so they tell a brightness change
+    (ratios ordinary) from new content (ratios atypical): relative contrast (contrast / brightness), relative detail
+    (high-frequency energy / brightness), and edge abruptness (mean |Laplacian| over mean |gradient|: high for
+    isolated pixel changes and the steps between uniform blocks, lower for smooth gradients and natural edges).
+
+    Two imbalances tell a change to part of the image from one to all of it: over the 12 border tiles of a 4×4 grid,
+    (max − min) / mean of the tiles' brightness and of their high-frequency energy. A global change keeps the border
+    tiles alike (a brightness scale leaves the ratio unchanged); new content over part of the border sets them apart.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
@@ -44,13 +61,35 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
     y = _luma(x)
     lap = (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
     tiles = F.adaptive_avg_pool2d(lap.unsqueeze(1), 4).flatten(1)
+    tiles_full = F.adaptive_avg_pool2d(F.pad(lap, (1, 1, 1, 1)).unsqueeze(1), 4).flatten(1)  # aligned with y
     smooth = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)  # colour of regions, not speckle
     chroma = smooth.max(1).values - smooth.min(1).values
     chroma_tiles = F.adaptive_avg_pool2d(chroma.unsqueeze(1), 4).flatten(1)
-    return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)), "saturation": chroma.mean((1, 2)),
+    brightness, contrast, detail = y.mean((1, 2)), y.std((1, 2)), lap.mean((1, 2))
+    gradient = (y[:, :, 1:] - y[:, :, :-1]).abs().mean((1, 2)) + (y[:, 1:] - y[:, :-1]).abs().mean((1, 2))
+    return {"brightness": brightness, "contrast": contrast, "saturation": chroma.mean((1, 2)),
             "colour_localisation": chroma_tiles.max(1).values / chroma_tiles.mean(1).clamp_min(1e-3),
-            "high_frequency": lap.mean((1, 2)), "blockiness": blockiness(x),
-            "detail_localisation": tiles.max(1).values / tiles.mean(1).clamp_min(1e-6)}
+            "high_frequency": detail, "blockiness": blockiness(x),
+            "detail_localisation": tiles.max(1).values / tiles.mean(1).clamp_min(1e-6),
+            "relative_contrast": contrast / brightness.clamp_min(1e-3),
+            "relative_detail": detail / brightness.clamp_min(1e-3),
+            "edge_abruptness": detail / gradient.clamp_min(1e-4),
+            "border_brightness_imbalance": _imbalance(F.adaptive_avg_pool2d(y.unsqueeze(1), 4).flatten(1)[:, _RING]),
+            "border_detail_imbalance": _imbalance(tiles_full[:, _RING])}
+
+
+def reference_statistics(reference: Tensor) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and spread of :func:`image_statistics` over confident reference images, for z-scores.
+
+    The spread has a floor (5 % of the mean, at least 0.01) so z stays finite where the reference barely varies
+    (e.g. the saturation of grey digits).
+    """
+    if len(reference) < 2:
+        raise ValueError("reference statistics need at least 2 images")
+    stats = image_statistics(reference)
+    mean = {k: float(v.mean()) for k, v in stats.items()}
+    std = {k: max(float(v.std()), 0.05 * abs(mean[k]), 0.01) for k, v in stats.items()}
+    return mean, std
 
 
 def blockiness(images: Tensor, block_sizes: Sequence[int] = range(2, 9)) -> Tensor:
@@ -117,6 +156,24 @@ class Evidence:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def restricted_to(self, generators: Sequence[str]) -> "Evidence":
+        """A copy that keeps only the counterfactuals of ``generators`` (``[]``: none, for the ablation without
+        counterfactual evidence); the difference mass and counterfactual statistics then come from the first kept one
+        in the order LGD, Reco, LNN."""
+        keep = [c for c in self.counterfactuals if c["method"] in set(generators)]
+        data = self.to_dict()
+        data["counterfactuals"] = keep
+        data["statistics"].pop("counterfactual", None)
+        data["difference_mass"] = None
+        if not any(c["method"] == "lnn" for c in keep):
+            data["neighbour"] = None
+        main = next((c for g in _PRIMARY for c in keep if c["method"] == g), None)
+        if main is not None:
+            data["difference_mass"] = main.get("difference_mass")
+            if "statistics" in main:
+                data["statistics"]["counterfactual"] = dict(main["statistics"])
+        return Evidence.from_dict(data)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Evidence":
         return cls(**data)
@@ -124,6 +181,9 @@ class Evidence:
     @classmethod
     def from_json(cls, text: str) -> "Evidence":
         return cls.from_dict(json.loads(text))
+
+
+_PRIMARY = ("lgd", "reco", "lnn")  # the counterfactual whose statistics stand for the sample, first present wins
 
 
 def _row(stats: dict[str, Tensor], i: int) -> dict[str, float]:
@@ -161,10 +221,7 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
     orig_stats = image_statistics(images)
     ref_mean = ref_std = None
     if reference is not None and len(reference) > 1:
-        ref_stats = image_statistics(reference)
-        ref_mean = {k: float(v.mean()) for k, v in ref_stats.items()}
-        # a floor keeps z finite where the reference barely varies (e.g. saturation of grey digits)
-        ref_std = {k: max(float(v.std()), 0.05 * abs(float(v.mean())), 0.01) for k, v in ref_stats.items()}
+        ref_mean, ref_std = reference_statistics(reference)
     cfs: dict[str, Any] = {}
     if with_counterfactuals:
         makers = {"reco": lambda: AutoencoderReconstruction(target, fitted.autoencoder),
@@ -174,9 +231,9 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
             if name not in makers:
                 raise ValueError(f"unknown generator {name!r}; use reco, lgd or lnn")
             cfs[name] = makers[name]().generate(images)
-    main_cf = cfs.get("lgd") or cfs.get("reco") or (next(iter(cfs.values())) if cfs else None)
-    cf_stats = image_statistics(main_cf.images) if main_cf is not None else None
-    mass = difference_mass(images, main_cf.images.to(images.device)) if main_cf is not None else None
+    main_name = next((g for g in _PRIMARY if g in cfs), None)
+    cf_stats = {name: image_statistics(cf.images.to(images.device)) for name, cf in cfs.items()}
+    masses = {name: difference_mass(images, cf.images.to(images.device)) for name, cf in cfs.items()}
     out = []
     for i in range(n):
         ev = Evidence(id=ids[i], prediction=int(pred[i]),
@@ -186,7 +243,8 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
                       competency=float(batch.scores["parce"][i]) if "parce" in batch.scores else None)
         for name, cf in cfs.items():
             entry = {"method": name, "score_before": float(cf.score_before[i]), "score_after": float(cf.score_after[i]),
-                     "success": bool(cf.success[i]), "steps": int(cf.steps[i])}
+                     "success": bool(cf.success[i]), "steps": int(cf.steps[i]),
+                     "difference_mass": float(masses[name][i]), "statistics": _row(cf_stats[name], i)}
             if name == "lnn":
                 entry.update({"neighbour_id": cf.extra["neighbour_ids"][i],
                               "neighbour_label": int(cf.extra["neighbour_labels"][i]),
@@ -200,9 +258,9 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
         ev.property_curves = [{"property": c.property, "epgm": float(c.epgm[i]), "p_value": float(c.p_value[i]),
                                "flips": bool(c.flips[i])} for c in curves]
         ev.statistics = {"original": _row(orig_stats, i)}
-        if cf_stats is not None:
-            ev.statistics["counterfactual"] = _row(cf_stats, i)
-            ev.difference_mass = float(mass[i])
+        if main_name is not None:
+            ev.statistics["counterfactual"] = _row(cf_stats[main_name], i)
+            ev.difference_mass = float(masses[main_name][i])
         if ref_mean is not None:
             ev.statistics["reference_mean"] = ref_mean
             ev.statistics_z = {k: (ev.statistics["original"][k] - ref_mean[k]) / ref_std[k] for k in STATISTICS}

@@ -52,3 +52,42 @@ def test_collect_evidence_on_demo_cause_images(shapes_models):
     # the measured statistics point at the injected cause: far brighter than the confident reference images
     assert sum(e.statistics_z["brightness"] > 3 for e in evs) >= 15
     assert Evidence.from_json(evs[0].to_json()) == evs[0]
+
+
+def test_relative_statistics_ignore_a_global_brightness_change():
+    # scaling an image (without clipping) scales brightness, contrast and detail alike: the ratios stay put
+    ramp = torch.linspace(0, 1, 24)
+    smooth = 0.15 + 0.2 * (ramp.view(1, -1) + torch.sin(3 * ramp).view(-1, 1)) / 2
+    x = smooth.expand(3, 3, 24, 24) * torch.tensor([0.8, 1.0, 1.2]).view(1, 3, 1, 1)
+    a, b = image_statistics(x), image_statistics(x * 1.8)
+    assert torch.allclose(b["brightness"], a["brightness"] * 1.8, rtol=1e-5)
+    for key in ("relative_contrast", "relative_detail", "edge_abruptness"):
+        assert torch.allclose(a[key], b[key], rtol=1e-4), key
+    # a photo-like patch of new detail raises relative detail even when brightness goes up too
+    patched = x.clone()
+    patched[:, :, 4:20, 4:20] = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert (image_statistics(patched)["relative_detail"] > a["relative_detail"] * 1.5).all()
+
+
+def test_restricted_to_picks_the_generators_evidence():
+    cfs = [{"method": m, "score_after": 0.9, "difference_mass": mass, "statistics": {"brightness": b}}
+           for m, mass, b in (("reco", 0.2, 0.3), ("lgd", 0.5, 0.4), ("lnn", 0.7, 0.5))]
+    ev = Evidence(id="a", prediction=0, counterfactuals=cfs, difference_mass=0.5, neighbour={"neighbour_id": "n"},
+                  statistics={"original": {"brightness": 0.9}, "counterfactual": {"brightness": 0.4}})
+    assert ev.restricted_to(["lnn"]).difference_mass == 0.7
+    assert ev.restricted_to(["reco", "lnn"]).statistics["counterfactual"] == {"brightness": 0.3}
+    none = ev.restricted_to([])
+    assert none.difference_mass is None and none.counterfactuals == [] and none.neighbour is None
+    assert "counterfactual" not in none.statistics and ev.difference_mass == 0.5  # the original is untouched
+
+
+def test_border_imbalance_tells_a_partial_change_from_a_global_one():
+    ramp = torch.linspace(0, 1, 32)
+    base = (0.3 + 0.03 * torch.sin(4 * ramp).view(1, -1) * torch.cos(3 * ramp).view(-1, 1)).expand(1, 3, 32, 32)
+    brighter = base * 2.0
+    corner = base.clone()
+    corner[:, :, :14, :14] = 0.9  # part of the border changed
+    s = {k: image_statistics(v) for k, v in (("base", base), ("brighter", brighter), ("corner", corner))}
+    assert float(s["brighter"]["border_brightness_imbalance"]) == pytest.approx(
+        float(s["base"]["border_brightness_imbalance"]), rel=1e-4)
+    assert float(s["corner"]["border_brightness_imbalance"]) > 5 * float(s["base"]["border_brightness_imbalance"]) + 0.5

@@ -52,6 +52,15 @@ def _evidence(**z):
     ({"high_frequency": 12.0, "loc": 3.5}, "spatial"), ({"blockiness": 0.7}, "pixelation"),
     ({"contrast": -2.0, "saturation": -2.5, "high_frequency": -1.5}, "contrast"), ({"mass": 0.4}, "spatial"),
     ({"mass": 0.05}, "other"),
+    # brighter, but contrast and detail grew faster than brightness: new content, not a brightness change
+    ({"brightness": 4.0, "relative_contrast": 2.5, "relative_detail": 3.0, "mass": 0.2}, "spatial"),
+    ({"brightness": 4.0, "relative_contrast": 0.2, "relative_detail": 0.3, "mass": 0.2}, "brightness"),
+    # moderate grain counts as noise only when spread evenly over the image
+    ({"high_frequency": 4.5, "edge_abruptness": 1.5}, "noise"),
+    ({"high_frequency": 4.5, "edge_abruptness": 1.5, "loc": 1.8, "mass": 0.3}, "spatial"),
+    # saturation must dominate: colour that comes with much more detail is new content
+    ({"saturation": 5.0, "high_frequency": 1.0}, "saturation"),
+    ({"saturation": 5.0, "high_frequency": 4.0, "relative_detail": 2.5, "loc": 1.8, "mass": 0.25}, "spatial"),
 ])
 def test_evidence_reporter_names_the_injected_signal(z, cause):
     e = EvidenceReporter().explain(_evidence(**z))
