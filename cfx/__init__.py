@@ -7,7 +7,9 @@ The public API of the foundation stage:
   :class:`TensorSource`), :func:`open_source` and :func:`iter_batches`;
 - :mod:`cfx.demo`: the embedded demo world (shapes, digits, the six causes) and :func:`load_demo`;
 - :mod:`cfx.trust`: GradTrust and the baseline trust scores (registry :data:`SCORES`), :func:`flag`, :class:`Threshold`;
-- :mod:`cfx.metrics`: :func:`misprediction_metrics`; :mod:`cfx.scoring`: :func:`score_source` for whole data sources.
+- :mod:`cfx.metrics`: :func:`misprediction_metrics`; :mod:`cfx.scoring`: :func:`score_source` for whole data sources;
+- :mod:`cfx.pipeline`: :func:`explain`, the main job (score → flag → counterfactuals → evidence → explanation →
+  report), resumable through :class:`cfx.runstore.RunStore`.
 
 The later stages import as ``cfx.generators``, ``cfx.prompts`` and ``cfx.reports``.
 """
@@ -19,6 +21,13 @@ from .models import Classifier, ClassifierError, Preprocessing, find_head, load_
 from .scoring import ScoreTable, score_source
 from .trust import SCORES, Threshold, flag, gradtrust, gradtrust_reference, score_batch
 
+
+def explain(*args, **kwargs):
+    """The main job; see :func:`cfx.pipeline.explain` (imported lazily: it pulls in the generators)."""
+    from .pipeline import explain as _explain
+
+    return _explain(*args, **kwargs)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -26,5 +35,5 @@ __all__ = [
     "Manifest", "Preprocessing", "Record", "TensorSource", "decode_image", "find_head", "iter_batches",
     "load_classifier", "open_source", "__version__",
     "SCORES", "ScoreTable", "Threshold", "flag", "gradtrust", "gradtrust_reference", "misprediction_metrics",
-    "score_batch", "score_source",
+    "score_batch", "score_source", "explain",
 ]

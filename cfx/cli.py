@@ -85,13 +85,14 @@ def _friendly_errors(func: Callable) -> Callable:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from .fitted import FittedError
+        from .runstore import RunStoreError
 
         try:
             return func(*args, **kwargs)
-        except (ClassifierError, DataSourceError, FittedError) as exc:
+        except (ClassifierError, DataSourceError, FittedError, RunStoreError) as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted; finished work was written", err=True)
+            click.echo("\ninterrupted; finished work was written (re-run the same command to resume)", err=True)
             sys.exit(130)
 
     return wrapper
@@ -447,6 +448,87 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     else:
         click.echo("no labels: metrics need labelled data (ImageFolder or a manifest with a label column)")
     click.echo(f"wrote {Path(out) / 'summary.json'}, scores.csv" + (", roc.png, risk_coverage.png" if metrics else ""))
+
+
+@main.command(context_settings=CONTEXT)
+@model_options
+@click.option("--data", "data_spec", required=True, metavar="SOURCE",
+              help="Images: a folder (ImageFolder or flat), a CSV/JSONL manifest, or demo:shapes[:split].")
+@click.option("--fitted", "fitted_dir", required=True, type=click.Path(file_okay=False),
+              help="The folder written by cfx fit for this model.")
+@click.option("--out", type=click.Path(file_okay=False), default="cfx-explain", show_default=True,
+              help="Output folder: run.sqlite, summary.json, report.html.")
+@click.option("--reporter", default="evidence", show_default=True,
+              help="evidence (offline), transformers:PATH (local multimodal model) or openai:URL (endpoint; model "
+                   "from $CFX_OPENAI_MODEL, key from $CFX_OPENAI_API_KEY).")
+@click.option("--generators", default="reco,lgd,lnn", show_default=True,
+              help="Counterfactual generators: any of reco, lgd, lnn.")
+@click.option("--flag-score", default="parce", show_default=True, help="Score that decides the flags.")
+@click.option("--flag-below", type=float, default=None, help="Flag samples whose flag score is below this number.")
+@click.option("--flag-percentile", type=float, default=None,
+              help="Flag below this percentile of the calibration scores stored by cfx fit (default 10).")
+@click.option("--dataset-description", default=None, help="One sentence about the data, for LLM prompts.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--restart", is_flag=True, help="Discard the run in --out and start over.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly_errors
+def explain(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
+            head: str | None, device: str, data_spec: str, fitted_dir: str, out: str, reporter: str,
+            generators: str, flag_score: str, flag_below: float | None, flag_percentile: float | None,
+            dataset_description: str | None, batch_size: int, restart: bool, quiet: bool) -> None:
+    """Explain why predictions are untrusted, and write a review report.
+
+    \b
+    score → flag (threshold fixed before the run) → counterfactuals → property edits → evidence → explanation.
+    Writes OUT/run.sqlite (everything, as it completes), OUT/summary.json and OUT/report.html. Unreadable inputs
+    are listed in the report; the run goes on. Ctrl-C (or a crash) loses nothing: run the same command again to
+    resume. A changed command on the same --out is refused unless --restart.
+    \b
+    Example:
+        cfx explain --model demo:shapes --data demo:shapes:test --fitted fitted/ --out review/
+    """
+    from .pipeline import explain as run_explain
+
+    if flag_below is not None and flag_percentile is not None:
+        raise click.UsageError("give either --flag-below or --flag-percentile, not both")
+    classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
+    source = _open_data(data_spec, classifier)
+    gens = [g.strip() for g in generators.split(",") if g.strip()]
+    try:
+        summary = run_explain(classifier, source, fitted_dir, out, reporter=reporter, generators=gens,
+                              flag_score=flag_score, flag_below=flag_below, flag_percentile=flag_percentile,
+                              batch_size=batch_size, restart=restart, progress=not quiet,
+                              dataset_description=dataset_description, data_spec=data_spec,
+                              model_spec=model_spec)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_explain_summary(summary, Path(out))
+
+
+def _print_explain_summary(summary: dict, out: Path) -> None:
+    c = summary["counts"]
+    t = summary["timing"]
+    click.echo(f"scored {c['samples']} inputs ({c['errors']} unreadable), flagged {c['flagged']}, "
+               f"explained {c['explained']}" + (f" ({c['explain_errors']} failed)" if c["explain_errors"] else ""))
+    if t.get("score_seconds") and t.get("explain_seconds"):
+        click.echo(f"throughput: {c['samples'] / t['score_seconds']:.0f} images/s scored, "
+                   f"{c['explained'] / t['explain_seconds']:.1f} flagged images/s explained")
+    if c["causes"]:
+        click.echo("causes: " + ", ".join(f"{k} {v}" for k, v in sorted(c["causes"].items(), key=lambda kv: -kv[1])))
+    click.echo(f"wrote {out / 'report.html'}, {out / 'summary.json'}, {out / 'run.sqlite'}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="An output folder of cfx explain (it holds run.sqlite).")
+@click.option("--max-cards", default=200, show_default=True, help="Flagged samples shown as cards.")
+@_friendly_errors
+def report(run_dir: str, max_cards: int) -> None:
+    """Re-render RUN/report.html and RUN/summary.json from the run store, without recomputing anything."""
+    from .reports import render_review
+
+    path = render_review(run_dir, max_cards=max_cards)
+    click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

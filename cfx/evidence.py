@@ -193,10 +193,12 @@ def _row(stats: dict[str, Tensor], i: int) -> dict[str, float]:
 def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | None = None,
                      labels: Sequence[int] | Tensor | None = None, editors: Sequence | None = None,
                      generators: Sequence[str] = ("reco", "lgd", "lnn"), steps: int = 8,
-                     with_counterfactuals: bool = True) -> list[Evidence]:
-    """Build one :class:`Evidence` per image (images at the fitted autoencoder's size, in [0, 1]).
+                     with_counterfactuals: bool = True, return_images: bool = False):
+    """Build one :class:`Evidence` per image (images ``(N, 3, H, W)`` in [0, 1] at the classifier's input size).
 
-    ``with_counterfactuals=False`` leaves out the counterfactual evidence (for ablations).
+    ``with_counterfactuals=False`` leaves out the counterfactual evidence (for ablations). ``return_images=True``
+    returns ``(evidence, images)`` with ``images`` mapping each generator name (and ``"neighbour"`` for the nearest
+    confident image of LNN) to its ``(N, 3, h, w)`` images, for reports.
     """
     from cfx.generators import (AutoencoderReconstruction, LatentGradientDescent, LatentNearestNeighbours,
                                 Occlusion, competency_target, parametric_editors, property_curve, restoring_edits)
@@ -256,7 +258,9 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
                              "score_before": r.score_before, "score_after": r.score_after, "gain": r.gain,
                              "all_gains": r.all_gains}
         ev.property_curves = [{"property": c.property, "epgm": float(c.epgm[i]), "p_value": float(c.p_value[i]),
-                               "flips": bool(c.flips[i])} for c in curves]
+                               "flips": bool(c.flips[i]), "strengths": [round(float(v), 4) for v in c.strengths],
+                               "probabilities": [round(float(v), 4) for v in c.probabilities[i]]}
+                              for c in curves]
         ev.statistics = {"original": _row(orig_stats, i)}
         if main_name is not None:
             ev.statistics["counterfactual"] = _row(cf_stats[main_name], i)
@@ -265,4 +269,9 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
             ev.statistics["reference_mean"] = ref_mean
             ev.statistics_z = {k: (ev.statistics["original"][k] - ref_mean[k]) / ref_std[k] for k in STATISTICS}
         out.append(ev)
+    if return_images:
+        pictures = {name: cf.images.detach().cpu() for name, cf in cfs.items()}
+        if "lnn" in cfs and "neighbour_images" in cfs["lnn"].extra:
+            pictures["neighbour"] = cfs["lnn"].extra["neighbour_images"].detach().cpu()
+        return out, pictures
     return out

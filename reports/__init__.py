@@ -1,6 +1,10 @@
 """cfx.reports: self-contained HTML review and audit reports (stage 4 of the pipeline).
 
+- :func:`render_review`: ``report.html`` from a run store (``cfx explain`` writes it; ``cfx report`` re-renders it).
+
 Installed as ``cfx.reports``; Jinja2 templates in ``templates/`` ship as package data.
 """
 
-__all__: list[str] = []
+from .review import render_review, review_context
+
+__all__ = ["render_review", "review_context"]

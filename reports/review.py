@@ -1,0 +1,213 @@
+"""The review report: one self-contained HTML file rendered from a run store alone.
+
+Inline CSS, images as data-URI thumbnails, plots as inline SVG, a content security policy that forbids any
+request, and a few lines of inline script for the reviewer's verdicts. Every value that comes from a model, a
+file or an LLM goes through Jinja2's autoescaping; nothing is marked safe except the SVG plots, which are drawn
+here from numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["render_review", "review_context"]
+
+THUMB = 96  # displayed size of image thumbnails in CSS pixels
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("cfx.reports", "templates"),
+                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _data_uri(png: bytes | None, max_side: int = 128) -> str | None:
+    """PNG bytes → data URI; large images are shrunk to ``max_side`` and sent as JPEG to keep the report small."""
+    if png is None:
+        return None
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png))
+    if max(img.size) <= max_side:
+        return "data:image/png;base64," + base64.b64encode(png).decode()
+    img = img.convert("RGB")
+    img.thumbnail((max_side, max_side), Image.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=82, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _heat_map(original: bytes | None, counterfactual: bytes | None) -> str | None:
+    """|original − counterfactual| summed over channels, as a colour-mapped PNG data URI (at the original's size)."""
+    if original is None or counterfactual is None:
+        return None
+    import matplotlib
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(original)).convert("RGB"), dtype=np.float32) / 255
+    b_img = Image.open(io.BytesIO(counterfactual)).convert("RGB")
+    if b_img.size != (a.shape[1], a.shape[0]):
+        b_img = b_img.resize((a.shape[1], a.shape[0]), Image.BILINEAR)
+    b = np.asarray(b_img, dtype=np.float32) / 255
+    d = np.abs(a - b).sum(2)
+    d = d / max(float(d.max()), 1e-6)
+    rgb = (matplotlib.colormaps["magma"](d)[..., :3] * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
+    return _data_uri(buf.getvalue())
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _plots(samples: list[dict], score: str, threshold: float) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from cfx.metrics import risk_coverage_curve
+
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9})
+    out = {}
+    values = np.array([s["scores"].get(score) for s in samples if s["scores"].get(score) is not None], dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values):
+        fig, ax = plt.subplots(figsize=(4.6, 2.6))
+        ax.hist(values, bins=40, color="#4a7bb7")
+        ax.axvline(threshold, color="#c0392b", lw=1.5, label=f"flag below {threshold:.3g}")
+        ax.set_xlabel(score)
+        ax.set_ylabel("samples")
+        ax.legend(frameon=False)
+        out["histogram"] = _svg(fig)
+    labelled = [s for s in samples if s["label"] is not None and s["prediction"] is not None
+                and s["scores"].get(score) is not None]
+    if len(labelled) >= 2:
+        correct = np.array([s["label"] == s["prediction"] for s in labelled])
+        if correct.any() and not correct.all():
+            cov, risk = risk_coverage_curve(np.array([s["scores"][score] for s in labelled]), correct)
+            fig, ax = plt.subplots(figsize=(4.6, 2.6))
+            ax.plot(cov, risk, color="#4a7bb7")
+            ax.set_xlabel("coverage (most trusted first)")
+            ax.set_ylabel("risk (error rate)")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, max(0.05, float(np.max(risk)) * 1.1))
+            out["risk_coverage"] = _svg(fig)
+    return out
+
+
+def _sparkline(values: list[float], width: int = 90, height: int = 24) -> str:
+    """Points of an SVG polyline for a curve of probabilities in [0, 1] (numbers only)."""
+    if len(values) < 2:
+        return ""
+    xs = np.linspace(1, width - 1, len(values))
+    return " ".join(f"{x:.1f},{(height - 1) - (height - 2) * min(max(float(v), 0.0), 1.0):.1f}"
+                    for x, v in zip(xs, values))
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def review_context(store, max_cards: int = 200) -> dict[str, Any]:
+    """Everything the review template shows, read from a :class:`~cfx.runstore.RunStore`."""
+    from cfx.pipeline import write_summary
+
+    config = store.config
+    summary = write_summary(store)
+    samples = store.samples()
+    explained = store.explanations()
+    threshold = config["threshold"]
+    score = threshold["score"]
+    class_names = (store.get_meta("class_names") or None)
+
+    def name(idx):
+        if idx is None:
+            return "–"
+        return class_names[idx] if class_names and 0 <= idx < len(class_names) else str(idx)
+
+    flagged = [s for s in samples if s["flagged"]]
+    flagged.sort(key=lambda s: (s["scores"].get(score) is None, s["scores"].get(score) or 0.0))
+    cards = []
+    for s in flagged[:max_cards]:
+        e = explained.get(s["id"], {})
+        ev = e.get("evidence") or {}
+        exp = e.get("explanation") or {}
+        original = store.image(s["id"], "original")
+        cfs = []
+        for c in ev.get("counterfactuals", []):
+            png = store.image(s["id"], c["method"])
+            cfs.append({"method": c["method"].upper() if c["method"] != "reco" else "Reco", "image": _data_uri(png),
+                        "heat": _heat_map(original, png), "before": _fmt(c.get("score_before")),
+                        "after": _fmt(c.get("score_after")), "success": c.get("success")})
+        restoring = ev.get("restoring_edit") or {}
+        gains = sorted((restoring.get("all_gains") or {}).items(), key=lambda kv: -kv[1])[:4]
+        curves = sorted(ev.get("property_curves", []), key=lambda c: -c.get("epgm", 0.0))[:4]
+        neighbour = ev.get("neighbour") or None
+        cards.append({
+            "id": s["id"], "label": name(s["label"]), "prediction": name(s["prediction"]),
+            "wrong": s["label"] is not None and s["label"] != s["prediction"],
+            "score": _fmt(s["scores"].get(score)), "competency": _fmt(ev.get("competency")),
+            "original": _data_uri(original), "counterfactuals": cfs,
+            "cause": e.get("cause") or "–", "confidence": _fmt(exp.get("confidence"), 2),
+            "text": exp.get("text") or "", "backend": exp.get("backend") or "", "error": e.get("error"),
+            "pending": not e,
+            "restoring": {"property": restoring.get("property"), "direction": restoring.get("direction"),
+                          "strength": _fmt(restoring.get("strength"), 2), "before": _fmt(restoring.get("score_before")),
+                          "after": _fmt(restoring.get("score_after"))} if restoring else None,
+            "gains": [{"edit": k, "gain": _fmt(v), "width": max(0.0, min(1.0, v)) * 100} for k, v in gains],
+            "curves": [{"property": c["property"], "epgm": _fmt(c.get("epgm")), "p": _fmt(c.get("p_value")),
+                        "flips": c.get("flips"), "points": _sparkline(c.get("probabilities", []))} for c in curves],
+            "neighbour": {"id": neighbour.get("neighbour_id"), "label": name(neighbour.get("neighbour_label")),
+                          "distance": _fmt(neighbour.get("neighbour_distance")),
+                          "image": _data_uri(store.image(s["id"], "neighbour"))} if neighbour else None,
+            "metadata": {k: v for k, v in (s.get("metadata") or {}).items() if not isinstance(v, (dict, list))},
+        })
+    errors = [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]]
+    errors += [{"id": sid, "reason": e["error"]} for sid, e in explained.items() if e.get("error")]
+    metrics = [{"score": k, **{m: _fmt(v.get(m)) for m in ("auroc", "aupr_error", "aupr_success", "fpr_at_95_tpr",
+                                                           "aurc")}}
+               for k, v in sorted(summary["metrics"].items(), key=lambda kv: -(kv[1].get("auroc") or 0))]
+    counts = summary["counts"]
+    return {"title": "cfx review", "config": config, "counts": counts, "threshold": threshold,
+            "model": f"{store.get_meta('model_name') or 'model'} ({config.get('model')})", "data": config.get("data"),
+            "metrics": metrics, "plots": _plots(samples, score, threshold["value"]), "cards": cards,
+            "hidden": max(0, len(flagged) - max_cards), "errors": errors, "thumb": THUMB,
+            "causes": sorted(counts["causes"].items(), key=lambda kv: -kv[1]),
+            "timing": summary["timing"], "finished": store.get_meta("finished"), "created": store.get_meta("created")}
+
+
+def render_review(store_or_dir, path: str | Path | None = None, max_cards: int = 200) -> Path:
+    """Render ``report.html`` from a run store (a :class:`~cfx.runstore.RunStore` or its folder)."""
+    from cfx.runstore import RunStore
+
+    own = not hasattr(store_or_dir, "samples")
+    store = RunStore(store_or_dir) if own else store_or_dir
+    try:
+        context = review_context(store, max_cards=max_cards)
+        path = Path(path) if path is not None else store.out / "report.html"
+    finally:
+        if own:
+            store.close()
+    html = _environment().get_template("review.html.j2").render(**context)
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
+    return path
