@@ -134,18 +134,23 @@ def main() -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where trained demo models are cached (default: $CFX_CACHE_DIR or ~/.cache/cfx).")
 @click.option("--retrain", is_flag=True, help="Train the demo models again even if cached.")
+@click.option("--explain-per-cause", default=20, show_default=True,
+              help="Images per cause in the six-cause explanation table (0 to skip it).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
-def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: bool, quiet: bool) -> None:
-    """Build the demo world, train (or load) its models, and measure them clean and under each cause.
+def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: bool, explain_per_cause: int,
+         quiet: bool) -> None:
+    """The whole pipeline on the embedded demo world: train (or load), fit, measure, explain, report.
 
     \b
     Data sets: the procedural shapes world (6 shape classes; colour, texture, background, size, position and
     rotation vary) and scikit-learn's handwritten digits. Each gets a small CNN classifier and the convolutional
-    autoencoder PaRCE needs, trained on first use (about 1-2 minutes on 2 CPU cores) and cached.
-    Prints accuracy and mean max-softmax per split and per cause strength; writes OUT/summary.json.
+    autoencoder PaRCE needs, trained on first use (about 1-2 minutes on 2 CPU cores) and cached, then fitted.
+    Prints accuracy and mean max-softmax per split and per cause strength, AUROC of every trust score, and (for the
+    first data set) the six-cause explanation accuracy; then runs the main job (cfx explain) on a review set with
+    injected causes and writes OUT/<dataset>/report.html. Writes OUT/summary.json.
     """
-    from .demo import CAUSES, cause_examples, apply_cause, load_demo
+    from .demo import CAUSES, apply_cause, cause_examples, demo_source, load_demo
 
     names = [n.strip() for n in datasets.split(",") if n.strip()]
     out_dir = Path(out)
@@ -217,9 +222,33 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
                    "every strength):")
         click.echo(_table(["score"] + list(conditions),
                           [[m] + [trust[c][m]["auroc"] for c in conditions] for m in methods]))
+        if name == names[0] and explain_per_cause > 0:
+            from .demo import explanation_benchmark
+
+            bench = explanation_benchmark(models, fitted, per_cause=explain_per_cause, seed=seed + 1)
+            result["explanations"] = bench
+            views = bench["views"]
+            click.echo(f"six-cause explanation accuracy of the evidence reporter (up to {explain_per_cause} images per "
+                       "cause whose competency fell below 0.9; bench/explanations.py runs the full benchmark):")
+            click.echo(_table(["cause", "n", "all evidence", "no counterfactual"],
+                              [[c, views["all"]["counts"][c], acc, views["no counterfactual"]["per_cause"][c]]
+                               for c, acc in views["all"]["per_cause"].items()]
+                              + [["mean", "", views["all"]["mean"], views["no counterfactual"]["mean"]]]))
+        if name == names[0]:
+            from .pipeline import explain as run_explain
+
+            review_dir = out_dir / name
+            click.echo(f"\nthe main job on demo:{name}:review (test images with injected causes"
+                       + (", and unfamiliar stars" if name.startswith("shapes") else "") + "):")
+            run = run_explain(clf, demo_source(f"demo:{name}:review"), fitted, review_dir, progress=not quiet,
+                              data_spec=f"demo:{name}:review", model_spec=f"demo:{name}", restart=True)
+            result["review"] = {"out": str(review_dir), "counts": run["counts"], "timing": run["timing"]}
+            _print_explain_summary(run, review_dir)
         summary["datasets"][name] = result
     _write_json(out_dir / "summary.json", summary)
     click.echo(f"\nwrote {out_dir / 'summary.json'}")
+    if (out_dir / names[0] / "report.html").exists():
+        click.echo(f"open the review report: {(out_dir / names[0] / 'report.html').resolve()}")
 
 
 @main.command(context_settings=CONTEXT)

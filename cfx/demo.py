@@ -59,6 +59,7 @@ __all__ = [
     "demo_source",
     "digits_data",
     "explanation_benchmark",
+    "review_set",
     "load_demo",
     "shapes_data",
     "split_indices",
@@ -586,13 +587,14 @@ def demo_fitted(models: DemoModels, progress: bool = True, refit: bool = False):
 def demo_source(spec: str) -> TensorSource:
     """``demo:shapes[:SPLIT]``, ``demo:shapes-biased[:SPLIT]`` or ``demo:digits[:SPLIT]`` as an image source.
 
-    SPLIT is ``train``, ``calibration``, ``test`` (default) or ``all``. Only the data is built, not the models.
+    SPLIT is ``train``, ``calibration``, ``test`` (default), ``all`` or ``review`` (:func:`review_set`: test
+    images with injected causes and, for shapes, unfamiliar stars). Only the data is built, not the models.
     """
     parts = spec.split(":")
     name = parts[1] if len(parts) > 1 else "shapes"
     split = parts[2] if len(parts) > 2 else "test"
-    if split not in ("train", "calibration", "test", "all"):
-        raise DataSourceError(f"unknown split {split!r} in {spec!r}; use train, calibration, test or all")
+    if split not in ("train", "calibration", "test", "all", "review"):
+        raise DataSourceError(f"unknown split {split!r} in {spec!r}; use train, calibration, test, all or review")
     if name == "shapes":
         data = shapes_data()
     elif name == "shapes-biased":
@@ -601,7 +603,43 @@ def demo_source(spec: str) -> TensorSource:
         data = digits_data()
     else:
         raise DataSourceError(f"unknown demo data set {name!r} in {spec!r}; use shapes, shapes-biased or digits")
-    return data.source(split)
+    return review_set(data) if split == "review" else data.source(split)
+
+
+def review_set(data: "DemoData", n: int = 300, seed: int = 0, unfamiliar: int = 20) -> TensorSource:
+    """A review set for the demo's main job: ``n`` test images, two thirds of them changed by one of the six causes
+    (in turn, at a strength from the strong half of its grid) and, for the shapes world, ``unfamiliar`` images of the
+    held-out star shape. Metadata ``injected_cause`` / ``strength`` say what was done, so a reviewer can check the
+    explanations against the truth. Saturation is skipped on grey images."""
+    x, y = data.split("test")
+    n = min(n, len(x))
+    idx = data.splits["test"][:n]
+    images, labels = x[:n].clone(), y[:n].clone()
+    grey = bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
+    causes = [c for c in CAUSES if not (grey and c == "saturation")]
+    g = torch.Generator().manual_seed(seed)
+    meta = [dict(data.metadata[i], injected_cause="none", strength=None) for i in idx.tolist()]
+    changed = torch.nonzero(torch.arange(n) % 3 != 0).flatten()
+    for j, cause in enumerate(causes):
+        which = changed[j::len(causes)]
+        if len(which) == 0:
+            continue
+        grid = CAUSES[cause]
+        strong = grid[len(grid) // 2:]
+        k = strong[int(torch.randint(len(strong), (1,), generator=g))]
+        images[which] = apply_cause(images[which], cause, k, seed=seed + j)
+        for i in which.tolist():
+            meta[i].update(injected_cause=cause, strength=k)
+    ids = [f"{data.name}-{i}" for i in idx.tolist()]
+    if data.attributes is not None and unfamiliar > 0:
+        world = ShapesWorld(WorldConfig(image_size=x.shape[-1]))
+        attrs = world.sample_attributes(unfamiliar, seed=seed + 99, held_out=True)
+        images = torch.cat([images, world.render(attrs)])
+        labels = torch.cat([labels, torch.full((unfamiliar,), -1, dtype=torch.long)])
+        ids += [f"star-{i}" for i in range(unfamiliar)]
+        meta += [{"shape": HELD_OUT_SHAPE, "injected_cause": "unfamiliar object (never in training)", "strength": None}
+                 for _ in range(unfamiliar)]
+    return TensorSource(images, labels, ids=ids, metadata=meta, class_names=data.class_names)
 
 
 def explanation_benchmark(models: "DemoModels", fitted, per_cause: int = 100, seed: int = 1,
