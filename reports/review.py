@@ -67,7 +67,8 @@ def _heat_map(original: bytes | None, counterfactual: bytes | None) -> str | Non
 
 def _svg(fig) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight",
+                metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
     import matplotlib.pyplot as plt
 
     plt.close(fig)
