@@ -169,10 +169,11 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageS
         store.set_meta("score_seconds", score_seconds + store.get_meta("score_seconds", 0.0))
         store.db.commit()
     # ---- stage 2: explain the flagged samples not explained yet
-    todo = [sid for sid in store.flagged_ids() if sid not in store.explained_ids()]
+    flagged, explained = store.flagged_ids(), store.explained_ids()
+    todo = [sid for sid in flagged if sid not in explained]
     t1 = time.perf_counter()
-    bar = tqdm(total=len(store.flagged_ids()), initial=len(store.flagged_ids()) - len(todo), desc="explaining",
-               unit="img", disable=not progress)
+    bar = tqdm(total=len(flagged), initial=len(flagged) - len(todo), desc="explaining", unit="img",
+               disable=not progress)
     for start in range(0, len(todo), explain_batch_size):
         ids = todo[start:start + explain_batch_size]
         images = torch.stack([png_tensor(store.image(sid, "original")) for sid in ids])
@@ -190,7 +191,7 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageS
     if report:
         from .reports import render_review
 
-        render_review(store, store.out / "report.html")
+        render_review(store, store.out / "report.html", summary=summary)
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     return summary
 

@@ -127,12 +127,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def review_context(store, max_cards: int = 200) -> dict[str, Any]:
-    """Everything the review template shows, read from a :class:`~cfx.runstore.RunStore`."""
+def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the review template shows, read from a :class:`~cfx.runstore.RunStore` (``summary``: the one
+    :func:`cfx.pipeline.write_summary` just wrote, else it is written again)."""
     from cfx.pipeline import write_summary
 
     config = store.config
-    summary = write_summary(store)
+    summary = summary if summary is not None else write_summary(store)
     samples = store.samples()
     explained = store.explanations()
     threshold = config["threshold"]
@@ -195,14 +196,16 @@ def review_context(store, max_cards: int = 200) -> dict[str, Any]:
             "timing": summary["timing"], "finished": store.get_meta("finished"), "created": store.get_meta("created")}
 
 
-def render_review(store_or_dir, path: str | Path | None = None, max_cards: int = 200) -> Path:
-    """Render ``report.html`` from a run store (a :class:`~cfx.runstore.RunStore` or its folder)."""
+def render_review(store_or_dir, path: str | Path | None = None, max_cards: int = 200,
+                  summary: dict[str, Any] | None = None) -> Path:
+    """Render ``report.html`` from a run store (a :class:`~cfx.runstore.RunStore` or its folder); also refreshes
+    ``summary.json`` unless the caller passes the summary it just wrote."""
     from cfx.runstore import RunStore
 
     own = not hasattr(store_or_dir, "samples")
     store = RunStore(store_or_dir) if own else store_or_dir
     try:
-        context = review_context(store, max_cards=max_cards)
+        context = review_context(store, max_cards=max_cards, summary=summary)
         path = Path(path) if path is not None else store.out / "report.html"
     finally:
         if own:
