@@ -12,14 +12,14 @@ import inspect
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .data import ImageSource, iter_batches, open_source
-from .fitted import Fitted
-from .fitted import model_fingerprint
+from .fitted import Fitted, model_fingerprint
 from .models import Classifier, load_classifier
 from .runstore import RunStore, png_tensor
 from .trust import SCORES, Threshold, applicable_scores, flag, score_batch

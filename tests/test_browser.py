@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_explain import SCRIPT, XSS, _HostileReporter, _source
 
 import cfx
-from test_explain import SCRIPT, XSS, _HostileReporter, _source
 
 pytestmark = pytest.mark.browser
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

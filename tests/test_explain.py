@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cfx.prompts import Explanation
 from click.testing import CliRunner
 from PIL import Image
 
 import cfx
 from cfx.cli import main
-from cfx.prompts import Explanation
 from cfx.runstore import RunStore, RunStoreError
 
 XSS = '<img src=x onerror="window.__xss=1">'
@@ -139,7 +139,7 @@ def test_resume_after_kill_minus_9_matches_an_uninterrupted_run(shapes_models, f
 def _broken_folder(root: Path, shapes_models) -> tuple[list[str], list[str]]:
     root.mkdir()
     x, _ = shapes_models.data.split("test")
-    arr = lambda i: (x[i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)  # noqa: E731
+    arr = lambda i: (x[i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     good = []
     for i, mode in enumerate(["RGB", "CMYK", "P", "RGBA", "LA"]):
         img = Image.fromarray(arr(i))
@@ -147,7 +147,7 @@ def _broken_folder(root: Path, shapes_models) -> tuple[list[str], list[str]]:
         name = f"good-{mode.lower()}.{'jpg' if mode == 'CMYK' else 'png'}"
         img.save(root / name)
         good.append(name)
-    Image.fromarray((arr(5)[..., 0].astype(np.uint16) * 257)).save(root / "good-16bit.png")
+    Image.fromarray(arr(5)[..., 0].astype(np.uint16) * 257).save(root / "good-16bit.png")
     Image.fromarray(arr(6)).resize((1, 1)).save(root / "good-1x1.png")
     Image.fromarray(arr(7)).resize((3000, 2400)).save(root / "good-large.jpg", quality=70)
     good += ["good-16bit.png", "good-1x1.png", "good-large.jpg"]
