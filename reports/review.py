@@ -186,7 +186,8 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
     errors += [{"id": sid, "reason": e["error"]} for sid, e in explained.items() if e.get("error")]
     metrics = [{"score": k, **{m: _fmt(v.get(m)) for m in ("auroc", "aupr_error", "aupr_success", "fpr_at_95_tpr",
                                                            "aurc")}}
-               for k, v in sorted(summary["metrics"].items(), key=lambda kv: -(kv[1].get("auroc") or 0))]
+               for k, v in sorted(summary["metrics"].items(), key=lambda kv: -(kv[1].get("auroc") or 0))
+               if v.get("auroc") is not None]  # undefined when every labelled prediction is right (or wrong)
     counts = summary["counts"]
     return {"title": "cfx review", "config": config, "counts": counts, "threshold": threshold,
             "model": f"{store.get_meta('model_name') or 'model'} ({config.get('model')})", "data": config.get("data"),
