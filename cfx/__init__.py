@@ -9,7 +9,8 @@ The public API of the foundation stage:
 - :mod:`cfx.trust`: GradTrust and the baseline trust scores (registry :data:`SCORES`), :func:`flag`, :class:`Threshold`;
 - :mod:`cfx.metrics`: :func:`misprediction_metrics`; :mod:`cfx.scoring`: :func:`score_source` for whole data sources;
 - :mod:`cfx.pipeline`: :func:`explain`, the main job (score → flag → counterfactuals → evidence → explanation →
-  report), resumable through :class:`cfx.runstore.RunStore`.
+  report), resumable through :class:`cfx.runstore.RunStore`;
+- :mod:`cfx.dataset_audit`: :func:`audit`, the dataset bias audit (property sensitivity, slices, trust link).
 
 The later stages import as ``cfx.generators``, ``cfx.prompts`` and ``cfx.reports``.
 """
@@ -28,6 +29,13 @@ def explain(*args, **kwargs):
 
     return _explain(*args, **kwargs)
 
+
+def audit(*args, **kwargs):
+    """The dataset bias audit; see :func:`cfx.dataset_audit.audit` (imported lazily)."""
+    from .dataset_audit import audit as _audit
+
+    return _audit(*args, **kwargs)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -35,5 +43,5 @@ __all__ = [
     "Manifest", "Preprocessing", "Record", "TensorSource", "decode_image", "find_head", "iter_batches",
     "load_classifier", "open_source", "__version__",
     "SCORES", "ScoreTable", "Threshold", "flag", "gradtrust", "gradtrust_reference", "misprediction_metrics",
-    "score_batch", "score_source", "explain",
+    "score_batch", "score_source", "explain", "audit",
 ]

@@ -548,6 +548,79 @@ def _print_explain_summary(summary: dict, out: Path) -> None:
 
 
 @main.command(context_settings=CONTEXT)
+@model_options
+@click.option("--data", "data_spec", required=True, metavar="SOURCE",
+              help="Images with metadata: a folder, a CSV/JSONL manifest (extra columns become slices), or demo data "
+                   "such as demo:shapes-biased:test.")
+@click.option("--fitted", "fitted_dir", required=True, type=click.Path(file_okay=False),
+              help="The folder written by cfx fit for this model.")
+@click.option("--out", type=click.Path(file_okay=False), default="cfx-audit", show_default=True,
+              help="Output folder: audit.html, audit.json, run.sqlite.")
+@click.option("--nuisance", multiple=True, metavar="PROPERTY",
+              help="A property that should not matter (repeat, or comma-separate): brightness, contrast, saturation, "
+                   "hue, noise, denoise, pixelation, sharpness, blur, occlusion, or (demo world) a generating "
+                   "attribute such as background_hue.")
+@click.option("--sample", default=2000, show_default=True, help="Images that get the property edits (0 = all).")
+@click.option("--properties", default=None, help="Only these properties (comma-separated); default all.")
+@click.option("--flag-score", default="parce", show_default=True, help="Trust score that decides the flags.")
+@click.option("--flag-below", type=float, default=None, help="Flag samples whose flag score is below this number.")
+@click.option("--flag-percentile", type=float, default=None,
+              help="Flag below this percentile of the stored calibration scores (default 10).")
+@click.option("--steps", default=8, show_default=True, help="Edit steps per property and direction.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the property sample.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--restart", is_flag=True, help="Discard the run in --out and start over.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly_errors
+def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
+          head: str | None, device: str, data_spec: str, fitted_dir: str, out: str, nuisance: tuple[str, ...],
+          sample: int, properties: str | None, flag_score: str, flag_below: float | None,
+          flag_percentile: float | None, steps: int, seed: int, batch_size: int, restart: bool, quiet: bool) -> None:
+    """Audit a data set and a model for bias: properties it leans on, slices it fails on, and where trust is low.
+
+    \b
+    Property sensitivity: EPGM of the predicted class along every parametric edit (brightness, contrast, hue, …)
+    and, for the demo world, every re-rendered generating attribute, on --sample images; ranked, with the
+    nuisance properties you name flagged when the model leans on them. Slices: accuracy, mean trust and flag rate
+    per metadata value (and binned brightness / saturation) with bootstrap intervals, tested against the rest.
+    Writes OUT/audit.html, OUT/audit.json and OUT/run.sqlite (re-run to resume).
+    \b
+    Example:
+        cfx audit --model demo:shapes-biased --data demo:shapes-biased:test --fitted fitted/ \\
+                  --nuisance background_hue,background_value,object_hue
+    """
+    from .dataset_audit import audit as run_audit
+
+    if flag_below is not None and flag_percentile is not None:
+        raise click.UsageError("give either --flag-below or --flag-percentile, not both")
+    names = [p.strip() for n in nuisance for p in n.split(",") if p.strip()]
+    classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
+    source = _open_data(data_spec, classifier)
+    try:
+        result = run_audit(classifier, source, fitted_dir, out, nuisance=names, sample=sample or None,
+                           properties=[p.strip() for p in properties.split(",")] if properties else None,
+                           flag_score=flag_score, flag_below=flag_below, flag_percentile=flag_percentile,
+                           steps=steps, batch_size=batch_size, restart=restart, progress=not quiet, seed=seed,
+                           data_spec=data_spec, model_spec=model_spec)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    c = result["counts"]
+    click.echo(f"audited {c['samples']} images ({c['errors']} unreadable, {c['flagged']} flagged); property edits on "
+               f"{c['property_sample']}")
+    click.echo(_table(["property", "edit", "mean EPGM", "significant", "flips", "nuisance", "flagged"],
+                      [[r["property"], r["kind"], round(r["mean_epgm"], 4), r["share_significant"], r["share_flips"],
+                        "yes" if r["nuisance"] else "", "FLAGGED" if r["flagged"] else ""]
+                       for r in result["properties"][:12]]))
+    bad = [s for s in result["slices"] if s["flagged"]]
+    click.echo(f"{len(bad)} slices differ from the rest" + (":" if bad else ""))
+    for s in bad[:8]:
+        click.echo(f"  {s['column']} = {s['slice']}: n {s['n']}, accuracy {s['accuracy'] if s['accuracy'] is None else round(s['accuracy'], 3)} "
+                   f"(rest {s['accuracy_rest'] if s['accuracy_rest'] is None else round(s['accuracy_rest'], 3)}), "
+                   f"flag rate {s['flag_rate']:.3f} (rest {s['flag_rate_rest']:.3f})")
+    click.echo(f"wrote {Path(out) / 'audit.html'}, {Path(out) / 'audit.json'}")
+
+
+@main.command(context_settings=CONTEXT)
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="An output folder of cfx explain (it holds run.sqlite).")
 @click.option("--max-cards", default=200, show_default=True, help="Flagged samples shown as cards.")

@@ -1,0 +1,503 @@
+"""Data-set bias audit: which properties the model leans on that should not matter, which slices it fails on, and
+whether low trust concentrates there.
+
+- :func:`property_sensitivity`: EPGM (counterfactuals.md §B1) of the predicted class along each property edit, per
+  sample, with its shuffle-test p-value and whether the prediction flips; parametric editors always, re-rendering
+  editors (true interventions) where the data carries its generating attributes (the demo's shapes world).
+- :func:`rank_properties`: the per-property table: mean EPGM (the effect), spread, share of significant shuffle
+  tests, share of flips, a binomial p-value (more significant samples than the 5 % chance rate?), per-class means,
+  and which nuisance properties are flagged.
+- :func:`slice_analysis`: accuracy, mean trust and flag rate per slice of every metadata column and of binned image
+  statistics, with bootstrap intervals and a test of each slice against the rest (Benjamini–Hochberg corrected).
+- :func:`audit`: the whole job (``cfx audit``), resumable through the run store, writing ``audit.json`` and
+  ``audit.html``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["PropertyEffect", "audit", "demo_attributes", "property_sensitivity", "rank_properties",
+           "slice_analysis"]
+
+ALPHA = 0.05
+
+
+@dataclass
+class PropertyEffect:
+    """Per-sample sensitivity of the prediction to one property."""
+
+    property: str
+    kind: str                 # "parametric" or "re-rendering"
+    epgm: Tensor              # (N,) the larger of the two directions' EPGM (code units: per edit step)
+    p_value: Tensor           # (N,) shuffle-test p-value (Bonferroni over the directions)
+    flips: Tensor             # (N,) the prediction changes somewhere along the edit
+    predicted: Tensor         # (N,) the class followed (the original prediction)
+    ids: list[str] = field(default_factory=list)
+
+
+def demo_attributes(metadata: Sequence[dict[str, Any]]) -> dict[str, Tensor] | None:
+    """The shapes world's generating attributes rebuilt from source metadata (``None`` when a row lacks them):
+    what the re-rendering editors need to intervene on one attribute with everything else fixed."""
+    from .demo import _BANDS, HELD_OUT_SHAPE, SHAPES, TEXTURES
+
+    keys = list(_BANDS) + ["shape", "texture"]
+    if not metadata or any(any(k not in row for k in keys) for row in metadata):
+        return None
+    shapes = list(SHAPES) + [HELD_OUT_SHAPE]
+    try:
+        out = {k: torch.tensor([float(row[k]) for row in metadata]) for k in _BANDS}
+        out["shape"] = torch.tensor([shapes.index(row["shape"]) if isinstance(row["shape"], str) else int(row["shape"])
+                                     for row in metadata])
+        out["texture"] = torch.tensor([TEXTURES.index(row["texture"]) if isinstance(row["texture"], str)
+                                       else int(row["texture"]) for row in metadata])
+    except (ValueError, TypeError):
+        return None
+    return out
+
+
+def _editors(attributes: dict[str, Tensor] | None, image_size: int, re_render: Sequence[str] | None):
+    from .demo import _BANDS, ShapesWorld, WorldConfig
+    from .generators import AttributeEditor, parametric_editors
+
+    editors = [(e, "parametric") for e in parametric_editors()]
+    if attributes is not None:
+        world = ShapesWorld(WorldConfig(image_size=image_size))
+        for name in re_render if re_render is not None else [k for k in _BANDS if k != "rotation"]:
+            span = 0.5 if name.endswith("hue") else 0.5 * (_BANDS[name][1] - _BANDS[name][0])
+            editors.append((AttributeEditor(world, name, range=(-span, span)), "re-rendering"))
+    return editors
+
+
+def property_sensitivity(classifier, images: Tensor, attributes: dict[str, Tensor] | None = None,
+                         properties: Sequence[str] | None = None, steps: int = 8, permutations: int = 200,
+                         ids: Sequence[str] | None = None, progress: bool = False) -> list[PropertyEffect]:
+    """EPGM of the predicted class along every property edit, per sample (§B1; for parametric edits both directions
+    where there are two, the larger kept; re-rendered attributes go up by half their training band, hues half way
+    round). ``attributes`` (see :func:`demo_attributes`) adds the re-rendering editors; ``properties`` keeps only
+    the named ones."""
+    from tqdm.auto import tqdm
+
+    from .generators import property_curve
+
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2, got {steps}")
+    editors = _editors(attributes, images.shape[-1], None)
+    if properties is not None:
+        known = {e.property for e, _ in editors}
+        missing = sorted(set(properties) - known)
+        if missing:
+            raise ValueError(f"unknown properties {missing}; available here: {', '.join(sorted(known))}")
+        editors = [(e, k) for e, k in editors if e.property in set(properties)]
+    with torch.inference_mode():
+        predicted = torch.cat([classifier.logits(images[i:i + 256]).argmax(1).cpu()
+                               for i in range(0, len(images), 256)])
+    out = []
+    for editor, kind in tqdm(editors, desc="property edits", disable=not progress):
+        values, ps, flips = [], [], []
+        # re-rendered attributes move one way: up by half their training band (hues: half way round the circle)
+        for direction in editor.directions if kind == "parametric" else editor.directions[:1]:
+            curve = property_curve(classifier, editor, images, editor.sweep(direction, steps=steps),
+                                   class_index=predicted, permutations=permutations,
+                                   attributes=attributes if kind == "re-rendering" else None)
+            values.append(curve.epgm)
+            ps.append(curve.p_value)
+            flips.append(curve.flips)
+        out.append(PropertyEffect(editor.property, kind, torch.stack(values).amax(0),
+                                  (torch.stack(ps).amin(0) * len(ps)).clamp(max=1.0), torch.stack(flips).any(0),
+                                  predicted, list(ids) if ids is not None else [str(i) for i in range(len(images))]))
+    return out
+
+
+def _binomial_p(k: int, n: int, alpha: float = ALPHA) -> float:
+    from scipy.stats import binomtest
+
+    return float(binomtest(k, n, alpha, alternative="greater").pvalue) if n else float("nan")
+
+
+def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] = (), class_names=None,
+                    large: float = 0.5) -> list[dict[str, Any]]:
+    """One row per property, largest mean EPGM first. A nuisance property is flagged when its shuffle tests are
+    significant far more often than chance (binomial p < 0.01) and its mean EPGM is at least ``large`` × that of
+    the most influential property that is not a nuisance (the model leans on it about as much as on what should
+    matter)."""
+    nuisance = set(nuisance)
+    unknown = nuisance - {e.property for e in effects}
+    if unknown:
+        raise ValueError(f"nuisance properties {sorted(unknown)} were not measured; measured: "
+                         f"{', '.join(e.property for e in effects)}")
+    rows = []
+    for e in effects:
+        v = e.epgm.double()
+        sig = e.p_value < ALPHA
+        per_class = {}
+        for c in torch.unique(e.predicted).tolist():
+            m = e.predicted == c
+            name = class_names[c] if class_names and c < len(class_names) else str(c)
+            per_class[name] = float(v[m].mean())
+        rows.append({"property": e.property, "kind": e.kind, "nuisance": e.property in nuisance, "n": len(v),
+                     "mean_epgm": float(v.mean()), "std_epgm": float(v.std()) if len(v) > 1 else 0.0,
+                     "median_epgm": float(v.median()), "share_significant": float(sig.float().mean()),
+                     "share_flips": float(e.flips.float().mean()),
+                     "p_value": _binomial_p(int(sig.sum()), len(v)), "per_class": per_class})
+    rows.sort(key=lambda r: -r["mean_epgm"])
+    relevant = [r["mean_epgm"] for r in rows if not r["nuisance"]]
+    reference = max(relevant) if relevant else max((r["mean_epgm"] for r in rows), default=0.0)
+    nuisance_rank = 0
+    for rank, r in enumerate(rows, 1):
+        r["rank"] = rank
+        if r["nuisance"]:
+            nuisance_rank += 1
+            r["nuisance_rank"] = nuisance_rank
+        r["relative_effect"] = r["mean_epgm"] / reference if reference > 0 else float("nan")
+        r["flagged"] = bool(r["nuisance"] and r["p_value"] < 0.01 and r["relative_effect"] >= large)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- slices
+
+def _bootstrap_ci(values: np.ndarray, resamples: int, rng: np.random.Generator) -> tuple[float, float]:
+    if len(values) < 2:
+        return (float("nan"), float("nan"))
+    idx = rng.integers(0, len(values), size=(resamples, len(values)))
+    means = values[idx].mean(1)
+    return (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+
+
+def _two_sample_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Welch's t-test of the means (for 0/1 values this is the unpooled two-proportion test)."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    if np.var(a) == 0 and np.var(b) == 0:
+        return 1.0 if a.mean() == b.mean() else 0.0
+    with warnings.catch_warnings():  # near-constant slices: the p-value is still right, scipy only warns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _benjamini_hochberg(p: list[float]) -> list[float]:
+    arr = np.array([1.0 if not math.isfinite(v) else v for v in p])
+    if not len(arr):
+        return []
+    order = np.argsort(arr)
+    ranked = arr[order] * len(arr) / (np.arange(len(arr)) + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
+    out = np.empty_like(adjusted)
+    out[order] = adjusted
+    return out.tolist()
+
+
+def _slices_of(values: list[Any], bins: int) -> tuple[list[str], str] | None:
+    """Slice labels per row for one column: categories, or quantile bins of a numeric column."""
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not present or isinstance(present[0], (dict, list)):
+        return None
+    distinct = sorted({str(v) for v in present})
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+    if numeric and len(distinct) > 12:
+        arr = np.array([float(v) if v is not None else np.nan for v in values])
+        edges = np.unique(np.nanquantile(arr, np.linspace(0, 1, bins + 1)))
+        if len(edges) < 3:
+            return None
+        which = np.clip(np.searchsorted(edges, arr, side="right") - 1, 0, len(edges) - 2)
+        labels = [f"{edges[w]:.3g}–{edges[w + 1]:.3g}" if not np.isnan(a) else "missing" for w, a in zip(which, arr)]
+        return labels, "binned"
+    if len(distinct) < 2 or len(distinct) > 40:
+        return None
+    return ["missing" if v is None else str(v) for v in values], "category"
+
+
+def slice_analysis(metadata: Sequence[dict[str, Any]], correct: Sequence[bool | None], trust: Sequence[float],
+                   flagged: Sequence[bool], statistics: dict[str, Sequence[float]] | None = None, bins: int = 4,
+                   resamples: int = 500, min_size: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+    """Per slice of every metadata column (categories, or ``bins`` quantile bins of numeric columns) and of each
+    image statistic: n, accuracy, mean trust and flag rate, each with a 95 % bootstrap interval, and Welch p-values
+    of the slice against the rest (Benjamini–Hochberg over all slices and measures). A slice is flagged when its
+    accuracy or flag rate differs from the rest's at adjusted p < 0.05."""
+    n = len(trust)
+    if not (len(metadata) == len(correct) == len(flagged) == n):
+        raise ValueError("metadata, correct, trust and flagged must have one entry per sample")
+    rng = np.random.default_rng(seed)
+    columns: dict[str, list[Any]] = {}
+    for row in metadata:
+        for k in row:
+            columns.setdefault(k, None)
+    table = {k: [row.get(k) for row in metadata] for k in columns}
+    for k, v in (statistics or {}).items():
+        table[f"image {k}"] = [float(x) for x in v]
+    acc = np.array([np.nan if c is None else float(c) for c in correct])
+    tr = np.array([float(t) if t is not None else np.nan for t in trust])
+    fl = np.array([float(f) for f in flagged])
+    rows, pvals = [], []
+    for column, values in table.items():
+        sliced = _slices_of(values, bins)
+        if sliced is None:
+            continue
+        labels, how = sliced
+        labels_arr = np.array(labels)
+        for label in sorted(set(labels)):
+            inside = labels_arr == label
+            if inside.sum() < min_size or (~inside).sum() < min_size:
+                continue
+            entry = {"column": column, "slice": label, "binning": how, "n": int(inside.sum())}
+            for name, arr in (("accuracy", acc), ("trust", tr), ("flag_rate", fl)):
+                a, b = arr[inside], arr[~inside]
+                a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+                entry[name] = float(a.mean()) if len(a) else None
+                entry[f"{name}_rest"] = float(b.mean()) if len(b) else None
+                entry[f"{name}_ci"] = _bootstrap_ci(a, resamples, rng) if len(a) else (None, None)
+                entry[f"{name}_p"] = _two_sample_p(a, b)
+                pvals.append((len(rows), name, entry[f"{name}_p"]))
+            rows.append(entry)
+    adjusted = _benjamini_hochberg([p for _, _, p in pvals])
+    for (i, name, _), q in zip(pvals, adjusted):
+        rows[i][f"{name}_q"] = q
+    for r in rows:
+        r["flagged"] = bool(min(r.get("accuracy_q", 1.0), r.get("flag_rate_q", 1.0)) < 0.05)
+    rows.sort(key=lambda r: (not r["flagged"], min(r.get("accuracy_q", 1), r.get("flag_rate_q", 1))))
+    return rows
+
+
+def _flag_link(effect: PropertyEffect, flagged: np.ndarray) -> float | None:
+    """AUROC of the per-sample EPGM for telling flagged from trusted samples (0.5: no link)."""
+    from sklearn.metrics import roc_auc_score
+
+    if flagged.all() or not flagged.any():
+        return None
+    return float(roc_auc_score(flagged, effect.epgm.numpy()))
+
+
+# ---------------------------------------------------------------------------------------------- the job
+
+def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sample: int | None = 2000,
+          properties: Sequence[str] | None = None, flag_score: str = "parce", flag_below: float | None = None,
+          flag_percentile: float | None = None, steps: int = 8, permutations: int = 200, batch_size: int = 64,
+          restart: bool = False, progress: bool = True, seed: int = 0, data_spec: str | None = None,
+          model_spec: str | None = None, **model_options: Any) -> dict[str, Any]:
+    """Audit ``data`` and ``model`` for bias; writes OUT/audit.json, OUT/audit.html and OUT/run.sqlite and returns
+    the audit. ``sample`` images (drawn at random with ``seed``; ``None`` = all) get the property edits; every image
+    gets scores, flags and slices. ``nuisance`` names the properties that should not matter."""
+    from .data import ImageSource, open_source
+    from .fitted import Fitted, model_fingerprint
+    from .models import Classifier, load_classifier
+    from .pipeline import _threshold
+    from .runstore import RunStore
+    from .trust import SCORES, applicable_scores
+
+    t0 = time.perf_counter()
+    classifier = load_classifier(model, **model_options) if not isinstance(model, Classifier) else model
+    fitted = fitted if isinstance(fitted, Fitted) else Fitted.load(fitted, classifier)
+    if flag_score not in SCORES:
+        raise ValueError(f"unknown flag score {flag_score!r}; choose from {', '.join(SCORES)}")
+    if sample is not None and sample < 1:
+        raise ValueError(f"sample must be a positive number of images (or None for all), got {sample}")
+    threshold = _threshold(fitted, flag_score, flag_below, flag_percentile)
+    source = open_source(data, classifier.class_names) if not isinstance(data, ImageSource) else data
+    methods = applicable_scores(classifier, fitted)
+    data_name = data_spec or (data if isinstance(data, str) else f"{type(source).__name__} of {len(source)} images")
+    config = {"job": "audit", "model": model_fingerprint(classifier), "data": data_name,
+              "fitted": fitted.manifest.get("config_hash"), "threshold": threshold.to_dict(), "methods": methods,
+              "nuisance": sorted(nuisance), "sample": sample, "properties": list(properties) if properties else None,
+              "steps": steps, "permutations": permutations, "seed": seed}
+    store = RunStore(out, config, restart=restart)
+    try:
+        return _audit(store, classifier, fitted, source, threshold, methods, list(nuisance), sample, properties,
+                      steps, permutations, batch_size, progress, seed, model_spec or
+                      (model if isinstance(model, str) else type(classifier.model).__name__), t0)
+    finally:
+        store.close()
+
+
+def _audit(store, classifier, fitted, source, threshold, methods, nuisance, sample, properties, steps,
+           permutations, batch_size, progress, seed, model_name, t0) -> dict[str, Any]:
+    import json
+
+    from .data import iter_batches
+    from .trust import flag, score_batch
+
+    if store.get_meta("model_name") is None:
+        with store.db:
+            store.set_meta("model_name", model_name)
+            store.set_meta("class_names", classifier.class_names)
+    # ---- every image: scores, flags, image statistics (resumable by id)
+    from tqdm.auto import tqdm
+
+    done = store.scored_ids()
+    bar = tqdm(total=len(source) if hasattr(source, "__len__") else None, initial=len(done), desc="scoring",
+               unit="img", disable=not progress)
+    size = classifier.preprocessing.size
+    for batch in iter_batches((r for r in source if r.id not in done), batch_size, size=size):
+        rows = [{"id": r.id, "label": r.label, "prediction": None, "scores": {}, "flagged": False,
+                 "error": r.error, "metadata": r.metadata} for r in batch.errors]
+        if len(batch):
+            result = score_batch(classifier, batch.images, methods, fitted=fitted)
+            pred = result.logits.argmax(1)
+            flags = flag(result.scores[threshold.score], threshold)
+            stats = _basic_statistics(batch.images)
+            for i, sid in enumerate(batch.ids):
+                err = result.errors[i]
+                meta = dict(batch.metadata[i])
+                meta["_stats"] = {k: float(stats[k][i]) for k in ("brightness", "contrast", "saturation")}
+                rows.append({"id": sid, "label": int(batch.labels[i]) if int(batch.labels[i]) >= 0 else None,
+                             "prediction": None if err else int(pred[i]),
+                             "scores": {m: float(v[i]) for m, v in result.scores.items()},
+                             "flagged": bool(flags[i]) and err is None, "error": err, "metadata": meta})
+        store.add_samples(rows, {})
+        bar.update(len(batch) + len(batch.errors))
+    bar.close()
+    samples = store.samples()
+    good = [s for s in samples if s["error"] is None]
+    if not good:
+        raise ValueError("no readable images in the data source; nothing to audit")
+    # ---- property sensitivity on a sample (resumable: stored once computed)
+    effects_json = store.get_meta("audit_effects")
+    picked_ids = store.get_meta("audit_sample")
+    if effects_json is None:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(good))
+        chosen = [good[i] for i in sorted(order[:sample] if sample is not None else order)]
+        picked_ids = [s["id"] for s in chosen]
+        wanted = set(picked_ids)
+        images, meta = {}, {}
+        for batch in iter_batches((r for r in source if r.id in wanted), batch_size, size=size):
+            for i, sid in enumerate(batch.ids):
+                images[sid] = batch.images[i]
+                meta[sid] = batch.metadata[i]
+        picked_ids = [sid for sid in picked_ids if sid in images]
+        x = torch.stack([images[sid] for sid in picked_ids])
+        attributes = demo_attributes([meta[sid] for sid in picked_ids])
+        available = {e.property for e, _ in _editors(attributes, x.shape[-1], None)}
+        measured = set(properties) if properties else available
+        missing = sorted((set(nuisance) | measured) - available) or sorted(set(nuisance) - measured)
+        if missing:
+            raise ValueError(f"unknown or unmeasured properties {missing}; this data supports: "
+                             f"{', '.join(sorted(available))}")
+        t1 = time.perf_counter()
+        effects = property_sensitivity(classifier, x, attributes, properties, steps, permutations, picked_ids,
+                                       progress)
+        effects_json = [{"property": e.property, "kind": e.kind, "epgm": e.epgm.tolist(),
+                         "p_value": e.p_value.tolist(), "flips": e.flips.tolist(), "predicted": e.predicted.tolist()}
+                        for e in effects]
+        with store.db:
+            store.set_meta("audit_effects", effects_json)
+            store.set_meta("audit_sample", picked_ids)
+            store.set_meta("audit_property_seconds", time.perf_counter() - t1)
+        _store_examples(store, effects_json, picked_ids, x, attributes)
+    effects = [PropertyEffect(e["property"], e["kind"], torch.tensor(e["epgm"]), torch.tensor(e["p_value"]),
+                              torch.tensor(e["flips"]), torch.tensor(e["predicted"]), picked_ids)
+               for e in effects_json]
+    names = classifier.class_names
+    ranking = rank_properties(effects, nuisance, names)
+    by_id = {s["id"]: s for s in good}
+    flagged_in_sample = np.array([by_id[sid]["flagged"] for sid in picked_ids])
+    by_property = {e.property: e for e in effects}
+    for row in ranking:
+        row["flag_link_auroc"] = _flag_link(by_property[row["property"]], flagged_in_sample)
+    # ---- slices over every image
+    meta_rows = [{k: v for k, v in s["metadata"].items() if not k.startswith("_")} for s in good]
+    stats = {k: [s["metadata"].get("_stats", {}).get(k, float("nan")) for s in good]
+             for k in ("brightness", "saturation")}
+    correct = [None if s["label"] is None else s["label"] == s["prediction"] for s in good]
+    slices = slice_analysis(meta_rows, correct, [s["scores"].get(threshold.score) for s in good],
+                            [s["flagged"] for s in good], stats, seed=seed)
+    # ---- trust link: nearest confident neighbours of flagged samples
+    neighbours = _neighbours(store, fitted, source, [s for s in good if s["flagged"]], batch_size, size, names)
+    result = {
+        "config": store.config,
+        "counts": {"samples": len(samples), "errors": len(samples) - len(good),
+                   "flagged": sum(s["flagged"] for s in good), "property_sample": len(picked_ids),
+                   "accuracy": float(np.mean([c for c in correct if c is not None])) if any(
+                       c is not None for c in correct) else None},
+        "properties": ranking, "slices": slices, "neighbours": neighbours,
+        "errors": [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]],
+        "timing": {"property_seconds": store.get_meta("audit_property_seconds"),
+                   "total_seconds": round(time.perf_counter() - t0, 2)},
+    }
+    path = store.out / "audit.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=_plain))
+    tmp.replace(path)
+    from .reports import render_audit
+
+    render_audit(store, result)
+    return result
+
+
+def _basic_statistics(images: Tensor) -> dict[str, Tensor]:
+    """Brightness (mean luma), contrast (its std) and saturation (mean max − min over channels) per image, the
+    cheap part of :func:`cfx.evidence.image_statistics`, for binned slices."""
+    luma = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
+    return {"brightness": luma.mean((1, 2)), "contrast": luma.std((1, 2)),
+            "saturation": (images.amax(1) - images.amin(1)).mean((1, 2))}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
+def _store_examples(store, effects_json, ids, x, attributes, per_property: int = 3) -> None:
+    """For each property, the samples it moves most, with the original and its most-edited version."""
+    editors = {e.property: (e, k) for e, k in _editors(attributes, x.shape[-1], None)}
+    images = {}
+    for entry in effects_json:
+        editor, kind = editors[entry["property"]]
+        top = np.argsort(-np.array(entry["epgm"]))[:per_property]
+        direction = editor.directions[0]
+        end = editor.sweep(direction, steps=2)[-1:]
+        if kind == "re-rendering":
+            sub = {k: v[torch.as_tensor(top)] for k, v in attributes.items()}
+            seq = editor.edit_attributes(sub, end)
+        else:
+            seq = editor.edit(x[torch.as_tensor(top)], end)
+        for j, i in enumerate(top.tolist()):
+            images[(ids[i], "original")] = x[i]
+            images[(ids[i], f"edit:{entry['property']}")] = seq[j, -1]
+    store.add_explanations([], images)
+
+
+def _neighbours(store, fitted, source, flagged: list[dict], batch_size: int, size, names) -> dict[str, Any]:
+    """For flagged samples: the label of the nearest confident calibration image (LNN index, §A3) and whether it
+    agrees with the prediction and with the true label."""
+    from .data import iter_batches
+
+    index = fitted.latent_index
+    if index is None or not flagged:
+        return {"available": index is not None, "n": 0}
+    wanted = {s["id"] for s in flagged[:500]}
+    rows = []
+    by_id = {s["id"]: s for s in flagged}
+    for batch in iter_batches((r for r in source if r.id in wanted), batch_size, size=size):
+        from .fitted import _resize
+
+        with torch.inference_mode():
+            z = fitted.autoencoder.encode(_resize(batch.images, fitted.autoencoder.image_size))
+        dist, pos = index.search(z, 1)
+        for i, sid in enumerate(batch.ids):
+            p = int(pos[i, 0])
+            s = by_id[sid]
+            nl = int(index.labels_[p])
+            rows.append({"id": sid, "prediction": s["prediction"], "label": s["label"], "neighbour_id": index.ids_[p],
+                         "neighbour_label": nl, "distance": float(dist[i, 0])})
+    agree_pred = [r["neighbour_label"] == r["prediction"] for r in rows]
+    agree_label = [r["neighbour_label"] == r["label"] for r in rows if r["label"] is not None]
+    return {"available": True, "n": len(rows),
+            "share_agreeing_with_prediction": float(np.mean(agree_pred)) if rows else None,
+            "share_agreeing_with_label": float(np.mean(agree_label)) if agree_label else None,
+            "examples": rows[:50]}

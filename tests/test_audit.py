@@ -1,0 +1,169 @@
+"""The dataset bias audit: property sensitivity, ranking, slices, the whole job and its report."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import cfx
+from cfx.cli import main
+from cfx.dataset_audit import (PropertyEffect, _benjamini_hochberg, demo_attributes, property_sensitivity,
+                               rank_properties, slice_analysis)
+from cfx.models import Classifier, Preprocessing
+
+
+class _Probe(nn.Module):
+    """Two-class logits from one image region's mean luma: a model that looks only there."""
+
+    def __init__(self, rows: slice, cols: slice):
+        super().__init__()
+        self.rows, self.cols = rows, cols
+        self.head = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[8.0], [-8.0]]))
+            self.head.bias.copy_(torch.tensor([-2.0, 2.0]))
+
+    def forward(self, x):
+        region = x[:, :, self.rows, self.cols]
+        luma = 0.299 * region[:, 0] + 0.587 * region[:, 1] + 0.114 * region[:, 2]
+        return self.head(luma.mean((1, 2)).unsqueeze(1))
+
+
+def _probe(rows=slice(None), cols=slice(None)):
+    return Classifier.wrap(_Probe(rows, cols), preprocessing=Preprocessing(size=(32, 32)), num_classes=2)
+
+
+def test_property_sensitivity_against_what_the_model_can_see(shapes_models):
+    src = shapes_models.data.source("test")
+    x, attrs = src.images[:24], demo_attributes(src.metadata[:24])
+    assert attrs is not None and set(attrs) >= {"shape", "texture", "background_hue"}
+    # re-rendering the attributes reproduces the images (metadata keep 5 decimals): the interventions start from
+    # the real image
+    from cfx.demo import ShapesWorld, WorldConfig
+
+    assert torch.allclose(ShapesWorld(WorldConfig()).render(attrs), x, atol=1e-3)
+    # a model that sees only the top-left corner (always background) cannot react to the object's colour
+    corner = _probe(slice(0, 4), slice(0, 4))
+    effects = {e.property: e for e in property_sensitivity(corner, x, attrs, steps=6, permutations=50)}
+    assert float(effects["object_hue"].epgm.abs().max()) == 0.0
+    assert float(effects["object_value"].epgm.max()) == 0.0
+    assert float(effects["background_value"].epgm.mean()) > 1e-3
+    # a model of mean luma: brightness moves it, a blur (mean-preserving) barely does
+    whole = _probe()
+    e = {p.property: p for p in property_sensitivity(whole, x, None, ["brightness", "blur"], steps=6,
+                                                      permutations=50)}
+    assert float(e["brightness"].epgm.mean()) > 20 * float(e["blur"].epgm.mean())
+    with pytest.raises(ValueError, match="unknown properties"):
+        property_sensitivity(whole, x, None, ["fur colour"])
+
+
+def _effect(name, values, p=0.001, kind="parametric"):
+    v = torch.tensor(values, dtype=torch.float64)
+    return PropertyEffect(name, kind, v, torch.full_like(v, p), v > 0.05, torch.zeros(len(v), dtype=torch.long))
+
+
+def test_rank_properties_and_the_nuisance_flag_rule():
+    effects = [_effect("shape_cue", [0.2] * 40), _effect("background", [0.15] * 40),
+               _effect("texture", [0.02] * 40), _effect("noise", [0.01] * 40, p=0.9)]
+    rows = rank_properties(effects, nuisance=["background", "texture", "noise"])
+    assert [r["property"] for r in rows] == ["shape_cue", "background", "texture", "noise"]
+    by = {r["property"]: r for r in rows}
+    assert by["background"]["nuisance_rank"] == 1 and by["background"]["flagged"]  # 0.75 of the relevant effect
+    assert not by["texture"]["flagged"] and not by["shape_cue"]["flagged"]        # small, or not a nuisance
+    assert not by["noise"]["flagged"] and by["noise"]["p_value"] > 0.5            # never significant
+    assert by["background"]["relative_effect"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="not measured"):
+        rank_properties(effects, nuisance=["fur"])
+
+
+def test_benjamini_hochberg_by_hand():
+    # p sorted 0.01, 0.02, 0.03, 0.5 (m = 4): 0.04, 0.04, 0.04, 0.5 after the step-up minimum
+    assert _benjamini_hochberg([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.04, 0.5, 0.04, 0.04])
+
+
+def test_slice_analysis_finds_a_planted_weak_slice():
+    rng = np.random.default_rng(0)
+    n = 600
+    group = rng.choice(["a", "b", "c"], n)
+    correct = np.where(group == "c", rng.random(n) < 0.6, rng.random(n) < 0.95)
+    trust = np.where(correct, 0.9, 0.4) + rng.normal(0, 0.05, n)
+    flagged = trust < 0.6
+    meta = [{"group": g, "noise_col": float(v), "path": f"img{i}.png"} for i, (g, v) in
+            enumerate(zip(group, rng.random(n)))]
+    rows = slice_analysis(meta, correct.tolist(), trust.tolist(), flagged.tolist(),
+                          {"brightness": rng.random(n).tolist()})
+    by = {(r["column"], r["slice"]): r for r in rows}
+    assert ("path", "img0.png") not in by  # identifiers are not slices
+    c = by[("group", "c")]
+    assert c["flagged"] and c["accuracy"] == pytest.approx(correct[group == "c"].mean())
+    assert c["accuracy_ci"][0] < c["accuracy"] < c["accuracy_ci"][1]
+    assert c["flag_rate"] > c["flag_rate_rest"]
+    assert not any(r["flagged"] for r in rows if r["column"] in ("noise_col", "image brightness"))
+    assert rows[0]["flagged"]  # flagged slices come first
+
+
+@pytest.mark.slow
+def test_slices_flag_where_the_planted_correlation_breaks():
+    """On the biased variant, a biased classifier fails where background hue and class disagree."""
+    from cfx.demo import WorldConfig, shapes_data
+    from cfx.nets import SmallCNN
+    from cfx.training import train_model
+
+    data = shapes_data(WorldConfig(bias_rate=0.9, n_images=3000))
+    x, y = data.split("train")
+    torch.manual_seed(0)
+    net = SmallCNN(6, image_size=32)
+    train_model(net, x, y, 6, 64, 1e-3, 0, "biased", False)
+    net.eval()
+    xt, yt = data.split("test")
+    idx = data.splits["test"].tolist()
+    with torch.inference_mode():
+        probs = torch.softmax(net(xt), 1)
+    correct = (probs.argmax(1) == yt).tolist()
+    rows = slice_analysis([data.metadata[i] for i in idx], correct, probs.max(1).values.tolist(),
+                          (probs.max(1).values < 0.9).tolist())
+    broken = next(r for r in rows if r["column"] == "bias_aligned" and r["slice"] == "False")
+    assert broken["flagged"] and broken["accuracy"] < broken["accuracy_rest"] - 0.1
+
+
+def test_audit_job_report_resume_and_cli(shapes_models, tmp_path):
+    from cfx.demo import demo_fitted
+
+    fitted = demo_fitted(shapes_models, progress=False)
+    src = shapes_models.data.source("test")
+    for i, m in enumerate(src.metadata):
+        m["camera"] = '<script>window.__x=1</script>' if i % 2 else "plain"
+    nuisance = ["background_hue", "object_hue", "hue"]
+    result = cfx.audit(shapes_models.classifier, src, fitted, tmp_path, nuisance=nuisance, sample=40,
+                       properties=nuisance + ["brightness", "size"], progress=False,
+                       data_spec="<script>window.__x=1</script>")
+    props = {r["property"]: r for r in result["properties"]}
+    assert set(props) == set(nuisance + ["brightness", "size"])
+    assert {r["nuisance_rank"] for r in result["properties"] if r["nuisance"]} == {1, 2, 3}
+    assert result["counts"]["samples"] == len(src) and result["counts"]["property_sample"] == 40
+    assert any(s["column"] == "shape" for s in result["slices"])
+    assert any(s["column"] == "camera" and s["slice"].startswith("<script>") for s in result["slices"])
+    saved = json.loads((tmp_path / "audit.json").read_text())
+    assert saved["counts"] == result["counts"]
+    html = (tmp_path / "audit.html").read_text()
+    assert "<script>window.__x" not in html and "&lt;script&gt;window.__x=1" in html
+    assert "<script" not in html.lower()  # the audit report needs no script at all
+    seconds = result["timing"]["property_seconds"]
+    again = cfx.audit(shapes_models.classifier, src, fitted, tmp_path, nuisance=nuisance, sample=40,
+                      properties=nuisance + ["brightness", "size"], progress=False,
+                      data_spec="<script>window.__x=1</script>")
+    assert again["timing"]["property_seconds"] == seconds  # resumed from the store, not recomputed
+    assert [r["mean_epgm"] for r in again["properties"]] == [r["mean_epgm"] for r in result["properties"]]
+    out = CliRunner().invoke(main, ["audit", "--model", "demo:shapes", "--data", "demo:shapes:test", "--fitted",
+                                    str(fitted.path), "--out", str(tmp_path / "cli"), "--sample", "30",
+                                    "--properties", "background_hue,brightness", "--nuisance", "background_hue",
+                                    "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert "background_hue" in out.output and (tmp_path / "cli" / "audit.html").exists()
+    bad = CliRunner().invoke(main, ["audit", "--model", "demo:shapes", "--data", "demo:shapes:test", "--fitted",
+                                    str(fitted.path), "--out", str(tmp_path / "bad"), "--nuisance", "fur_colour",
+                                    "--sample", "10", "--quiet"])
+    assert bad.exit_code != 0 and "fur_colour" in bad.output
