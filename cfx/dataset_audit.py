@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ __all__ = ["PropertyEffect", "audit", "demo_attributes", "property_sensitivity",
            "slice_analysis"]
 
 ALPHA = 0.05
+MIN_SPAN = 0.02  # a curve counts as significant only if it also moves the probability this much somewhere
 
 
 @dataclass
@@ -43,6 +45,7 @@ class PropertyEffect:
     flips: Tensor             # (N,) the prediction changes somewhere along the edit
     predicted: Tensor         # (N,) the class followed (the original prediction)
     ids: list[str] = field(default_factory=list)
+    span: Tensor | None = None  # (N,) largest max − min of the probability along the edit
 
 
 def demo_attributes(metadata: Sequence[dict[str, Any]]) -> dict[str, Tensor] | None:
@@ -105,7 +108,7 @@ def property_sensitivity(classifier, images: Tensor, attributes: dict[str, Tenso
                                for i in range(0, len(images), 256)])
     out = []
     for editor, kind in tqdm(editors, desc="property edits", disable=not progress):
-        values, ps, flips = [], [], []
+        values, ps, flips, spans = [], [], [], []
         # re-rendered attributes move one way: up by half their training band (hues: half way round the circle)
         for direction in editor.directions if kind == "parametric" else editor.directions[:1]:
             curve = property_curve(classifier, editor, images, editor.sweep(direction, steps=steps),
@@ -114,9 +117,11 @@ def property_sensitivity(classifier, images: Tensor, attributes: dict[str, Tenso
             values.append(curve.epgm)
             ps.append(curve.p_value)
             flips.append(curve.flips)
+            spans.append(curve.probabilities.amax(1) - curve.probabilities.amin(1))
         out.append(PropertyEffect(editor.property, kind, torch.stack(values).amax(0),
                                   (torch.stack(ps).amin(0) * len(ps)).clamp(max=1.0), torch.stack(flips).any(0),
-                                  predicted, list(ids) if ids is not None else [str(i) for i in range(len(images))]))
+                                  predicted, list(ids) if ids is not None else [str(i) for i in range(len(images))],
+                                  torch.stack(spans).amax(0)))
     return out
 
 
@@ -128,8 +133,9 @@ def _binomial_p(k: int, n: int, alpha: float = ALPHA) -> float:
 
 def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] = (), class_names=None,
                     large: float = 0.5) -> list[dict[str, Any]]:
-    """One row per property, largest mean EPGM first. A nuisance property is flagged when its shuffle tests are
-    significant far more often than chance (binomial p < 0.01) and its mean EPGM is at least ``large`` × that of
+    """One row per property, largest mean EPGM first. A sample counts as significant when its shuffle test gives
+    p < 0.05 and the edit moves the probability by at least 0.02. A nuisance property is flagged when its samples
+    are significant far more often than chance (binomial p < 0.01) and its mean EPGM is at least ``large`` × that of
     the most influential property that is not a nuisance (the model leans on it about as much as on what should
     matter)."""
     nuisance = set(nuisance)
@@ -141,6 +147,8 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
     for e in effects:
         v = e.epgm.double()
         sig = e.p_value < ALPHA
+        if e.span is not None:  # a smooth but negligible trend also beats its shuffles; it does not count
+            sig = sig & (e.span >= MIN_SPAN)
         per_class = {}
         for c in torch.unique(e.predicted).tolist():
             m = e.predicted == c
@@ -389,7 +397,8 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
         effects = property_sensitivity(classifier, x, attributes, properties, steps, permutations, picked_ids,
                                        progress)
         effects_json = [{"property": e.property, "kind": e.kind, "epgm": e.epgm.tolist(),
-                         "p_value": e.p_value.tolist(), "flips": e.flips.tolist(), "predicted": e.predicted.tolist()}
+                         "p_value": e.p_value.tolist(), "flips": e.flips.tolist(), "predicted": e.predicted.tolist(),
+                         "span": e.span.tolist() if e.span is not None else None}
                         for e in effects]
         with store.db:
             store.set_meta("audit_effects", effects_json)
@@ -397,7 +406,8 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
             store.set_meta("audit_property_seconds", time.perf_counter() - t1)
         _store_examples(store, effects_json, picked_ids, x, attributes)
     effects = [PropertyEffect(e["property"], e["kind"], torch.tensor(e["epgm"]), torch.tensor(e["p_value"]),
-                              torch.tensor(e["flips"]), torch.tensor(e["predicted"]), picked_ids)
+                              torch.tensor(e["flips"]), torch.tensor(e["predicted"]), picked_ids,
+                              torch.tensor(e["span"]) if e.get("span") is not None else None)
                for e in effects_json]
     names = classifier.class_names
     ranking = rank_properties(effects, nuisance, names)

@@ -10,8 +10,14 @@ from torch import nn
 
 import cfx
 from cfx.cli import main
-from cfx.dataset_audit import (PropertyEffect, _benjamini_hochberg, demo_attributes, property_sensitivity,
-                               rank_properties, slice_analysis)
+from cfx.dataset_audit import (
+    PropertyEffect,
+    _benjamini_hochberg,
+    demo_attributes,
+    property_sensitivity,
+    rank_properties,
+    slice_analysis,
+)
 from cfx.models import Classifier, Preprocessing
 
 
