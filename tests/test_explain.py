@@ -202,3 +202,28 @@ def test_changed_config_is_refused_and_cfx_report_rerenders(shapes_models, fitte
     hits = [s["cause"] == meta[s["id"]]["metadata"]["injected_cause"] for s in summary["samples"]
             if s["cause"] and meta[s["id"]]["metadata"]["injected_cause"] in cfx.demo.CAUSES]
     assert len(hits) > 50 and sum(hits) / len(hits) > 0.6
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(shapes_models, fitted, tmp_path):
+    out = tmp_path / "run"
+    args = ["explain", "--model", "demo:shapes", "--data", "demo:shapes:review", "--fitted", str(fitted.path),
+            "--out", str(out), "--quiet", "--flag-percentile", "30"]
+    proc = subprocess.Popen([sys.executable, "-m", "cfx.cli", *args], stderr=subprocess.PIPE, text=True)
+    deadline, explained = time.time() + 180, 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            with sqlite3.connect(out / "run.sqlite", timeout=1) as db:
+                explained = db.execute("SELECT COUNT(*) FROM explanations").fetchone()[0]
+        except sqlite3.Error:
+            continue
+        if explained >= 8:
+            break
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "re-run the same command to resume" in err
+    resumed = CliRunner().invoke(main, args)
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["explained"] == summary["counts"]["flagged"] > explained
