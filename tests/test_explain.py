@@ -208,7 +208,9 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(shapes_models, fitted, tm
     out = tmp_path / "run"
     args = ["explain", "--model", "demo:shapes", "--data", "demo:shapes:review", "--fitted", str(fitted.path),
             "--out", str(out), "--quiet", "--flag-percentile", "30"]
-    proc = subprocess.Popen([sys.executable, "-m", "cfx.cli", *args], stderr=subprocess.PIPE, text=True)
+    # a shell that runs the tests in the background starts them with SIGINT ignored; the child must not inherit that
+    proc = subprocess.Popen([sys.executable, "-m", "cfx.cli", *args], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, explained = time.time() + 180, 0
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
