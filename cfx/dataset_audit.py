@@ -334,38 +334,16 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
     import json
 
     from .data import iter_batches
-    from .trust import flag, score_batch
+    from .pipeline import score_into_store
 
     if store.get_meta("model_name") is None:
         with store.db:
             store.set_meta("model_name", model_name)
             store.set_meta("class_names", classifier.class_names)
     # ---- every image: scores, flags, image statistics (resumable by id)
-    from tqdm.auto import tqdm
-
-    done = store.scored_ids()
-    bar = tqdm(total=len(source) if hasattr(source, "__len__") else None, initial=len(done), desc="scoring",
-               unit="img", disable=not progress)
+    score_into_store(store, classifier, fitted, source, threshold, methods, batch_size, progress,
+                     annotate=_basic_statistics)
     size = classifier.preprocessing.size
-    for batch in iter_batches((r for r in source if r.id not in done), batch_size, size=size):
-        rows = [{"id": r.id, "label": r.label, "prediction": None, "scores": {}, "flagged": False,
-                 "error": r.error, "metadata": r.metadata} for r in batch.errors]
-        if len(batch):
-            result = score_batch(classifier, batch.images, methods, fitted=fitted)
-            pred = result.logits.argmax(1)
-            flags = flag(result.scores[threshold.score], threshold)
-            stats = _basic_statistics(batch.images)
-            for i, sid in enumerate(batch.ids):
-                err = result.errors[i]
-                meta = dict(batch.metadata[i])
-                meta["_stats"] = {k: float(stats[k][i]) for k in ("brightness", "contrast", "saturation")}
-                rows.append({"id": sid, "label": int(batch.labels[i]) if int(batch.labels[i]) >= 0 else None,
-                             "prediction": None if err else int(pred[i]),
-                             "scores": {m: float(v[i]) for m, v in result.scores.items()},
-                             "flagged": bool(flags[i]) and err is None, "error": err, "metadata": meta})
-        store.add_samples(rows, {})
-        bar.update(len(batch) + len(batch.errors))
-    bar.close()
     samples = store.samples()
     good = [s for s in samples if s["error"] is None]
     if not good:

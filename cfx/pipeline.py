@@ -24,7 +24,7 @@ from .models import Classifier, load_classifier
 from .runstore import RunStore, png_tensor
 from .trust import SCORES, Threshold, applicable_scores, flag, score_batch
 
-__all__ = ["GENERATORS", "explain", "make_reporter", "write_summary"]
+__all__ = ["GENERATORS", "explain", "make_reporter", "score_into_store", "write_summary"]
 
 GENERATORS = ("reco", "lgd", "lnn")
 
@@ -131,43 +131,12 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageS
     from .evidence import collect_evidence
 
     names = classifier.class_names
-    size = classifier.preprocessing.size
     if store.get_meta("class_names") is None:
         with store.db:
             store.set_meta("class_names", names)
     # ---- stage 1: score and flag every input (skipping what the store already has)
-    done = store.scored_ids()
-    total = len(source) if hasattr(source, "__len__") else None
-    t0 = time.perf_counter()
-    n_scored = 0
-    bar = tqdm(total=total, initial=min(len(done), total or len(done)), desc="scoring", unit="img",
-               disable=not progress)
-    pending = (r for r in source if r.id not in done)
-    for batch in iter_batches(pending, batch_size, size=size):
-        rows = [{"id": r.id, "label": r.label, "prediction": None, "scores": {}, "flagged": False,
-                 "error": r.error, "metadata": r.metadata} for r in batch.errors]
-        flagged_images = {}
-        if len(batch):
-            result = score_batch(classifier, batch.images, methods, fitted=fitted)
-            pred = result.logits.argmax(1)
-            flags = flag(result.scores[threshold.score], threshold)
-            for i, sid in enumerate(batch.ids):
-                err = result.errors[i]
-                is_flagged = bool(flags[i]) and err is None
-                rows.append({"id": sid, "label": int(batch.labels[i]) if int(batch.labels[i]) >= 0 else None,
-                             "prediction": None if err else int(pred[i]),
-                             "scores": {m: float(v[i]) for m, v in result.scores.items()}, "flagged": is_flagged,
-                             "error": err, "metadata": batch.metadata[i]})
-                if is_flagged:
-                    flagged_images[sid] = batch.images[i]
-            n_scored += len(batch)
-        store.add_samples(rows, flagged_images)
-        bar.update(len(batch) + len(batch.errors))
-    bar.close()
-    score_seconds = time.perf_counter() - t0
-    if n_scored:
-        store.set_meta("score_seconds", score_seconds + store.get_meta("score_seconds", 0.0))
-        store.db.commit()
+    score_into_store(store, classifier, fitted, source, threshold, methods, batch_size, progress,
+                     keep_flagged_images=True)
     # ---- stage 2: explain the flagged samples not explained yet
     flagged, explained = store.flagged_ids(), store.explained_ids()
     todo = [sid for sid in flagged if sid not in explained]
@@ -194,6 +163,54 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageS
         render_review(store, store.out / "report.html", summary=summary)
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     return summary
+
+
+def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageSource, threshold: Threshold,
+                     methods: Sequence[str], batch_size: int = 64, progress: bool = True,
+                     keep_flagged_images: bool = False, annotate=None) -> None:
+    """Score and flag every input of ``source`` that the store does not have yet, one transaction per batch.
+
+    Unreadable inputs become error rows. ``keep_flagged_images`` stores the flagged images (for the explanations
+    and the report); ``annotate(images) -> {name: (B,) tensor}`` adds per-image values to the metadata under
+    ``"_stats"`` (the audit's binned image statistics).
+    """
+    from tqdm.auto import tqdm
+
+    done = store.scored_ids()
+    total = len(source) if hasattr(source, "__len__") else None
+    t0 = time.perf_counter()
+    n_scored = 0
+    bar = tqdm(total=total, initial=min(len(done), total or len(done)), desc="scoring", unit="img",
+               disable=not progress)
+    for batch in iter_batches((r for r in source if r.id not in done), batch_size,
+                              size=classifier.preprocessing.size):
+        rows = [{"id": r.id, "label": r.label, "prediction": None, "scores": {}, "flagged": False,
+                 "error": r.error, "metadata": r.metadata} for r in batch.errors]
+        flagged_images = {}
+        if len(batch):
+            result = score_batch(classifier, batch.images, methods, fitted=fitted)
+            pred = result.logits.argmax(1)
+            flags = flag(result.scores[threshold.score], threshold)
+            extra = annotate(batch.images) if annotate is not None else None
+            for i, sid in enumerate(batch.ids):
+                err = result.errors[i]
+                is_flagged = bool(flags[i]) and err is None
+                meta = batch.metadata[i]
+                if extra is not None:
+                    meta = dict(meta, _stats={k: float(v[i]) for k, v in extra.items()})
+                rows.append({"id": sid, "label": int(batch.labels[i]) if int(batch.labels[i]) >= 0 else None,
+                             "prediction": None if err else int(pred[i]),
+                             "scores": {m: float(v[i]) for m, v in result.scores.items()}, "flagged": is_flagged,
+                             "error": err, "metadata": meta})
+                if is_flagged and keep_flagged_images:
+                    flagged_images[sid] = batch.images[i]
+            n_scored += len(batch)
+        store.add_samples(rows, flagged_images)
+        bar.update(len(batch) + len(batch.errors))
+    bar.close()
+    if n_scored:
+        with store.db:
+            store.set_meta("score_seconds", time.perf_counter() - t0 + store.get_meta("score_seconds", 0.0))
 
 
 def _explain_batch(collect_evidence, classifier, fitted, reporter, ids, images, generators, store, names):
