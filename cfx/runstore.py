@@ -141,8 +141,8 @@ class RunStore:
     def samples(self) -> list[dict[str, Any]]:
         """Every sample row in input order (scores as floats, None where not finite)."""
         out = []
-        for pos, sid, label, pred, scores, flagged, error, meta in self.db.execute(
-                "SELECT pos, id, label, prediction, scores, flagged, error, metadata FROM samples ORDER BY pos"):
+        for sid, label, pred, scores, flagged, error, meta in self.db.execute(
+                "SELECT id, label, prediction, scores, flagged, error, metadata FROM samples ORDER BY pos"):
             out.append({"id": sid, "label": label, "prediction": pred, "scores": json.loads(scores),
                         "flagged": bool(flagged), "error": error, "metadata": json.loads(meta)})
         return out
