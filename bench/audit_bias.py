@@ -1,7 +1,7 @@
 """Does the audit find a planted bias? Ten seeds of the shapes world's biased variant against their unbiased controls.
 
 For each seed: train the demo classifier on the biased world (90 % of images have the background hue tied to their
-class) and on the unbiased control (same seed, no tie); measure the property sensitivity (EPGM, §B1) of both on
+class) and on the unbiased control (same seed, no tie); measure the property sensitivity (EPGM) of both on
 the same test images of the biased world, with every re-rendered generating attribute except the shape (and the
 rotation) named a nuisance; report the nuisance rank of background_hue for the biased model and its effect against
 the control's. Acceptance (issue 9): rank 1 and ratio ≥ 3 for ≥ 9 of 10 seeds. The parametric hue shift, which
@@ -17,17 +17,17 @@ import time
 
 import torch
 
-from cfx.dataset_audit import demo_attributes, property_sensitivity, rank_properties
-from cfx.demo import _BANDS, TrainingConfig, WorldConfig, _demo_config, shapes_data
-from cfx.models import Classifier, Preprocessing
-from cfx.nets import SmallCNN
-from cfx.training import train_model
+from cfx.jobs.auditing import property_sensitivity, rank_properties
+from cfx.demo import BANDS, TrainingConfig, WorldConfig, demo_config, shapes_data
+from cfx.core.models import Classifier, Preprocessing
+from cfx.core.nets import SmallCNN
+from cfx.core.training import train_model
 
-NUISANCE = [k for k in _BANDS if k != "rotation"]
+NUISANCE = [k for k in BANDS if k != "rotation"]
 
 
 def classifier_for(data, seed: int) -> Classifier:
-    tc = TrainingConfig(**_demo_config("shapes-biased", seed, 0.9)["training"])
+    tc = TrainingConfig(**demo_config("shapes-biased", seed, 0.9)["training"])
     x, y = data.split("train")
     torch.manual_seed(tc.seed)
     net = SmallCNN(len(data.class_names), image_size=x.shape[-1])
@@ -54,14 +54,13 @@ def main():
         source = biased_data.source("test")
         x = source.images[:args.images]
         meta = source.metadata[:args.images]
-        attrs = demo_attributes(meta)
         aligned = torch.tensor([bool(m["bias_aligned"]) for m in meta])
         y = torch.as_tensor(source.labels[:args.images])
         rows = {}
         for name, clf in (("biased", biased), ("control", control)):
             with torch.inference_mode():
                 ok = clf.logits(x).argmax(1) == y
-            effects = property_sensitivity(clf, x, attrs, properties=NUISANCE + ["hue"], steps=8, permutations=200)
+            effects = property_sensitivity(clf, x, meta, properties=NUISANCE + ["hue"], steps=8, permutations=200)
             ranking = rank_properties(effects, NUISANCE, clf.class_names)
             rows[name] = ({r["property"]: r for r in ranking}, ok, aligned)
         b, c = rows["biased"][0]["background_hue"], rows["control"][0]["background_hue"]

@@ -16,7 +16,7 @@ import time
 import torch
 
 import cfx
-from cfx.demo import _BANDS, demo_fitted, load_demo
+from cfx.demo import BANDS, demo_fitted, load_demo
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     idx = torch.cat([data.splits["test"], data.splits["calibration"]])[:args.images]
     source = cfx.TensorSource(data.images[idx], data.labels[idx], ids=[f"{data.name}-{i}" for i in idx.tolist()],
                               metadata=[data.metadata[i] for i in idx.tolist()], class_names=data.class_names)
-    nuisance = [k for k in _BANDS if k != "rotation"]
+    nuisance = [k for k in BANDS if k != "rotation"]
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         result = cfx.audit(models.classifier, source, fitted, out, nuisance=nuisance, sample=args.images,

@@ -1,4 +1,4 @@
-"""Six-cause benchmark of the offline evidence reporter on demo data (§A4/§A5), see
+"""Six-cause benchmark of the offline evidence reporter on demo data (the explanation study), see
 :func:`cfx.demo.explanation_benchmark`.
 
 Prints, per cause and strength, how many modified test images were kept (PaRCE competency < 0.9) and the accuracy

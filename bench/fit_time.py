@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from cfx.data import TensorSource
+from cfx.core.data import TensorSource
 from cfx.demo import load_demo
-from cfx.fitted import fit
+from cfx.jobs import fit
 
 
 def main():

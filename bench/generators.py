@@ -1,6 +1,6 @@
 """Counterfactual generators on the demo world's six causes, per-sample vs batch-level stopping, and LNN search.
 
-1. For each cause: up to N low-competency examples (§A4 selection with PaRCE), every generator, the §A3 metrics.
+1. For each cause: up to N low-competency examples (the explanation study's selection, with PaRCE), every generator, the counterfactual paper's metrics.
 2. Image-steps of LGD / IGD / FGD with per-sample stopping vs the paper's batch-level stopping, at equal success.
 3. Latent nearest-neighbour query time: FAISS exact L1 (and L2) vs exhaustive torch search, at 10k and 100k
    latents of the demo's latent size, queries in batches of 256; measured side by side in one run.

@@ -16,8 +16,9 @@ import time
 import torch
 
 from cfx.demo import cause_conditions, load_demo
-from cfx.fitted import TrustOracle, _oracle_training_set
-from cfx.metrics import misprediction_metrics
+from cfx.jobs.fitting import oracle_training_set
+from cfx.trust.fitted import TrustOracle
+from cfx.trust.metrics import misprediction_metrics
 
 
 def main():
@@ -39,7 +40,7 @@ def main():
     rows = {}
     for loss in args.losses.split(","):
         for seed in range(args.seeds):
-            ox, oy = _oracle_training_set(xc, yc, 2, seed)
+            ox, oy = oracle_training_set(xc, yc, 2, seed)
             t0 = time.perf_counter()
             oracle = TrustOracle(loss=loss, epochs=args.epochs, seed=seed).fit(clf, ox, oy, progress=False)
             m = misprediction_metrics(oracle.score(px), correct, threshold=0.5)

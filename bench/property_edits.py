@@ -21,9 +21,9 @@ import torch
 
 from cfx.demo import CAUSES, ShapesWorld, WorldConfig, cause_examples, demo_fitted, load_demo, shapes_data
 from cfx.generators import AttributeEditor, property_curve, restoring_editors, restoring_edits
-from cfx.models import Classifier, Preprocessing
-from cfx.nets import SmallCNN
-from cfx.training import train_model
+from cfx.core.models import Classifier, Preprocessing
+from cfx.core.nets import SmallCNN
+from cfx.core.training import train_model
 
 ATTRIBUTES = ("background_hue", "object_hue", "texture_frequency", "size", "rotation")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from cfx.demo import cause_conditions, demo_fitted, load_demo
-from cfx.metrics import metrics_table
-from cfx.scoring import evaluate_conditions
+from cfx.trust.metrics import metrics_table
+from cfx.trust.scoring import evaluate_conditions
 from cfx.trust import SCORES, applicable_scores
 
 
@@ -39,7 +39,7 @@ def dataset_section(name: str, seed: int) -> str:
     with torch.inference_mode():
         z = clf.logits(x)
     off_pred = float(((z - 1.0 / z.shape[1]).abs().argmax(1) != z.argmax(1)).float().mean())
-    lines += ["", f"GradTrust's max runs over |z_c − 1/C| (trust.md §1.3): on {off_pred:.0%} of the clean test images "
+    lines += ["", f"GradTrust's max runs over |z_c − 1/C| (the closed form): on {off_pred:.0%} of the clean test images "
               "the most extreme centred logit is not the predicted class but a strongly negative one."]
     lines += ["", "### AUROC per condition (↑)", "",
               "| score | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _resnet import ResNet18Shape  # noqa: E402
 
-from cfx.models import Classifier, Preprocessing  # noqa: E402
+from cfx.core.models import Classifier, Preprocessing  # noqa: E402
 from cfx.trust import gradtrust, gradtrust_reference  # noqa: E402
 
 

@@ -1,47 +1,69 @@
 """cfx: why should I not trust this prediction, and what would have to change for the model to be confident?
 
-The public API of the foundation stage:
+The stages, each a sub-package whose imports point only down the list:
 
-- :mod:`cfx.models`: :class:`Classifier` (adapter for any PyTorch classifier) and :func:`load_classifier` (specs);
-- :mod:`cfx.data`: image sources (:class:`ImageFolder`, :class:`FlatFolder`, :class:`Manifest`,
-  :class:`TensorSource`), :func:`open_source` and :func:`iter_batches`;
-- :mod:`cfx.demo`: the embedded demo world (shapes, digits, the six causes) and :func:`load_demo`;
-- :mod:`cfx.trust`: GradTrust and the baseline trust scores (registry :data:`SCORES`), :func:`flag`, :class:`Threshold`;
-- :mod:`cfx.metrics`: :func:`misprediction_metrics`; :mod:`cfx.scoring`: :func:`score_source` for whole data sources;
-- :mod:`cfx.pipeline`: :func:`explain`, the main job (score → flag → counterfactuals → evidence → explanation →
-  report), resumable through :class:`cfx.runstore.RunStore`;
-- :mod:`cfx.dataset_audit`: :func:`audit`, the dataset bias audit (property sensitivity, slices, trust link).
+- :mod:`cfx.core`: data sources, the classifier adapter and model loaders, image operations, the known shifts,
+  the run store, registries;
+- :mod:`cfx.trust`: trust scores (GradTrust and the baselines, PaRCE, Mahalanobis, the trust oracle), the fitted
+  folder, flag thresholds, misprediction metrics;
+- :mod:`cfx.generators`: high-competency counterfactuals and gradual property edits with EPGM;
+- :mod:`cfx.evidence`: the evidence record of one flagged image;
+- :mod:`cfx.prompts`: reporters that turn evidence into explanations;
+- :mod:`cfx.reports`: self-contained HTML review and audit reports;
+- :mod:`cfx.jobs`: ``fit``, ``explain`` and ``audit``;
+- :mod:`cfx.cli` and the demo plugin :mod:`cfx.demo` at the top.
 
-The later stages import as ``cfx.generators``, ``cfx.prompts`` and ``cfx.reports``.
+The names below are importable from ``cfx`` directly; each loads its module on first use (so ``import cfx`` is
+cheap and creates no import cycle), and each is the real object with its real signature.
 """
 
-from .data import (Batch, DataSourceError, FlatFolder, ImageFolder, ImageSource, Manifest, Record, TensorSource,
-                   decode_image, iter_batches, open_source)
-from .metrics import misprediction_metrics
-from .models import Classifier, ClassifierError, Preprocessing, find_head, load_classifier
-from .scoring import ScoreTable, score_source
-from .trust import SCORES, Threshold, flag, gradtrust, gradtrust_reference, score_batch
+from __future__ import annotations
 
-
-def explain(*args, **kwargs):
-    """The main job; see :func:`cfx.pipeline.explain` (imported lazily: it pulls in the generators)."""
-    from .pipeline import explain as _explain
-
-    return _explain(*args, **kwargs)
-
-
-def audit(*args, **kwargs):
-    """The dataset bias audit; see :func:`cfx.dataset_audit.audit` (imported lazily)."""
-    from .dataset_audit import audit as _audit
-
-    return _audit(*args, **kwargs)
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Batch", "Classifier", "ClassifierError", "DataSourceError", "FlatFolder", "ImageFolder", "ImageSource",
-    "Manifest", "Preprocessing", "Record", "TensorSource", "decode_image", "find_head", "iter_batches",
-    "load_classifier", "open_source", "__version__",
-    "SCORES", "ScoreTable", "Threshold", "flag", "gradtrust", "gradtrust_reference", "misprediction_metrics",
-    "score_batch", "score_source", "explain", "audit",
-]
+#: public name → module that defines it
+_EXPORTS: dict[str, str] = {
+    **{name: "cfx.core.data" for name in ("Batch", "DataSourceError", "FlatFolder", "ImageFolder", "ImageSource",
+                                          "Manifest", "Record", "TensorSource", "decode_image", "iter_batches",
+                                          "open_source")},
+    **{name: "cfx.core.models" for name in ("Classifier", "ClassifierError", "Preprocessing", "find_head",
+                                            "load_classifier", "model_fingerprint")},
+    **{name: "cfx.trust.scores" for name in ("SCORES", "TrustScore", "score_batch", "applicable_scores")},
+    **{name: "cfx.trust.functional" for name in ("gradtrust", "gradtrust_reference")},
+    **{name: "cfx.trust.threshold" for name in ("Threshold", "flag")},
+    **{name: "cfx.trust.fitted" for name in ("Fitted", "FittedError")},
+    "misprediction_metrics": "cfx.trust.metrics",
+    **{name: "cfx.trust.scoring" for name in ("ScoreTable", "score_source")},
+    **{name: "cfx.jobs" for name in ("fit", "explain", "audit", "ExplainResult", "AuditResult")},
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below loads lazily  # noqa: F401
+    from cfx.core.data import (Batch, DataSourceError, FlatFolder, ImageFolder, ImageSource, Manifest, Record,
+                               TensorSource, decode_image, iter_batches, open_source)
+    from cfx.core.models import (Classifier, ClassifierError, Preprocessing, find_head, load_classifier,
+                                 model_fingerprint)
+    from cfx.jobs import AuditResult, ExplainResult, audit, explain, fit
+    from cfx.trust.fitted import Fitted, FittedError
+    from cfx.trust.functional import gradtrust, gradtrust_reference
+    from cfx.trust.metrics import misprediction_metrics
+    from cfx.trust.scores import SCORES, TrustScore, applicable_scores, score_batch
+    from cfx.trust.scoring import ScoreTable, score_source
+    from cfx.trust.threshold import Threshold, flag
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cfx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -17,8 +17,23 @@ from typing import Any, Callable
 import click
 import torch
 
-from .data import DataSourceError, iter_batches, open_source
-from .models import ClassifierError, load_classifier
+from tqdm.auto import tqdm
+
+from .core.data import DataSourceError, iter_batches, open_source
+from .core.images import is_grey
+from .core.models import ClassifierError, load_classifier
+from .core.runstore import RunStoreError
+from .core.shifts import CAUSES, SHIFTS, apply_shift
+from .demo import cause_conditions, cause_examples, demo_fitted, demo_source, explanation_benchmark, load_demo
+from .jobs import audit as run_audit
+from .jobs import explain as run_explain
+from .jobs import fit as fit_folder
+from .reports import render_review
+from .trust.fitted import Fitted, FittedError
+from .trust.metrics import metrics_table
+from .trust.scores import SCORES, applicable_scores
+from .trust.scoring import evaluate_conditions, score_source, write_trust_outputs
+from .trust.threshold import Threshold, resolve_threshold
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -72,8 +87,6 @@ def _open_data(spec: str, classifier):
 
 def _list_methods(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
-        from .trust import SCORES
-
         for name, spec in SCORES.items():
             click.echo(f"{name:15s} {spec.description}{'  [needs cfx fit]' if spec.needs_fit else ''}")
         ctx.exit()
@@ -84,9 +97,6 @@ def _friendly_errors(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .fitted import FittedError
-        from .runstore import RunStoreError
-
         try:
             return func(*args, **kwargs)
         except (ClassifierError, DataSourceError, FittedError, RunStoreError) as exc:
@@ -150,8 +160,6 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
     first data set) the six-cause explanation accuracy; then runs the main job (cfx explain) on a review set with
     injected causes and writes OUT/<dataset>/report.html. Writes OUT/summary.json.
     """
-    from .demo import CAUSES, apply_cause, cause_examples, demo_source, load_demo
-
     names = [n.strip() for n in datasets.split(",") if n.strip()]
     out_dir = Path(out)
     summary: dict[str, Any] = {"command": "demo", "seed": seed, "datasets": {}}
@@ -186,16 +194,16 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
 
         x_test, y_test = models.data.split("test")
         rows = []
-        grey = bool((x_test[:, 0] == x_test[:, 1]).all() and (x_test[:, 1] == x_test[:, 2]).all())
+        grey = is_grey(x_test)
         for cause, grid in CAUSES.items():
-            if cause == "saturation" and grey:  # a colour change cannot act on grey images
+            if grey and SHIFTS.get(cause).colour:  # a colour change cannot act on grey images
                 result["causes"][cause] = {"grid": list(grid), "test": None,
                                            "note": "not applicable: the images are grey"}
                 rows.append([cause, "n/a (grey images)", "", "", "", ""])
                 continue
             per_strength = []
             for j, k in enumerate(grid):
-                acc, msp = evaluate(apply_cause(x_test, cause, k, seed=seed + j), y_test)
+                acc, msp = evaluate(apply_shift(x_test, cause, k, seed=seed + j), y_test)
                 per_strength.append({"strength": k, "accuracy": acc, "mean_msp": msp})
             examples = cause_examples(x_test, y_test, clf, cause, seed=seed)
             result["causes"][cause] = {"grid": list(grid), "test": per_strength,
@@ -206,10 +214,6 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
         click.echo(f"test split under each cause (clean accuracy {result['splits']['test']['accuracy']:.3f}, "
                    f"mean MSP {result['splits']['test']['mean_msp']:.3f}):")
         click.echo(_table(["cause", "grid", "acc (mild)", "acc (strong)", "MSP (strong)", "examples MSP<0.9"], rows))
-        from .demo import cause_conditions, demo_fitted
-        from .scoring import evaluate_conditions
-        from .trust import applicable_scores
-
         t1 = time.perf_counter()
         fitted = demo_fitted(models, progress=not quiet, refit=retrain)
         result["fitted"] = {"path": str(fitted.path), "seconds": round(time.perf_counter() - t1, 2),
@@ -223,8 +227,6 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
         click.echo(_table(["score"] + list(conditions),
                           [[m] + [trust[c][m]["auroc"] for c in conditions] for m in methods]))
         if name == names[0] and explain_per_cause > 0:
-            from .demo import explanation_benchmark
-
             bench = explanation_benchmark(models, fitted, per_cause=explain_per_cause, seed=seed + 1)
             result["explanations"] = bench
             views = bench["views"]
@@ -235,8 +237,6 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
                                for c, acc in views["all"]["per_cause"].items()]
                               + [["mean", "", views["all"]["mean"], views["no counterfactual"]["mean"]]]))
         if name == names[0]:
-            from .pipeline import explain as run_explain
-
             review_dir = out_dir / name
             click.echo(f"\nthe main job on demo:{name}:review (test images with injected causes"
                        + (", and unfamiliar stars" if name.startswith("shapes") else "") + "):")
@@ -272,8 +272,6 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
                f"\npreproc   size={d['preprocessing']['size']} mean={d['preprocessing']['mean']} "
                f"std={d['preprocessing']['std']}")
     if data_spec:
-        from tqdm.auto import tqdm
-
         source = _open_data(data_spec, classifier)
         info["model"] = classifier.describe()
         size = classifier.preprocessing.size
@@ -340,8 +338,6 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
         cfx fit --model demo:shapes --train demo:shapes:train --calibration demo:shapes:calibration \\
                 --out fitted/ --oracle
     """
-    from .fitted import fit as fit_folder
-
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     train_source = _open_data(train_spec, classifier)
     cal_source = _open_data(calibration_spec, classifier) if calibration_spec else None
@@ -415,15 +411,9 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         cfx trust --model demo:shapes --data demo:shapes:test --flag-percentile 10 \\
                   --calibration demo:shapes:calibration
     """
-    from .metrics import metrics_table
-    from .scoring import score_source, write_trust_outputs
-    from .trust import SCORES, Threshold, applicable_scores
-
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     fitted = None
     if fitted_dir:
-        from .fitted import Fitted
-
         fitted = Fitted.load(fitted_dir, classifier)
     available = applicable_scores(classifier, fitted)
     chosen = available if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
@@ -445,19 +435,21 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         chosen.append(flag_score)
     options = {"odin_temperature": odin_temperature, "odin_epsilon": odin_epsilon, "mc_passes": mc_passes,
                "fitted": fitted}
-    threshold = None
-    if flag_below is not None:
-        threshold = Threshold.fixed(flag_score, flag_below)
-    elif flag_percentile is not None and not calibration_spec:
-        threshold = fitted.threshold(flag_score, flag_percentile)
-        click.echo(f"threshold {flag_score} < {threshold.value:.6g} (percentile {flag_percentile:g} of the "
-                   f"{threshold.calibration_size} calibration samples stored in {fitted_dir})")
-    elif flag_percentile is not None:
-        cal = score_source(classifier, _open_data(calibration_spec, classifier), [flag_score], batch_size,
+    def calibration(score: str, percentile: float) -> Threshold:
+        if not calibration_spec:  # the calibration split stored by cfx fit
+            return fitted.threshold(score, percentile)
+        cal = score_source(classifier, _open_data(calibration_spec, classifier), [score], batch_size,
                            progress=not quiet, **options)
-        threshold = Threshold.from_percentile(flag_score, cal.scores[flag_score], flag_percentile)
-        click.echo(f"threshold {flag_score} < {threshold.value:.6g} (percentile {flag_percentile:g} of "
-                   f"{threshold.calibration_size} calibration samples)")
+        return Threshold.from_percentile(score, cal.scores[score], percentile)
+
+    try:
+        threshold = resolve_threshold(flag_score, flag_below, flag_percentile, calibration=calibration)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if threshold is not None and threshold.percentile is not None:
+        where = f"stored in {fitted_dir}" if not calibration_spec else f"of {calibration_spec}"
+        click.echo(f"threshold {flag_score} < {threshold.value:.6g} (percentile {flag_percentile:g} of the "
+                   f"{threshold.calibration_size} calibration samples {where})")
     source = _open_data(data_spec, classifier)
     try:
         table = score_source(classifier, source, chosen, batch_size, progress=not quiet, **options)
@@ -516,8 +508,6 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
     Example:
         cfx explain --model demo:shapes --data demo:shapes:test --fitted fitted/ --out review/
     """
-    from .pipeline import explain as run_explain
-
     if flag_below is not None and flag_percentile is not None:
         raise click.UsageError("give either --flag-below or --flag-percentile, not both")
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
@@ -589,8 +579,6 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         cfx audit --model demo:shapes-biased --data demo:shapes-biased:test --fitted fitted/ \\
                   --nuisance background_hue,background_value,object_hue
     """
-    from .dataset_audit import audit as run_audit
-
     if flag_below is not None and flag_percentile is not None:
         raise click.UsageError("give either --flag-below or --flag-percentile, not both")
     names = [p.strip() for n in nuisance for p in n.split(",") if p.strip()]
@@ -627,8 +615,6 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @_friendly_errors
 def report(run_dir: str, max_cards: int) -> None:
     """Re-render RUN/report.html and RUN/summary.json from the run store, without recomputing anything."""
-    from .reports import render_review
-
     path = render_review(run_dir, max_cards=max_cards)
     click.echo(f"wrote {path}")
 

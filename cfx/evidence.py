@@ -16,17 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cfx.core.images import luma
+from cfx.core.models import Classifier
+from cfx.core.shifts import CAUSE_LABELS
+from cfx.generators import (AutoencoderReconstruction, LatentGradientDescent, LatentNearestNeighbours, Occlusion,
+                            competency_target, parametric_editors, property_curve, restoring_edits)
+from cfx.trust.fitted import Fitted
+from cfx.trust.scores import applicable_scores, score_batch
+
 __all__ = ["CAUSE_LABELS", "STATISTICS", "Evidence", "blockiness", "collect_evidence", "difference_mass",
            "image_statistics", "reference_statistics"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
               "border_brightness_imbalance", "border_detail_imbalance")
-CAUSE_LABELS = ("spatial", "brightness", "contrast", "saturation", "noise", "pixelation", "other")
-
-
-def _luma(x: Tensor) -> Tensor:
-    return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
 
 
 _RING = torch.tensor([i for i in range(16) if i // 4 in (0, 3) or i % 4 in (0, 3)])  # border tiles of a 4×4 grid
@@ -58,7 +61,7 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     x = images.float()
-    y = _luma(x)
+    y = luma(x)
     lap = (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
     tiles = F.adaptive_avg_pool2d(lap.unsqueeze(1), 4).flatten(1)
     tiles_full = F.adaptive_avg_pool2d(F.pad(lap, (1, 1, 1, 1)).unsqueeze(1), 4).flatten(1)  # aligned with y
@@ -190,7 +193,7 @@ def _row(stats: dict[str, Tensor], i: int) -> dict[str, float]:
     return {k: float(v[i]) for k, v in stats.items()}
 
 
-def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | None = None,
+def collect_evidence(classifier: Classifier, fitted: Fitted, images: Tensor, ids: Sequence[str] | None = None,
                      labels: Sequence[int] | Tensor | None = None, editors: Sequence | None = None,
                      generators: Sequence[str] = ("reco", "lgd", "lnn"), steps: int = 8,
                      with_counterfactuals: bool = True, return_images: bool = False):
@@ -200,10 +203,6 @@ def collect_evidence(classifier, fitted, images: Tensor, ids: Sequence[str] | No
     returns ``(evidence, images)`` with ``images`` mapping each generator name (and ``"neighbour"`` for the nearest
     confident image of LNN) to its ``(N, 3, h, w)`` images, for reports.
     """
-    from cfx.generators import (AutoencoderReconstruction, LatentGradientDescent, LatentNearestNeighbours,
-                                Occlusion, competency_target, parametric_editors, property_curve, restoring_edits)
-    from cfx.trust import applicable_scores, score_batch
-
     n = len(images)
     if n == 0:
         raise ValueError("no images to collect evidence for")

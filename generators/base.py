@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from cfx.fitted import Fitted
-    from cfx.models import Classifier
+from cfx.core.models import Classifier
+from cfx.trust.fitted import Fitted
+from cfx.trust.functional import gradtrust
 
 __all__ = ["Counterfactuals", "TargetScore", "competency_target", "gradtrust_target", "ssim", "ssim_distance"]
 
@@ -51,15 +51,13 @@ class Counterfactuals:
         return int(self.steps.sum())
 
 
-def competency_target(classifier: "Classifier", fitted: "Fitted") -> Callable[[Tensor], Tensor]:
-    """PaRCE competency (§A1) as the target: the generators' default."""
+def competency_target(classifier: Classifier, fitted: Fitted) -> Callable[[Tensor], Tensor]:
+    """PaRCE competency as the target: the generators' default."""
     return lambda images: fitted.parce.score_torch(classifier, images)
 
 
-def gradtrust_target(classifier: "Classifier", labels: str = "all") -> Callable[[Tensor], Tensor]:
+def gradtrust_target(classifier: Classifier, labels: str = "all") -> Callable[[Tensor], Tensor]:
     """GradTrust normalised to (0, 1] by dividing by C, so a threshold like 0.5 reads as "half the maximum"."""
-    from cfx.trust import gradtrust
-
     return lambda images: gradtrust(classifier.logits(images), labels=labels) / classifier.num_classes
 
 

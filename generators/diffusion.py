@@ -1,4 +1,4 @@
-"""Diffusion-based gradual edits (``../shared/methods/counterfactuals.md`` §B2): an InstructPix2Pix text-guidance
+"""Diffusion-based gradual edits (``docs/methods.md``): an InstructPix2Pix text-guidance
 sweep run as one batched call.
 
 The paper makes one pipeline call per strength (the text-guidance scale), with the same seed and a fixed image
@@ -18,6 +18,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from cfx.core.images import as_float_images
+from cfx.trust.fitted import Fitted, FittedError
+
+from .base import Counterfactuals
+from .editors import strength_grid
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "DDPMEditor", "InstructPix2PixEditor", "SDEditCounterfactual", "tiny_instruct_pix2pix",
            "train_ddpm"]
@@ -42,7 +48,7 @@ class InstructPix2PixEditor:
     ``pipeline`` is a ``StableDiffusionInstructPix2PixPipeline`` or a local folder to load one from (cfx never
     downloads). ``property`` names the edit; its instruction comes from ``instructions`` (default
     :data:`DEFAULT_INSTRUCTIONS`) unless ``instruction`` is given. Strengths are text-guidance scales in
-    ``range`` (default 1.01…12.5, §B2); ``sweep(steps=N)`` gives the paper's linspace.
+    ``range`` (default 1.01…12.5, as in the EPGM paper); ``sweep(steps=N)`` gives the paper's linspace.
     """
 
     neutral = 1.0
@@ -123,19 +129,17 @@ class InstructPix2PixEditor:
         decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
         return (decoded.float() / 2 + 0.5).clamp(0, 1).cpu()
 
-    def edit(self, images: Tensor, strengths: Sequence[float] | Tensor) -> Tensor:
-        """``(N, S + 1, 3, H, W)``: each original, then its edit at every text-guidance scale (one batched sweep per
-        image, in chunks of ``batch_size`` strengths)."""
+    def edit(self, images: Tensor, strengths: Sequence[float] | Tensor, *, attributes=None) -> Tensor:
+        """``(N, S + 1, 3, H, W)``: each original, then its edit at every text-guidance scale (shared ``(S,)`` or per
+        image ``(N, S)``; one batched sweep per image, in chunks of ``batch_size`` strengths)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
-        s = torch.as_tensor(strengths, dtype=torch.float32).flatten()
-        if len(s) == 0:
-            raise ValueError("give at least one guidance scale")
+        grid = strength_grid(strengths, len(images))
         h, w = images.shape[-2:]
         m = self.vae_scale
         hh, ww = max(m, round(h / m) * m), max(m, round(w / m) * m)
         out = []
-        for image in images:
+        for image, s in zip(images, grid):
             x = image if (hh, ww) == (h, w) else F.interpolate(image[None], size=(hh, ww), mode="bilinear")[0]
             edits = torch.cat([self._edit_one(x, s[i:i + self.batch_size]) for i in range(0, len(s), self.batch_size)])
             if (hh, ww) != (h, w):
@@ -163,7 +167,6 @@ def train_ddpm(images: Tensor, steps: int = 600, batch_size: int = 64, lr: float
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
 
-    from cfx.training import as_float_images
 
     if len(images) == 0:
         raise ValueError("no images to train the DDPM on")
@@ -211,6 +214,13 @@ class DDPMEditor:
         self.steps, self.seed, self.batch_size = steps, seed, batch_size
         self.size = int(unet.config.sample_size)
 
+    @classmethod
+    def from_fitted(cls, fitted: Fitted, **kwargs) -> "DDPMEditor":
+        """The editor on the DDPM of a fitted folder (``cfx fit --ddpm``)."""
+        if fitted.ddpm is None:
+            raise FittedError(f"{fitted.path} has no DDPM; run cfx fit with --ddpm")
+        return cls(fitted.ddpm, **kwargs)
+
     def sweep(self, direction: str | None = None, steps: int = 10) -> Tensor:
         return torch.linspace(0.0, 1.0, steps + 1)[1:]
 
@@ -244,13 +254,19 @@ class DDPMEditor:
             out = F.interpolate(out, size=(h, w), mode="bilinear").clamp(0, 1)
         return out.to(images.device)
 
-    def edit(self, images: Tensor, strengths: Sequence[float] | Tensor) -> Tensor:
-        """``(N, S + 1, C, H, W)``: the originals, then one edit per noise level."""
-        s = torch.as_tensor(strengths, dtype=torch.float32).flatten()
-        outs = [torch.cat([self.apply(images[i:i + self.batch_size], float(k)) for i in range(0, len(images),
-                                                                                             self.batch_size)])
-                for k in s.tolist()]
-        return torch.stack([images] + outs, dim=1)
+    def edit(self, images: Tensor, strengths: Sequence[float] | Tensor, *, attributes=None) -> Tensor:
+        """``(N, S + 1, C, H, W)``: the originals, then one edit per noise level (shared ``(S,)`` or per image
+        ``(N, S)``; each distinct level is one batched pass over the images that need it)."""
+        grid = strength_grid(strengths, len(images))
+        out = images.unsqueeze(1).repeat(1, grid.shape[1] + 1, *([1] * (images.dim() - 1)))
+        for k in torch.unique(grid).tolist():
+            rows, cols = torch.nonzero(grid == k, as_tuple=True)
+            sel = torch.unique(rows)
+            edited = torch.cat([self.apply(images[sel[i:i + self.batch_size]], float(k))
+                                for i in range(0, len(sel), self.batch_size)])
+            where = torch.searchsorted(sel, rows)
+            out[rows, cols + 1] = edited[where].to(out.dtype)
+        return out
 
 
 class SDEditCounterfactual:
@@ -264,8 +280,6 @@ class SDEditCounterfactual:
 
     def generate(self, images: Tensor):
         import time
-
-        from .base import Counterfactuals
 
         t0 = time.perf_counter()
         out = self.editor.apply(images, self.strength)

@@ -1,33 +1,57 @@
-"""Gradual property edits (``../shared/methods/counterfactuals.md`` §B): editors that change one property by a
-controlled strength, batched over images and strengths.
+"""Gradual property edits: editors that change one property by a controlled strength, batched over images and
+strengths (see ``docs/methods.md#property-edits-and-epgm``).
 
 Every editor has one verb, ``edit(images, strengths) -> (N, S + 1, 3, H, W)``, whose first image per sample is
-the original (x⁽⁰⁾ = x), then one image per strength; it declares its ``property``, its ``neutral`` strength (the
-identity), its ``range`` and the ``directions`` that make sense (``sweep(direction, steps)`` gives the strengths).
+the original (x⁽⁰⁾ = x), then one image per strength. ``strengths`` is shared by every image ``(S,)`` or given per
+image ``(N, S)``. An editor declares its ``property``, its ``neutral`` strength (the identity), its ``range`` and
+the ``directions`` that make sense (``sweep(direction, steps)`` gives the strengths).
 
 Parametric editors work on any image tensor: brightness, contrast, saturation, hue shift, noise, denoise,
-pixelation, sharpening, blur and an occlusion patch. :class:`AttributeEditor` re-renders a demo-world image with
-one generating attribute changed and everything else fixed: a true intervention.
+pixelation, sharpening, blur and an occlusion patch; :data:`EDITORS` registers them by property name (a new
+editor is one :class:`Editor` subclass plus one ``EDITORS.register`` line). :class:`AttributeEditor` re-renders an
+image of a procedural world with one generating attribute changed and everything else fixed: a true intervention.
+Worlds that can do this register in :data:`WORLDS` (the demo's shapes world does).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cfx.core.images import luma
+from cfx.core.registry import Registry
+from cfx.core.shifts import scale_brightness
+
 __all__ = [
-    "AttributeEditor", "Blur", "Brightness", "Contrast", "Denoise", "Editor", "HueShift", "Noise", "Occlusion",
-    "Pixelation", "Saturation", "Sharpen", "parametric_editors", "restoring_editors",
+    "AttributeEditor", "Blur", "Brightness", "Contrast", "Denoise", "EDITORS", "Editor", "HueShift", "Noise",
+    "Occlusion", "Pixelation", "RenderingWorld", "Saturation", "Sharpen", "WORLDS", "parametric_editors",
+    "restoring_editors", "strength_grid",
 ]
 
 
 def _luma(x: Tensor) -> Tensor:
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    return luma(x).unsqueeze(1)
+
+
+def strength_grid(strengths: Sequence[float] | Tensor, n: int, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> Tensor:
+    """Strengths as an ``(N, S)`` grid: a shared ``(S,)`` sequence is repeated for every image; an ``(N, S)`` one is
+    checked against the number of images."""
+    s = torch.as_tensor(strengths, dtype=dtype, device=device)
+    if s.dim() <= 1:
+        s = s.flatten()
+        if len(s) == 0:
+            raise ValueError("give at least one strength")
+        return s.unsqueeze(0).expand(n, -1)
+    if s.dim() != 2 or s.shape[0] != n or s.shape[1] == 0:
+        raise ValueError(f"strengths must be shared (S,) or per image (N, S) with N = {n} images, got "
+                         f"{tuple(s.shape)}")
+    return s
 
 
 def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
@@ -75,16 +99,19 @@ class Editor:
             raise ValueError(f"{len(s)} strengths for {len(images)} images")
         return self._apply(images, s).clamp(0, 1)
 
-    def edit(self, images: Tensor, strengths: Sequence[float] | Tensor) -> Tensor:
-        """The gradual intervention: ``(N, S + 1, 3, H, W)``, original first, then one image per strength."""
-        s = torch.as_tensor(strengths, dtype=images.dtype, device=images.device).flatten()
-        if len(s) == 0:
-            raise ValueError("give at least one strength")
+    def edit(self, images: Tensor, strengths: Sequence[float] | Tensor, *, attributes: Any = None) -> Tensor:
+        """The gradual intervention: ``(N, S + 1, 3, H, W)``, original first, then one image per strength.
+
+        ``strengths``: shared ``(S,)`` or per image ``(N, S)``. ``attributes`` is for re-rendering editors and
+        ignored here (pixels are all a parametric edit needs)."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+        s = strength_grid(strengths, len(images), images.dtype, images.device)
         lo, hi = min(self.range), max(self.range)
         if (s < lo - 1e-9).any() or (s > hi + 1e-9).any():
             raise ValueError(f"{self.property} strengths must lie in {self.range}, got {s.min():.3g}..{s.max():.3g}")
-        n, steps = len(images), len(s)
-        flat = self.apply(images.repeat_interleave(steps, 0), s.repeat(n))
+        n, steps = s.shape
+        flat = self.apply(images.repeat_interleave(steps, 0), s.reshape(-1))
         return torch.cat([images.unsqueeze(1), flat.view(n, steps, *images.shape[1:])], dim=1)
 
     def sweep(self, direction: str | None = None, steps: int = 10) -> Tensor:
@@ -106,7 +133,7 @@ class Brightness(Editor):
     directions: tuple[str, ...] = ("decrease", "increase")
 
     def _apply(self, x, s):
-        return x * s.view(-1, 1, 1, 1)
+        return scale_brightness(x, s.view(-1, 1, 1, 1))  # the same operation as the brightness shift
 
 
 @dataclass(frozen=True)
@@ -250,10 +277,15 @@ class Occlusion(Editor):
         return torch.where(inside, torch.full_like(x, self.value), x)
 
 
+#: Parametric editors by property name, in a fixed order (the order of tables and reports).
+EDITORS: Registry[type[Editor]] = Registry("editor")
+for _editor in (Brightness, Contrast, Saturation, HueShift, Noise, Denoise, Pixelation, Sharpen, Blur, Occlusion):
+    EDITORS.register(_editor.property, _editor)
+
+
 def parametric_editors() -> list[Editor]:
-    """One of each parametric editor with its default range."""
-    return [Brightness(), Contrast(), Saturation(), HueShift(), Noise(), Denoise(), Pixelation(), Sharpen(), Blur(),
-            Occlusion()]
+    """One of each registered parametric editor with its default range."""
+    return [cls() for cls in EDITORS.values()]
 
 
 def restoring_editors() -> list[Editor]:
@@ -265,18 +297,39 @@ def restoring_editors() -> list[Editor]:
     return [e for e in parametric_editors() if not isinstance(e, Occlusion)]
 
 
-class AttributeEditor:
-    """Re-render demo-world images with one generating attribute changed (a true intervention, §B3).
+class RenderingWorld(Protocol):
+    """A procedural world whose images are a pure function of generating attributes (the demo's shapes world).
 
-    ``mode="offset"`` adds the strength (hues wrap around), ``"set"`` sets the attribute to it. ``edit`` takes the
-    generating attributes (``DemoData.attributes`` rows) instead of pixels, since only they determine the image.
+    ``bands`` maps each editable attribute to its training band ``(low, high)``; ``render(attrs)`` draws images
+    ``(N, 3, S, S)``; ``attributes_from_metadata(rows)`` rebuilds the attributes from a data source's metadata
+    (``None`` when the rows do not carry them); ``default_edits`` are the attributes an audit re-renders.
     """
 
-    def __init__(self, world, attribute: str, range: tuple[float, float] = (-0.5, 0.5), mode: str = "offset"):
-        from cfx.demo import _BANDS
+    name: str
+    bands: Mapping[str, tuple[float, float]]
+    default_edits: tuple[str, ...]
+    image_size: int
 
-        if attribute not in _BANDS:
-            raise ValueError(f"attribute must be one of {sorted(_BANDS)}, got {attribute!r}")
+    def render(self, attrs: dict[str, Tensor]) -> Tensor: ...
+
+
+#: Worlds whose images re-rendering editors can intervene on: name → class with ``for_image_size(size)`` and
+#: ``attributes_from_metadata(rows)``. The demo plugin registers its shapes world.
+WORLDS: Registry[Any] = Registry("re-rendering world")
+
+
+class AttributeEditor:
+    """Re-render images of a procedural world with one generating attribute changed (a true intervention).
+
+    ``mode="offset"`` adds the strength (hues wrap around), ``"set"`` sets the attribute to it. ``edit`` needs the
+    generating ``attributes`` (rows of the world's attribute table), since only they determine the image; the pixel
+    ``images`` it is handed are not used.
+    """
+
+    def __init__(self, world: RenderingWorld, attribute: str, range: tuple[float, float] = (-0.5, 0.5),
+                 mode: str = "offset"):
+        if attribute not in world.bands:
+            raise ValueError(f"attribute must be one of {sorted(world.bands)}, got {attribute!r}")
         if mode not in ("offset", "set"):
             raise ValueError(f"mode must be offset or set, got {mode!r}")
         self.world, self.attribute, self.range, self.mode = world, attribute, range, mode
@@ -284,19 +337,25 @@ class AttributeEditor:
         self.neutral = 0.0 if mode == "offset" else None
         self.directions = ("increase", "decrease") if mode == "offset" else ("increase",)
 
-    def edit_attributes(self, attrs: dict[str, Tensor], strengths: Sequence[float] | Tensor) -> Tensor:
-        """``(N, S + 1, 3, H, W)``: the rendered originals, then one re-rendering per strength."""
-        s = torch.as_tensor(strengths, dtype=torch.float32).flatten()
-        n, steps = len(attrs["shape"]), len(s)
-        rep = {k: v.repeat_interleave(steps, 0) for k, v in attrs.items()}
+    def edit(self, images: Tensor | None, strengths: Sequence[float] | Tensor, *,
+             attributes: dict[str, Tensor] | None = None) -> Tensor:
+        """``(N, S + 1, 3, H, W)``: the rendered originals, then one re-rendering per strength (shared ``(S,)`` or
+        per image ``(N, S)``)."""
+        if attributes is None:
+            raise ValueError(f"re-rendering {self.attribute} needs the generating attributes of the images "
+                             "(attributes=...); pixels alone cannot be re-rendered")
+        n = len(attributes["shape"])
+        s = strength_grid(strengths, n)
+        steps = s.shape[1]
+        rep = {k: v.repeat_interleave(steps, 0) for k, v in attributes.items()}
         base = rep[self.attribute].float()
-        value = base + s.repeat(n) if self.mode == "offset" else s.repeat(n)
+        value = base + s.reshape(-1) if self.mode == "offset" else s.reshape(-1)
         if self.attribute.endswith("hue"):
             value = torch.remainder(value, 1.0)
         rep[self.attribute] = value
-        size = self.world.config.image_size
+        size = self.world.image_size
         edited = self.world.render(rep).view(n, steps, 3, size, size)
-        return torch.cat([self.world.render(attrs).unsqueeze(1), edited], dim=1)
+        return torch.cat([self.world.render(attributes).unsqueeze(1), edited], dim=1)
 
     def sweep(self, direction: str | None = None, steps: int = 10) -> Tensor:
         lo, hi = self.range

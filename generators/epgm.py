@@ -1,6 +1,6 @@
 """Expected property gradient magnitude (EPGM), its shuffle test, and the "restoring" view.
 
-EPGM (``../shared/methods/counterfactuals.md`` §B1, as the authors' code computes it): along a gradual intervention
+EPGM (``docs/methods.md``, as the authors' code computes it): along a gradual intervention
 x⁽⁰⁾ = x, x⁽¹⁾, …, x⁽ᴺ⁾ with class probabilities y_i = softmax(f(x⁽ⁱ⁾))_k,
 ``EPGM = mean_i |np.gradient(y)_i|`` with the index as the step (``strengths=`` gives gradients per strength unit
 instead). The shuffle test compares it with 1000 random permutations of y, two-sided around the null mean, as in
@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from .editors import restoring_editors
 
 __all__ = ["PropertyCurve", "RestoringEdit", "epgm", "property_curve", "restoring_edits", "shuffle_test"]
 
@@ -78,10 +80,7 @@ def property_curve(classifier, editor, images: Tensor, strengths: Sequence[float
     ``attributes`` instead of relying on pixels.
     """
     s = torch.as_tensor(strengths if strengths is not None else editor.sweep(), dtype=torch.float32).flatten()
-    if attributes is not None:
-        seq = editor.edit_attributes(attributes, s)
-    else:
-        seq = editor.edit(images, s)
+    seq = editor.edit(images, s, attributes=attributes) if attributes is not None else editor.edit(images, s)
     n, steps = seq.shape[:2]
     flat = seq.reshape(n * steps, *seq.shape[2:])
     with torch.inference_mode():
@@ -121,8 +120,6 @@ def restoring_edits(score: Callable[[Tensor], Tensor], images: Tensor, editors: 
     ``editors`` defaults to :func:`~cfx.generators.restoring_editors` (the parametric editors without occlusion).
     """
     if editors is None:
-        from .editors import restoring_editors
-
         editors = restoring_editors()
     n = len(images)
     with torch.inference_mode():

@@ -1,4 +1,4 @@
-"""Gradient-based counterfactual generators (``../shared/methods/counterfactuals.md`` §A2): IGD, FGD and LGD.
+"""Gradient-based counterfactual generators (``docs/methods.md``): IGD, FGD and LGD.
 
 Each one raises a differentiable target score (PaRCE competency by default) while staying close to the
 original, with the paper's defaults (Adam, lr 1e-3, betas (0.9, 0.999), 100 steps, γ = 0.1, threshold 0.9), and
@@ -29,7 +29,7 @@ Distance = Literal["cos", "l1", "l2"]
 
 
 def _proximity(a: Tensor, b: Tensor, metric: Distance) -> Tensor:
-    """A penalty to *add* to the loss, per sample: −cos, or the L1 / L2 distance (§A2 options)."""
+    """A penalty to *add* to the loss, per sample: −cos, or the L1 / L2 distance (the counterfactual paper's options)."""
     if metric == "cos":
         return -F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
     if metric == "l1":
@@ -39,7 +39,7 @@ def _proximity(a: Tensor, b: Tensor, metric: Distance) -> Tensor:
     raise ValueError(f"distance must be cos, l1 or l2, got {metric!r}")
 
 
-def _check_images(images: Tensor) -> Tensor:
+def check_images(images: Tensor) -> Tensor:
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be a (N, 3, H, W) tensor in [0, 1], got "
                          f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
@@ -76,7 +76,7 @@ class _GradientGenerator:
 
     def generate(self, images: Tensor) -> Counterfactuals:
         """Counterfactuals for ``images (N, 3, H, W)`` in [0, 1]."""
-        images = _check_images(images)
+        images = check_images(images)
         if self.seed is not None:
             torch.manual_seed(self.seed)
         t0 = time.perf_counter()
@@ -137,7 +137,7 @@ class _GradientGenerator:
 
 
 class ImageGradientDescent(_GradientGenerator):
-    """IGD (§A2): optimise the pixels; proximity ``distance(x, x')``, 1 − SSIM by default.
+    """IGD: optimise the pixels; proximity ``distance(x, x')``, 1 − SSIM by default.
 
     The paper uses LPIPS, which needs torchvision (not installable beside cfx's torch): pass any differentiable
     ``distance(original, candidate) -> (N,)`` to use another one.
@@ -162,7 +162,7 @@ class ImageGradientDescent(_GradientGenerator):
 
 
 class FeatureGradientDescent(_GradientGenerator):
-    """FGD (§A2): optimise the pixels; proximity in the classifier's final-layer features (cosine by default)."""
+    """FGD: optimise the pixels; proximity in the classifier's final-layer features (cosine by default)."""
 
     name = "fgd"
     _clamp = True
@@ -186,7 +186,7 @@ class FeatureGradientDescent(_GradientGenerator):
 
 
 class LatentGradientDescent(_GradientGenerator):
-    """LGD (§A2): optimise the autoencoder latent ``z'`` from ``E(x)``; the counterfactual is ``D(z')``.
+    """LGD: optimise the autoencoder latent ``z'`` from ``E(x)``; the counterfactual is ``D(z')``.
 
     Proximity is cosine similarity to ``E(x)`` by default. Starts from ``D(E(x))`` (the reconstruction), which is
     what the reference code's first step amounts to; if that already passes, LGD returns it unchanged.
@@ -201,7 +201,7 @@ class LatentGradientDescent(_GradientGenerator):
         _proximity(torch.zeros(1, 2), torch.ones(1, 2), distance)
 
     def _start(self, images):
-        _check_autoencoder_size(images, self.autoencoder)
+        check_autoencoder_size(images, self.autoencoder)
         with torch.no_grad():
             z = self.autoencoder.encode(images)
         return z, {"latent": z}
@@ -213,7 +213,7 @@ class LatentGradientDescent(_GradientGenerator):
         return _proximity(var, ctx["latent"][idx], self.distance)
 
 
-def _check_autoencoder_size(images: Tensor, autoencoder) -> None:
+def check_autoencoder_size(images: Tensor, autoencoder) -> None:
     if tuple(images.shape[-2:]) != tuple(autoencoder.image_size):
         h, w = autoencoder.image_size
         raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} but the fitted autoencoder works at "

@@ -1,4 +1,4 @@
-"""How good are counterfactuals? The metrics of ``../shared/methods/counterfactuals.md`` §A3, weight-free.
+"""How good are counterfactuals? The metrics of ``docs/methods.md#counterfactual-generators``, weight-free.
 
 Success rate; latent and feature cosine similarity and pixel proximity (L1, SSIM) over successful pairs; realism as
 the kernel inception distance computed on the autoencoder's latents (Inception weights are not available
@@ -40,7 +40,7 @@ def _mean_std(x: Tensor) -> tuple[float, float]:
 
 def counterfactual_metrics(cf: Counterfactuals, originals: Tensor, classifier, autoencoder,
                            reference_latents: Tensor | None = None) -> dict[str, Any]:
-    """Metrics of one generator's counterfactuals for ``originals`` (same order), as in §A3.
+    """Metrics of one generator's counterfactuals for ``originals`` (same order), as in the counterfactual paper.
 
     Similarities are over *successful* pairs (original below the threshold, counterfactual above), like the paper.
     ``reference_latents`` (autoencoder latents of real reference images) enable the KID realism score.

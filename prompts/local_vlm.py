@@ -15,14 +15,14 @@ from torch import Tensor
 
 from cfx.evidence import Evidence
 
-from .reporters import MAX_TEXT, EvidenceReporter, Explanation
+from .reporters import MAX_TEXT, EvidenceReporter, Explanation, Reporter
 from .scoring import cause_from_text
 from .templates import render_prompt, side_by_side
 
 __all__ = ["TransformersReporter"]
 
 
-class TransformersReporter:
+class TransformersReporter(Reporter):
     """Explanations from a local vision-language model.
 
     ``model`` is a loaded ``*ForConditionalGeneration`` / ``AutoModelForImageTextToText`` (then give ``processor``)
@@ -52,9 +52,11 @@ class TransformersReporter:
     def _messages(self, prompt: str) -> list[dict]:
         return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
-    def explain_batch(self, evidence: Sequence[Evidence], images: Sequence[Tensor],
-                      counterfactuals: Sequence[Tensor | None] | None = None) -> list[Explanation]:
+    def explain_many(self, evidence: Sequence[Evidence], images: Sequence[Tensor | None] | None = None,
+                     counterfactuals: Sequence[Tensor | None] | None = None) -> list[Explanation]:
         """One batched ``generate`` for several records (originals, with counterfactuals side by side when given)."""
+        if images is None or any(im is None for im in images):
+            raise ValueError("a vision-language reporter needs the image of every record")
         counterfactuals = list(counterfactuals) if counterfactuals is not None else [None] * len(evidence)
         if not (len(evidence) == len(images) == len(counterfactuals)):
             raise ValueError("give one image (and counterfactual) per evidence record")
@@ -98,4 +100,4 @@ class TransformersReporter:
                 counterfactual: Tensor | None = None) -> Explanation:
         if image is None:
             raise ValueError("a vision-language reporter needs the image")
-        return self.explain_batch([evidence], [image], [counterfactual])[0]
+        return self.explain_many([evidence], [image], [counterfactual])[0]

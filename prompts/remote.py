@@ -24,7 +24,7 @@ from torch import Tensor
 
 from cfx.evidence import Evidence
 
-from .reporters import MAX_TEXT, EvidenceReporter, Explanation
+from .reporters import MAX_TEXT, EvidenceReporter, Explanation, Reporter
 from .scoring import cause_from_text
 from .templates import render_prompt, side_by_side
 
@@ -35,7 +35,7 @@ class EndpointError(RuntimeError):
     """The endpoint failed after all retries; the message says how."""
 
 
-class OpenAIReporter:
+class OpenAIReporter(Reporter):
     """Explanations from an OpenAI-compatible endpoint.
 
     ``base_url`` (e.g. ``http://127.0.0.1:8000/v1``) and ``model`` come from the arguments or the environment

@@ -33,11 +33,14 @@ its threshold) wins; the confidence is its share of the two strongest.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
+from torch import Tensor
+
+from cfx.core.shifts import SHIFTS
 from cfx.evidence import Evidence
 
-__all__ = ["EvidenceReporter", "Explanation", "MAX_TEXT"]
+__all__ = ["EvidenceReporter", "Explanation", "MAX_TEXT", "Reporter"]
 
 MAX_TEXT = 2000  # explanation texts are capped: model output is untrusted data
 
@@ -65,7 +68,33 @@ _NAMES = {"brightness": "brightness", "contrast": "contrast", "saturation": "col
           "high_frequency": "high-frequency energy (grain)", "blockiness": "blockiness"}
 
 
-class EvidenceReporter:
+#: (property, direction) of a restoring edit → the cause it undoes, from the shifts' declarations.
+_INVERSE_EDITS = {edit: shift.name for shift in SHIFTS.values() for edit in shift.inverse_edits}
+
+
+class Reporter:
+    """Base of every reporter. One verb: ``explain(evidence, image=None, counterfactual=None) -> Explanation``;
+    ``explain_many`` explains several records at once (batched or concurrent back-ends override it)."""
+
+    backend = "reporter"
+
+    def explain(self, evidence: Evidence, image: Tensor | None = None,
+                counterfactual: Tensor | None = None) -> Explanation:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def explain_many(self, evidence: Sequence[Evidence], images: Sequence[Tensor | None] | None = None,
+                     counterfactuals: Sequence[Tensor | None] | None = None) -> list[Explanation]:
+        """One explanation per record; ``images`` and ``counterfactuals`` align with ``evidence`` when given."""
+        n = len(evidence)
+        images = list(images) if images is not None else [None] * n
+        counterfactuals = list(counterfactuals) if counterfactuals is not None else [None] * n
+        if not (len(images) == len(counterfactuals) == n):
+            raise ValueError(f"give one image and one counterfactual (or None) per evidence record: {n} records, "
+                             f"{len(images)} images, {len(counterfactuals)} counterfactuals")
+        return [self.explain(ev, im, cf) for ev, im, cf in zip(evidence, images, counterfactuals)]
+
+
+class EvidenceReporter(Reporter):
     """Explains from the measured evidence alone (no model, no network)."""
 
     backend = "evidence"
@@ -120,14 +149,15 @@ class EvidenceReporter:
         # The restoring edit agrees: an edit that is the plain inverse of a cause and really restores competency
         # adds to that cause (half a threshold), so mild cases that the statistics alone miss are still named.
         r = ev.restoring_edit or {}
-        inverse = {("brightness", "decrease"): "brightness", ("brightness", "increase"): "brightness",
-                   ("saturation", "decrease"): "saturation", ("contrast", "increase"): "contrast",
-                   ("denoise", "increase"): "noise"}.get((r.get("property"), r.get("direction")))
+        inverse = _INVERSE_EDITS.get((r.get("property"), r.get("direction")))
         if inverse is not None and r.get("gain", 0.0) >= self.restore_gain:
             out[inverse] += 0.5
         return {k: max(0.0, float(v)) for k, v in out.items()}
 
-    def explain(self, ev: Evidence) -> Explanation:
+    def explain(self, evidence: Evidence, image: Tensor | None = None,
+                counterfactual: Tensor | None = None) -> Explanation:
+        """The cause with the strongest evidence and why (the images are not needed: the evidence has it all)."""
+        ev = evidence
         s = self.signals(ev)
         ranked = sorted(s.items(), key=lambda kv: -kv[1])
         (cause, top), (_, second) = ranked[0], ranked[1]

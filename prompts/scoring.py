@@ -1,7 +1,7 @@
-"""Cause scoring: assign one of the six causes (or "other") to an explanation and measure accuracy.
+"""Cause scoring: assign one of the known causes (or "other") to an explanation and measure accuracy.
 
 A reporter's own cause label is used when it has one. Free text (from an LLM) is read with a keyword filter in
-the spirit of §A5, made stricter:
+the spirit of the explanation study's filter (see ``docs/methods.md#evidence-and-explanations``), made stricter:
 
 - keywords match on word boundaries, case-insensitively (``dark`` does not match ``darkness``'s neighbours like
   ``bookmark``; stems are listed explicitly);
@@ -17,21 +17,12 @@ import re
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
+from cfx.core.shifts import SHIFTS
+
 __all__ = ["CAUSE_KEYWORDS", "cause_from_text", "score_explanations"]
 
-CAUSE_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "spatial": ("unfamiliar", "unusual object", "unknown object", "novel object", "unseen", "never seen",
-                "out-of-distribution", "out of distribution", "foreign object", "structure", "structures",
-                "occlusion", "occluded", "patch", "spatial"),
-    "brightness": ("bright", "brighter", "brightness", "overexposed", "over-exposed", "dark", "darker", "darkness",
-                   "underexposed", "under-exposed", "lighting", "illumination"),
-    "contrast": ("contrast", "washed out", "washed-out", "faded", "flat", "low-contrast", "dull"),
-    "saturation": ("saturation", "saturated", "oversaturated", "over-saturated", "colourful", "colorful",
-                   "vivid", "vibrant", "intense colours", "intense colors"),
-    "noise": ("noise", "noisy", "grain", "grainy", "speckle", "speckled", "static"),
-    "pixelation": ("pixelated", "pixelation", "pixelised", "pixelized", "pixellated", "blocky", "blockiness",
-                   "low resolution", "low-resolution", "mosaic"),
-}
+#: Words that name each cause, from the shifts' declarations (:mod:`cfx.core.shifts`).
+CAUSE_KEYWORDS: dict[str, tuple[str, ...]] = {shift.name: shift.keywords for shift in SHIFTS.values()}
 _NEGATIONS = r"(?:not|no|without|isn't|isnt|aren't|doesn't|don't|never|nor|rather than|instead of|neither)"
 
 

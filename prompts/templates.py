@@ -1,4 +1,4 @@
-"""Prompt templates (Jinja2 files in ``templates/``) and the side-by-side image of §A5.
+"""Prompt templates (Jinja2 files in ``templates/``) and the side-by-side image shown to vision-language models.
 
 Templates: ``free_form`` (one image), ``free_form_counterfactual`` (original left, counterfactual right),
 ``multiple_choice`` and ``grounded`` (the counterfactual question plus the measured evidence in plain words). The
@@ -16,13 +16,13 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from PIL import Image
 from torch import Tensor
 
+from cfx.core.shifts import SHIFTS
 from cfx.evidence import Evidence
 
 __all__ = ["PROMPTS", "evidence_facts", "render_prompt", "side_by_side"]
 
 PROMPTS = ("free_form", "free_form_counterfactual", "multiple_choice", "grounded")
-DEFAULT_CHOICES = ("an unfamiliar object or region", "brightness", "contrast", "colour saturation", "noise",
-                   "pixelation")
+DEFAULT_CHOICES = tuple(shift.choice for shift in SHIFTS.values())  # the multiple-choice answers, one per cause
 _ENV = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "templates")), undefined=StrictUndefined,
                    autoescape=False, keep_trailing_newline=False)  # plain-text prompts, not HTML
 
@@ -67,7 +67,7 @@ def _to_pil(image: Tensor) -> Image.Image:
 
 
 def side_by_side(original: Tensor, counterfactual: Tensor | None, padding: int = 10, scale: int = 1) -> Image.Image:
-    """Original left, counterfactual right, on white with ``padding`` pixels around and between (as in §A5).
+    """Original left, counterfactual right, on white with ``padding`` pixels around and between (as in the explanation study).
     Without a counterfactual: the original alone, padded the same way."""
     if counterfactual is None:
         a = _to_pil(original)

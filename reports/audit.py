@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .review import _data_uri, _environment, _fmt, _svg
+from .html import data_uri, environment, fmt, svg
 
 __all__ = ["render_audit"]
 
@@ -30,7 +30,7 @@ def _epgm_plot(effects: dict[str, list[float]], order: list[str], nuisance: set[
         patch.set_facecolor("#e8a33d" if name in nuisance else "#8fb3dd")
     ax.set_yticks(range(1, len(names) + 1), names[::-1])
     ax.set_xlabel("EPGM per sample (predicted class, per edit step)")
-    return _svg(fig)
+    return svg(fig)
 
 
 def _slice_plot(slices: list[dict[str, Any]], column: str) -> str | None:
@@ -54,7 +54,7 @@ def _slice_plot(slices: list[dict[str, Any]], column: str) -> str | None:
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.05)
     ax.set_title(column, fontsize=9)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _ci(ci) -> str:
@@ -74,8 +74,8 @@ def render_audit(store, result: dict[str, Any], path: str | Path | None = None) 
     for row in [r for r in props if r["flagged"]] or props[:1]:
         values = np.asarray(effects.get(row["property"], []))
         top = [sample_ids[i] for i in np.argsort(-values)[:3]] if len(values) else []
-        pairs = [{"id": sid, "original": _data_uri(store.image(sid, "original")),
-                  "edited": _data_uri(store.image(sid, f"edit:{row['property']}"))} for sid in top]
+        pairs = [{"id": sid, "original": data_uri(store.image(sid, "original")),
+                  "edited": data_uri(store.image(sid, f"edit:{row['property']}"))} for sid in top]
         examples.append({"property": row["property"], "pairs": [p for p in pairs if p["original"] and p["edited"]]})
     flagged_slices = [r for r in result["slices"] if r["flagged"]]
     plots = {"epgm": _epgm_plot(effects, [r["property"] for r in props], nuisance),
@@ -85,21 +85,21 @@ def render_audit(store, result: dict[str, Any], path: str | Path | None = None) 
         "title": "cfx audit", "model": f"{store.get_meta('model_name') or 'model'} ({cfg.get('model')})",
         "data": cfg.get("data"), "counts": result["counts"], "threshold": cfg["threshold"],
         "nuisance": sorted(nuisance), "plots": plots, "examples": examples,
-        "properties": [{**r, "mean": _fmt(r["mean_epgm"], 4), "std": _fmt(r["std_epgm"], 4),
-                        "sig": _fmt(r["share_significant"], 2), "flips": _fmt(r["share_flips"], 2),
+        "properties": [{**r, "mean": fmt(r["mean_epgm"], 4), "std": fmt(r["std_epgm"], 4),
+                        "sig": fmt(r["share_significant"], 2), "flips": fmt(r["share_flips"], 2),
                         "p": f"{r['p_value']:.1e}" if math.isfinite(r["p_value"]) else "–",
-                        "relative": _fmt(r["relative_effect"], 2), "link": _fmt(r.get("flag_link_auroc"), 2)}
+                        "relative": fmt(r["relative_effect"], 2), "link": fmt(r.get("flag_link_auroc"), 2)}
                        for r in props],
-        "slices": [{**r, "acc": _fmt(r.get("accuracy"), 3), "acc_ci": _ci(r.get("accuracy_ci")),
-                    "acc_rest": _fmt(r.get("accuracy_rest"), 3), "trust": _fmt(r.get("trust"), 3),
-                    "flag": _fmt(r.get("flag_rate"), 3), "flag_ci": _ci(r.get("flag_rate_ci")),
-                    "flag_rest": _fmt(r.get("flag_rate_rest"), 3),
+        "slices": [{**r, "acc": fmt(r.get("accuracy"), 3), "acc_ci": _ci(r.get("accuracy_ci")),
+                    "acc_rest": fmt(r.get("accuracy_rest"), 3), "trust": fmt(r.get("trust"), 3),
+                    "flag": fmt(r.get("flag_rate"), 3), "flag_ci": _ci(r.get("flag_rate_ci")),
+                    "flag_rest": fmt(r.get("flag_rate_rest"), 3),
                     "q": f"{min(r.get('accuracy_q', 1.0), r.get('flag_rate_q', 1.0)):.1e}"}
                    for r in result["slices"][:60]],
         "hidden_slices": max(0, len(result["slices"]) - 60), "neighbours": result["neighbours"],
         "errors": result["errors"], "timing": result["timing"],
     }
-    html = _environment().get_template("audit.html.j2").render(**context)
+    html = environment().get_template("audit.html.j2").render(**context)
     path = Path(path) if path is not None else store.out / "audit.html"
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(html, encoding="utf-8")

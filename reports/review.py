@@ -8,41 +8,21 @@ here from numbers.
 
 from __future__ import annotations
 
-import base64
 import io
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cfx.core.runstore import RunStore
+from cfx.trust.metrics import risk_coverage_curve
+
+from .html import data_uri, environment, fmt, svg
+from .summary import write_summary
+
 __all__ = ["render_review", "review_context"]
 
 THUMB = 96  # displayed size of image thumbnails in CSS pixels
-
-
-def _environment():
-    import jinja2
-
-    return jinja2.Environment(loader=jinja2.PackageLoader("cfx.reports", "templates"),
-                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-
-
-def _data_uri(png: bytes | None, max_side: int = 128) -> str | None:
-    """PNG bytes → data URI; large images are shrunk to ``max_side`` and sent as JPEG to keep the report small."""
-    if png is None:
-        return None
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(png))
-    if max(img.size) <= max_side:
-        return "data:image/png;base64," + base64.b64encode(png).decode()
-    img = img.convert("RGB")
-    img.thumbnail((max_side, max_side), Image.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=82, optimize=True)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _heat_map(original: bytes | None, counterfactual: bytes | None) -> str | None:
@@ -62,18 +42,7 @@ def _heat_map(original: bytes | None, counterfactual: bytes | None) -> str | Non
     rgb = (matplotlib.colormaps["magma"](d)[..., :3] * 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
-    return _data_uri(buf.getvalue())
-
-
-def _svg(fig) -> str:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight",
-                metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
+    return data_uri(buf.getvalue())
 
 
 def _plots(samples: list[dict], score: str, threshold: float) -> dict[str, str]:
@@ -82,7 +51,6 @@ def _plots(samples: list[dict], score: str, threshold: float) -> dict[str, str]:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from cfx.metrics import risk_coverage_curve
 
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9})
     out = {}
@@ -95,7 +63,7 @@ def _plots(samples: list[dict], score: str, threshold: float) -> dict[str, str]:
         ax.set_xlabel(score)
         ax.set_ylabel("samples")
         ax.legend(frameon=False)
-        out["histogram"] = _svg(fig)
+        out["histogram"] = svg(fig)
     labelled = [s for s in samples if s["label"] is not None and s["prediction"] is not None
                 and s["scores"].get(score) is not None]
     if len(labelled) >= 2:
@@ -108,7 +76,7 @@ def _plots(samples: list[dict], score: str, threshold: float) -> dict[str, str]:
             ax.set_ylabel("risk (error rate)")
             ax.set_xlim(0, 1)
             ax.set_ylim(0, max(0.05, float(np.max(risk)) * 1.1))
-            out["risk_coverage"] = _svg(fig)
+            out["risk_coverage"] = svg(fig)
     return out
 
 
@@ -121,16 +89,9 @@ def _sparkline(values: list[float], width: int = 90, height: int = 24) -> str:
                     for x, v in zip(xs, values))
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the review template shows, read from a :class:`~cfx.runstore.RunStore` (``summary``: the one
-    :func:`cfx.pipeline.write_summary` just wrote, else it is written again)."""
-    from cfx.pipeline import write_summary
+    :func:`cfx.reports.summary.write_summary` just wrote, else it is written again)."""
 
     config = store.config
     summary = summary if summary is not None else write_summary(store)
@@ -156,9 +117,9 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
         cfs = []
         for c in ev.get("counterfactuals", []):
             png = store.image(s["id"], c["method"])
-            cfs.append({"method": c["method"].upper() if c["method"] != "reco" else "Reco", "image": _data_uri(png),
-                        "heat": _heat_map(original, png), "before": _fmt(c.get("score_before")),
-                        "after": _fmt(c.get("score_after")), "success": c.get("success")})
+            cfs.append({"method": c["method"].upper() if c["method"] != "reco" else "Reco", "image": data_uri(png),
+                        "heat": _heat_map(original, png), "before": fmt(c.get("score_before")),
+                        "after": fmt(c.get("score_after")), "success": c.get("success")})
         restoring = ev.get("restoring_edit") or {}
         gains = sorted((restoring.get("all_gains") or {}).items(), key=lambda kv: -kv[1])[:4]
         curves = sorted(ev.get("property_curves", []), key=lambda c: -c.get("epgm", 0.0))[:4]
@@ -166,25 +127,25 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
         cards.append({
             "id": s["id"], "label": name(s["label"]), "prediction": name(s["prediction"]),
             "wrong": s["label"] is not None and s["label"] != s["prediction"],
-            "score": _fmt(s["scores"].get(score)), "competency": _fmt(ev.get("competency")),
-            "original": _data_uri(original), "counterfactuals": cfs,
-            "cause": e.get("cause") or "–", "confidence": _fmt(exp.get("confidence"), 2),
+            "score": fmt(s["scores"].get(score)), "competency": fmt(ev.get("competency")),
+            "original": data_uri(original), "counterfactuals": cfs,
+            "cause": e.get("cause") or "–", "confidence": fmt(exp.get("confidence"), 2),
             "text": exp.get("text") or "", "backend": exp.get("backend") or "", "error": e.get("error"),
             "pending": not e,
             "restoring": {"property": restoring.get("property"), "direction": restoring.get("direction"),
-                          "strength": _fmt(restoring.get("strength"), 2), "before": _fmt(restoring.get("score_before")),
-                          "after": _fmt(restoring.get("score_after"))} if restoring else None,
-            "gains": [{"edit": k, "gain": _fmt(v), "width": max(0.0, min(1.0, v)) * 100} for k, v in gains],
-            "curves": [{"property": c["property"], "epgm": _fmt(c.get("epgm")), "p": _fmt(c.get("p_value")),
+                          "strength": fmt(restoring.get("strength"), 2), "before": fmt(restoring.get("score_before")),
+                          "after": fmt(restoring.get("score_after"))} if restoring else None,
+            "gains": [{"edit": k, "gain": fmt(v), "width": max(0.0, min(1.0, v)) * 100} for k, v in gains],
+            "curves": [{"property": c["property"], "epgm": fmt(c.get("epgm")), "p": fmt(c.get("p_value")),
                         "flips": c.get("flips"), "points": _sparkline(c.get("probabilities", []))} for c in curves],
             "neighbour": {"id": neighbour.get("neighbour_id"), "label": name(neighbour.get("neighbour_label")),
-                          "distance": _fmt(neighbour.get("neighbour_distance")),
-                          "image": _data_uri(store.image(s["id"], "neighbour"))} if neighbour else None,
+                          "distance": fmt(neighbour.get("neighbour_distance")),
+                          "image": data_uri(store.image(s["id"], "neighbour"))} if neighbour else None,
             "metadata": {k: v for k, v in (s.get("metadata") or {}).items() if not isinstance(v, (dict, list))},
         })
     errors = [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]]
     errors += [{"id": sid, "reason": e["error"]} for sid, e in explained.items() if e.get("error")]
-    metrics = [{"score": k, **{m: _fmt(v.get(m)) for m in ("auroc", "aupr_error", "aupr_success", "fpr_at_95_tpr",
+    metrics = [{"score": k, **{m: fmt(v.get(m)) for m in ("auroc", "aupr_error", "aupr_success", "fpr_at_95_tpr",
                                                            "aurc")}}
                for k, v in sorted(summary["metrics"].items(), key=lambda kv: -(kv[1].get("auroc") or 0))
                if v.get("auroc") is not None]  # undefined when every labelled prediction is right (or wrong)
@@ -201,7 +162,6 @@ def render_review(store_or_dir, path: str | Path | None = None, max_cards: int =
                   summary: dict[str, Any] | None = None) -> Path:
     """Render ``report.html`` from a run store (a :class:`~cfx.runstore.RunStore` or its folder); also refreshes
     ``summary.json`` unless the caller passes the summary it just wrote."""
-    from cfx.runstore import RunStore
 
     own = not hasattr(store_or_dir, "samples")
     store = RunStore(store_or_dir) if own else store_or_dir
@@ -211,7 +171,7 @@ def render_review(store_or_dir, path: str | Path | None = None, max_cards: int =
     finally:
         if own:
             store.close()
-    html = _environment().get_template("review.html.j2").render(**context)
+    html = environment().get_template("review.html.j2").render(**context)
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(path)

@@ -26,3 +26,13 @@ def digits_models():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+DEMO_FIXTURES = {"shapes_models", "digits_models"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses a demo model trains it on a fresh machine: it is slow (the fast lane skips it)."""
+    for item in items:
+        if DEMO_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

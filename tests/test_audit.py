@@ -10,15 +10,14 @@ from torch import nn
 
 import cfx
 from cfx.cli import main
-from cfx.dataset_audit import (
+from cfx.jobs.auditing import (
     PropertyEffect,
     _benjamini_hochberg,
-    demo_attributes,
     property_sensitivity,
     rank_properties,
     slice_analysis,
 )
-from cfx.models import Classifier, Preprocessing
+from cfx.core.models import Classifier, Preprocessing
 
 
 class _Probe(nn.Module):
@@ -44,7 +43,10 @@ def _probe(rows=slice(None), cols=slice(None)):
 
 def test_property_sensitivity_against_what_the_model_can_see(shapes_models):
     src = shapes_models.data.source("test")
-    x, attrs = src.images[:24], demo_attributes(src.metadata[:24])
+    x, meta = src.images[:24], src.metadata[:24]
+    from cfx.demo import world_attributes
+
+    attrs = world_attributes(meta)
     assert attrs is not None and set(attrs) >= {"shape", "texture", "background_hue"}
     # re-rendering the attributes reproduces the images (metadata keep 5 decimals): the interventions start from
     # the real image
@@ -53,7 +55,7 @@ def test_property_sensitivity_against_what_the_model_can_see(shapes_models):
     assert torch.allclose(ShapesWorld(WorldConfig()).render(attrs), x, atol=1e-3)
     # a model that sees only the top-left corner (always background) cannot react to the object's colour
     corner = _probe(slice(0, 4), slice(0, 4))
-    effects = {e.property: e for e in property_sensitivity(corner, x, attrs, steps=6, permutations=50)}
+    effects = {e.property: e for e in property_sensitivity(corner, x, meta, steps=6, permutations=50)}
     assert float(effects["object_hue"].epgm.abs().max()) == 0.0
     assert float(effects["object_value"].epgm.max()) == 0.0
     assert float(effects["background_value"].epgm.mean()) > 1e-3
@@ -115,8 +117,8 @@ def test_slice_analysis_finds_a_planted_weak_slice():
 def test_slices_flag_where_the_planted_correlation_breaks():
     """On the biased variant, a biased classifier fails where background hue and class disagree."""
     from cfx.demo import WorldConfig, shapes_data
-    from cfx.nets import SmallCNN
-    from cfx.training import train_model
+    from cfx.core.nets import SmallCNN
+    from cfx.core.training import train_model
 
     data = shapes_data(WorldConfig(bias_rate=0.9, n_images=3000))
     x, y = data.split("train")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cfx.data import (Batch, DataSourceError, FlatFolder, ImageFolder, Manifest, TensorSource, decode_image,
+from cfx.core.data import (Batch, DataSourceError, FlatFolder, ImageFolder, Manifest, TensorSource, decode_image,
                       iter_batches, open_source)
 
 

@@ -3,11 +3,11 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from cfx.data import open_source
-from cfx.training import train_model
+from cfx.core.data import open_source
+from cfx.core.training import train_model
 from cfx.demo import (CAUSES, SHAPES, ShapesWorld, WorldConfig, apply_cause, cause_examples, digits_data,
                       shapes_data, split_indices)
-from cfx.nets import ConvAutoencoder, SmallCNN
+from cfx.core.nets import ConvAutoencoder, SmallCNN
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The InstructPix2Pix editor on a tiny random pipeline built offline (recipe: shared/design/environment.md)."""
+"""The InstructPix2Pix editor on a tiny random pipeline built offline (built in-process, nothing downloaded)."""
 
 import pytest
 import torch
@@ -44,10 +44,11 @@ def test_instruction_mapping_and_errors(tiny_ip2p, tmp_path):
 
 
 def test_ddpm_editor_sweep_and_fitted_round_trip(tmp_path):
-    from cfx.data import TensorSource
-    from cfx.fitted import Fitted, fit
+    from cfx.core.data import TensorSource
+    from cfx.jobs import fit
+    from cfx.trust.fitted import Fitted
     from cfx.generators import DDPMEditor, SDEditCounterfactual
-    from cfx.models import load_classifier
+    from cfx.core.models import load_classifier
     from pathlib import Path
 
     clf = load_classifier(f"python:{Path(__file__).parent / 'factories.py'}:tiny_cnn")
@@ -56,7 +57,7 @@ def test_ddpm_editor_sweep_and_fitted_round_trip(tmp_path):
     fitted = fit(clf, TensorSource(images, torch.randint(0, 4, (40,), generator=g)), tmp_path, ae_epochs=1,
                  ddpm=True, ddpm_steps=3, progress=False)
     assert fitted.manifest["ddpm"]["steps"] == 3 and fitted.ddpm is not None
-    editor = fitted.ddpm_editor(steps=5)
+    editor = DDPMEditor.from_fitted(fitted, steps=5)
     seq = editor.edit(images[:3], [0.2, 0.6, 1.0])
     assert seq.shape == (3, 4, 3, 16, 16) and torch.equal(seq[:, 0], images[:3])
     assert 0 <= seq.min() and seq.max() <= 1

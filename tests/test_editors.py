@@ -99,7 +99,7 @@ def test_attribute_editor_is_a_true_intervention():
     world = ShapesWorld(WorldConfig(n_images=60, seed=2))
     attrs = {k: v[:4] for k, v in data.attributes.items()}
     editor = AttributeEditor(world, "background_hue")
-    seq = editor.edit_attributes(attrs, [0.0, 0.25, 0.5])
+    seq = editor.edit(None, [0.0, 0.25, 0.5], attributes=attrs)
     assert seq.shape == (4, 4, 3, 32, 32)
     torch.testing.assert_close(seq[:, 0], data.images[:4])
     torch.testing.assert_close(seq[:, 1], data.images[:4])  # offset 0 re-renders the same image

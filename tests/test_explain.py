@@ -19,7 +19,7 @@ from PIL import Image
 
 import cfx
 from cfx.cli import main
-from cfx.runstore import RunStore, RunStoreError
+from cfx.core.runstore import RunStore, RunStoreError
 
 XSS = '<img src=x onerror="window.__xss=1">'
 SCRIPT = "<script>window.__xss=2</script>"

@@ -11,16 +11,17 @@ from scipy.stats import norm
 from torch import nn
 
 from cfx.cli import main
-from cfx.data import TensorSource
-from cfx.fitted import Fitted, FittedError, Mahalanobis, PaRCE, TrustOracle, fit, steep_slope_loss
-from cfx.models import Classifier, load_classifier
-from cfx.nets import ConvAutoencoder
+from cfx.core.data import TensorSource
+from cfx.jobs import fit
+from cfx.trust.fitted import Fitted, FittedError, Mahalanobis, PaRCE, TrustOracle, steep_slope_loss
+from cfx.core.models import Classifier, load_classifier
+from cfx.core.nets import ConvAutoencoder
 
 FACTORIES = Path(__file__).parent / "factories.py"
 
 
 def _parce_reference(probs, losses, mu, sigma, z_star):
-    """§A1 written out with scipy: rho = max_c p_c * sum_c p_c (1 - Phi((l - 2 mu_c) / sigma_c - z*))."""
+    """PaRCE written out with scipy: rho = max_c p_c * sum_c p_c (1 - Phi((l - 2 mu_c) / sigma_c - z*))."""
     in_dist = 1 - norm.cdf((losses[:, None] - 2 * mu[None]) / sigma[None] - z_star)
     return probs.max(1) * (probs * in_dist).sum(1)
 
@@ -203,7 +204,7 @@ def test_cli_fit_then_trust_with_fitted_scores(tmp_path):
 @pytest.mark.slow
 def test_demo_fitted_oracle_and_table(shapes_models):
     from cfx.demo import cause_conditions, demo_fitted
-    from cfx.metrics import misprediction_metrics
+    from cfx.trust.metrics import misprediction_metrics
 
     fitted = demo_fitted(shapes_models, progress=False)
     assert fitted.oracle is not None and fitted.score_names == ["parce", "mahalanobis", "oracle"]

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cfx.fitted import Fitted
+from cfx.trust.fitted import Fitted
 from cfx.generators import (AutoencoderReconstruction, FeatureGradientDescent, ImageGradientDescent, LatentIndex,
                             LatentGradientDescent, LatentNearestNeighbours, competency_target, counterfactual_metrics,
                             kernel_inception_distance, ssim)
-from cfx.nets import ConvAutoencoder
+from cfx.core.nets import ConvAutoencoder
 
 
 @pytest.fixture(scope="module")

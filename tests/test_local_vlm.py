@@ -1,4 +1,4 @@
-"""The transformers reporter on a tiny random LLaVA built offline (recipe: shared/design/environment.md)."""
+"""The transformers reporter on a tiny random LLaVA built offline (built in-process, nothing downloaded)."""
 
 import pytest
 import torch
@@ -48,7 +48,7 @@ def test_whole_path_template_processor_generate_decode(tiny_llava):
     model, proc = tiny_llava
     rep = TransformersReporter(model, proc, dataset="I trained a classifier on shapes.", max_new_tokens=8)
     img = torch.rand(3, 16, 16)
-    results = rep.explain_batch([EVIDENCE, EVIDENCE], [img, img * 0.5], [img * 0.8, None])
+    results = rep.explain_many([EVIDENCE, EVIDENCE], [img, img * 0.5], [img * 0.8, None])
     assert len(results) == 2
     for e in results:
         assert e.backend.startswith("transformers:") and isinstance(e.text, str) and len(e.text) <= 2000

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cfx.metrics import aurc, fpr_at_tpr, metrics_table, misprediction_metrics, risk_coverage_curve
+from cfx.trust.metrics import aurc, fpr_at_tpr, metrics_table, misprediction_metrics, risk_coverage_curve
 
 
 def test_tiny_example_by_hand():

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfx.models import Classifier, ClassifierError, Preprocessing, load_classifier, parse_image_size
-from cfx.nets import SmallCNN
+from cfx.core.models import Classifier, ClassifierError, Preprocessing, load_classifier, parse_image_size
+from cfx.core.nets import SmallCNN
 
 FACTORIES = Path(__file__).parent / "factories.py"
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfx.models import Classifier
+from cfx.core.models import Classifier
 from cfx.trust import (SCORES, Threshold, applicable_scores, check_logits, energy, flag, gradnorm, gradtrust,
                        gradtrust_reference, log_prob, margin, max_logit, mc_dropout, msp, neg_entropy, odin,
                        score_batch)
@@ -54,7 +54,7 @@ def make(kind, c, bias):
     with torch.no_grad():
         head.weight.mul_(3.0)
         # Make one class's logit hugely negative for most inputs, so that argmax_c |z_c - 1/C| is not the
-        # predicted class there (the max in GradTrust must run over all classes, trust.md §1.3 detail 2).
+        # predicted class there (the max in GradTrust must run over all classes; see the closed form).
         if bias:
             head.bias[c - 1] = -40.0
         elif kind in ("cnn", "mlp"):  # ReLU features are non-negative
@@ -182,7 +182,7 @@ def test_registry_lists_every_score_and_score_batch_computes_them(shapes_models)
     names = applicable_scores(clf)
     assert set(names) == {n for n, s in SCORES.items() if not s.needs_fit}  # the demo CNN has dropout and hooks
     for spec in SCORES.values():
-        assert spec.description and spec.needs in ("logits", "features", "model")
+        assert spec.description and spec.to_dict()["needs"] in ("logits", "features", "model")
     x, _ = shapes_models.data.split("test")
     out = score_batch(clf, x[:32], names)
     assert set(out.scores) == set(names)

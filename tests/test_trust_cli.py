@@ -10,9 +10,9 @@ from PIL import Image
 from torch import nn
 
 from cfx.cli import main
-from cfx.data import TensorSource
-from cfx.models import Classifier
-from cfx.scoring import score_source
+from cfx.core.data import TensorSource
+from cfx.core.models import Classifier
+from cfx.trust.scoring import score_source
 
 FACTORIES = Path(__file__).parent / "factories.py"
 

@@ -9,12 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["as_float_images", "train_model"]
+from .images import as_float_images
 
-
-def as_float_images(x: Tensor) -> Tensor:
-    """uint8 images (the compact in-memory form) → float in [0, 1]; float images pass through."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+__all__ = ["train_model"]
 
 
 def train_model(model: nn.Module, inputs: Tensor, targets: Tensor | None, epochs: int, batch_size: int, lr: float,
@@ -22,7 +19,7 @@ def train_model(model: nn.Module, inputs: Tensor, targets: Tensor | None, epochs
                 ) -> list[float]:
     """Adam training: cross-entropy to ``targets`` (a classifier), or MSE to the input when ``targets`` is None
     (an autoencoder). Inputs may be uint8 (converted per batch); ``prepare`` maps each input batch first (e.g. a
-    resize). The classifier gets a one-cycle schedule; the autoencoder a constant rate, as in §A1.
+    resize). The classifier gets a one-cycle schedule; the autoencoder a constant rate, as in the PaRCE paper.
     Returns the mean loss per epoch. Deterministic given ``seed``.
     """
     from tqdm.auto import tqdm

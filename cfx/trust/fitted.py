@@ -1,11 +1,10 @@
 """Trust scores that learn from reference data, and the fitted folder that stores them.
 
-- :class:`PaRCE`: the reconstruction-based competency estimate of ``../shared/methods/counterfactuals.md`` §A1,
+- :class:`PaRCE`: the reconstruction-based competency estimate of ``docs/methods.md``,
   batched and differentiable (the counterfactual generators optimise it).
 - :class:`Mahalanobis`: minus the smallest Mahalanobis distance of the final-layer features to the class means,
   with a tied, shrunk covariance (Ledoit-Wolf, scikit-learn).
-- :class:`TrustOracle`: a learned trust predictor trained with the steep slope loss (``../shared/methods/trust.md``
-  §2) or the CE / focal / TCP baselines.
+- :class:`TrustOracle`: a learned trust predictor trained with the steep slope loss (``docs/methods.md``) or the CE / focal / TCP baselines.
 - :func:`fit` makes a fitted folder (autoencoder, PaRCE calibration, Mahalanobis, calibration score percentiles,
   optionally the oracle) with a manifest; :class:`Fitted` loads it back with integrity checks.
 """
@@ -16,22 +15,24 @@ import copy
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ImageSource, Record, iter_batches
-from .models import Classifier
-from .nets import ConvAutoencoder
-from .training import as_float_images, train_model
+from cfx.core.images import as_float_images, resize
+from cfx.core.models import Classifier, model_fingerprint
+from cfx.core.nets import ConvAutoencoder
 
-__all__ = ["Fitted", "FittedError", "Mahalanobis", "PaRCE", "TrustOracle", "fit", "model_fingerprint"]
+from .latent_index import LatentIndex
+from .threshold import Threshold
+
+__all__ = ["FORMAT_VERSION", "Fitted", "FittedError", "Mahalanobis", "PaRCE", "TrustOracle", "file_sha256",
+           "steep_slope_loss"]
 
 FORMAT_VERSION = 1
 
@@ -40,17 +41,10 @@ class FittedError(ValueError):
     """A fitted folder is missing, corrupted, or was made for another model; the message says what to do."""
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-
-
 # ---------------------------------------------------------------------------------------------- PaRCE
 
 class PaRCE:
-    """PaRCE competency (§A1): the estimated probability that the prediction is correct, in [0, 1].
+    """PaRCE competency: the estimated probability that the prediction is correct, in [0, 1].
 
     With reconstruction loss ℓ(x) = mean (x − D(E(x)))², per-class calibration mean μ_c and std σ_c of ℓ over
     calibration images of true class c, and classifier probabilities p(x)::
@@ -112,7 +106,7 @@ class PaRCE:
 
     def reconstruction_loss(self, images: Tensor) -> Tensor:
         """Per-image MSE of the autoencoder at its own resolution (differentiable)."""
-        x = _resize(images, self.autoencoder.image_size)
+        x = resize(images, self.autoencoder.image_size)
         return (self.autoencoder(x) - x).pow(2).flatten(1).mean(1)
 
     def competency_from(self, logits: Tensor, images: Tensor) -> Tensor:
@@ -201,7 +195,7 @@ OracleLoss = Literal["steep_slope", "ce", "focal", "tcp"]
 
 def steep_slope_loss(z: Tensor, correct: Tensor, alpha_neg: float = 5.0, alpha_pos: float = 2.0,
                      beta_neg: float = 0.0, beta_pos: float = 0.0) -> Tensor:
-    """Steep slope loss (trust.md §2.2, signs as in the authors' code; seed 003's printed Eq. 8 has them flipped).
+    """Steep slope loss (signs as in the authors' code; the printed Eq. 8 has them flipped).
 
     ``mean[y (exp(−α⁺ s(z − β⁺)) − e^{−α⁺}) + (1 − y)(exp(α⁻ s(z + β⁻)) − e^{−α⁻})]`` with softsign s.
     """
@@ -241,7 +235,7 @@ class _OracleNet(nn.Module):
 
 @dataclass
 class TrustOracle:
-    """A learned trust predictor (trust.md §2): P(the classifier's top-1 prediction is correct), in [0, 1].
+    """A learned trust predictor (Luo et al. 2021): P(the classifier's top-1 prediction is correct), in [0, 1].
 
     The oracle is a copy of the classifier's feature extractor plus a one-output head, fine-tuned as a whole while
     the classifier stays frozen; its labels are the classifier's top-1 correctness on the training images.
@@ -258,7 +252,7 @@ class TrustOracle:
     epochs: int = 10
     lr: float = 3e-4
     batch_size: int = 64
-    slope: tuple[float, float, float, float] = (5.0, 2.0, 0.0, 0.0)  # (α⁻, α⁺, β⁻, β⁺), trust.md §2.2 ResNet
+    slope: tuple[float, float, float, float] = (5.0, 2.0, 0.0, 0.0)  # (α⁻, α⁺, β⁻, β⁺), the steep-slope paper's ResNet setting
     focal_gamma: float = 2.0
     seed: int = 0
     net_: _OracleNet | None = field(default=None, repr=False)
@@ -343,18 +337,7 @@ class TrustOracle:
 
 # ---------------------------------------------------------------------------------------------- fingerprints
 
-def model_fingerprint(classifier: Classifier) -> str:
-    """SHA-256 over the classifier's parameter and buffer names, shapes and values (first 16 hex digits)."""
-    h = hashlib.sha256()
-    h.update(f"{classifier.num_classes}|{classifier.head_name}".encode())
-    for name, tensor in classifier.model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -374,16 +357,8 @@ class Fitted:
     mahalanobis: Mahalanobis
     calibration_scores: dict[str, Tensor]
     oracle: TrustOracle | None = None
-    latent_index: Any = None  # cfx.generators.LatentIndex over high-competency calibration latents
-    ddpm: Any = None  # diffusers UNet2DModel trained on the reference data (cfx fit --ddpm), for SDEdit edits
-
-    def ddpm_editor(self, **kwargs):
-        """A :class:`cfx.generators.DDPMEditor` on the fitted DDPM (``cfx fit --ddpm``)."""
-        from cfx.generators.diffusion import DDPMEditor
-
-        if self.ddpm is None:
-            raise FittedError(f"{self.path} has no DDPM; run cfx fit with --ddpm")
-        return DDPMEditor(self.ddpm, **kwargs)
+    latent_index: LatentIndex | None = None  # high-competency calibration latents (LNN counterfactuals)
+    ddpm: Any = None  # diffusers UNet2DModel trained on the reference data (cfx fit --ddpm): DDPMEditor.from_fitted
 
     @property
     def autoencoder(self) -> ConvAutoencoder:
@@ -393,34 +368,12 @@ class Fitted:
     def score_names(self) -> list[str]:
         return ["parce", "mahalanobis"] + (["oracle"] if self.oracle is not None else [])
 
-    def threshold(self, score: str, percentile: float):
+    def threshold(self, score: str, percentile: float) -> Threshold:
         """A flag threshold at ``percentile`` of ``score`` on the stored calibration split."""
-        from .trust import Threshold
-
         if score not in self.calibration_scores:
             raise FittedError(f"no calibration scores for {score!r} in {self.path}; stored: "
                               f"{sorted(self.calibration_scores)}")
         return Threshold.from_percentile(score, self.calibration_scores[score], percentile)
-
-    def scores(self, classifier: Classifier, images: Tensor, logits: Tensor, features: Tensor | None,
-               names: Iterable[str]) -> dict[str, Tensor]:
-        """Fitted scores for one batch whose logits (and features) are already computed."""
-        out = {}
-        for name in names:
-            if name == "parce":
-                with torch.inference_mode():
-                    out[name] = self.parce.competency_from(logits.to(images.device), images).float().cpu()
-            elif name == "mahalanobis":
-                if features is None:
-                    raise ValueError("the Mahalanobis score needs the final-layer features")
-                out[name] = self.mahalanobis.score(features)
-            elif name == "oracle":
-                if self.oracle is None:
-                    raise FittedError(f"{self.path} has no trust oracle; run cfx fit with --oracle")
-                out[name] = self.oracle.score(images)
-            else:
-                raise ValueError(f"{name!r} is not a fitted score")
-        return out
 
     @classmethod
     def load(cls, path: str | Path, classifier: Classifier | None = None) -> "Fitted":
@@ -445,7 +398,7 @@ class Fitted:
             f = path / name
             if not f.is_file():
                 raise FittedError(f"{str(path)!r} is missing {name}; run cfx fit again")
-            if _sha256(f) != digest:
+            if file_sha256(f) != digest:
                 raise FittedError(f"{name} in {str(path)!r} does not match its checksum in the manifest (corrupted "
                                   "or modified); run cfx fit again")
         if classifier is not None:
@@ -468,8 +421,6 @@ class Fitted:
             oracle.net_ = net.to(classifier.device).eval()
         latent_index = None
         if "latent_index.faiss" in files:
-            from cfx.generators.latent import LatentIndex
-
             latent_index = LatentIndex.load(path)
         ddpm = None
         if "ddpm/config.json" in files:
@@ -479,221 +430,3 @@ class Fitted:
         if classifier is not None:
             ae.to(classifier.device)
         return cls(path, manifest, parce, maha, cal, oracle, latent_index, ddpm)
-
-
-def _collect(classifier: Classifier, source: ImageSource | Iterable[Record], batch_size: int, progress: bool,
-             desc: str) -> dict[str, Any]:
-    """One streaming pass: uint8 images at the classifier's size, labels, ids, logits, features; errors skipped."""
-    from tqdm.auto import tqdm
-
-    size = classifier.preprocessing.size
-    images, labels, ids, logits, feats, errors = [], [], [], [], [], []
-    total = len(source) if hasattr(source, "__len__") else None
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
-    for batch in iter_batches(source, batch_size, size=size):
-        errors += [(r.id, r.error) for r in batch.errors]
-        if len(batch):
-            with torch.inference_mode():
-                z, h = classifier.logits_and_features(batch.images)
-            finite = torch.isfinite(z).all(1).cpu()
-            errors += [(i, "non-finite logits") for i, ok in zip(batch.ids, finite.tolist()) if not ok]
-            images.append((batch.images[finite] * 255).round().to(torch.uint8))
-            labels.append(batch.labels[finite])
-            ids += [i for i, ok in zip(batch.ids, finite.tolist()) if ok]
-            logits.append(z[finite.to(z.device)].float().cpu())
-            feats.append(h[finite.to(h.device)].float().cpu())
-        bar.update(len(batch) + len(batch.errors))
-    bar.close()
-    if not ids:
-        raise ValueError(f"no usable images in the {desc} data ({len(errors)} errors); check the source")
-    return {"images": torch.cat(images), "labels": torch.cat(labels).long(), "ids": ids,
-            "logits": torch.cat(logits), "features": torch.cat(feats), "errors": errors}
-
-
-def _data_fingerprint(ids: Sequence[str], labels: Tensor, images: Tensor) -> str:
-    h = hashlib.sha256()
-    h.update("\n".join(ids).encode())
-    h.update(labels.numpy().tobytes())
-    h.update(images.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _oracle_training_set(images: Tensor, labels: Tensor, copies: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Calibration images plus ``copies`` corrupted versions of each (random cause and strength per image)."""
-    from .demo import CAUSES, apply_cause
-
-    if copies <= 0:
-        return images, labels
-    g = torch.Generator().manual_seed(seed)
-    causes = list(CAUSES)
-    out_x, out_y = [images], [labels]
-    for j in range(copies):
-        which = torch.randint(len(causes), (len(images),), generator=g)
-        strength = torch.randint(6, (len(images),), generator=g)
-        corrupted = torch.empty_like(images)
-        for ci, cause in enumerate(causes):
-            for si, k in enumerate(CAUSES[cause]):
-                sel = torch.nonzero((which == ci) & (strength == si)).flatten()
-                if len(sel):
-                    x = apply_cause(images[sel].float() / 255, cause, k, seed=seed + 97 * j + 7 * ci + si)
-                    corrupted[sel] = (x * 255).round().to(torch.uint8)
-        out_x.append(corrupted)
-        out_y.append(labels)
-    return torch.cat(out_x), torch.cat(out_y)
-
-
-def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str | Path,
-        calibration: ImageSource | Iterable[Record] | None = None, calibration_fraction: float = 0.2,
-        ae_size: int | tuple[int, int] | None = None, ae_epochs: int = 25, ae_batch_size: int = 64,
-        ae_lr: float = 1e-3, latent_dim: int = 256, autoencoder: ConvAutoencoder | None = None,
-        oracle: bool = False, oracle_loss: OracleLoss = "steep_slope", oracle_epochs: int = 10,
-        oracle_copies: int = 2, competency_threshold: float = 0.9, index_metric: str = "l1", ddpm: bool = False,
-        ddpm_steps: int = 600, batch_size: int = 64, seed: int = 0, progress: bool = True) -> Fitted:
-    """Fit everything the later stages need on reference data and write a fitted folder to ``out``.
-
-    ``train`` is labelled reference data. Give held-out ``calibration`` data, or a ``calibration_fraction`` of
-    ``train`` is split off (seeded). The reference data should not be the classifier's own training set, or the
-    calibration accuracy (and so PaRCE) will be over-confident. Steps: train the autoencoder (unless one is given)
-    at ``ae_size`` (default: the images' size, capped at 64 px); calibrate PaRCE on the calibration split; fit
-    Mahalanobis on the train split; store every score on the calibration split (for percentile thresholds);
-    optionally train the trust oracle on the calibration split plus ``oracle_copies`` corrupted copies.
-    With ``ddpm``, a small DDPM (``ddpm_steps`` training steps, images capped at 64 px) is trained on the train
-    split for SDEdit-style edits (:meth:`Fitted.ddpm_editor`). The latent index of LNN counterfactuals (``index_metric``: l1, l2 or cos) holds the calibration images whose
-    competency exceeds ``competency_threshold``. Bad images are skipped and listed in the manifest. Returns the
-    loaded :class:`Fitted`.
-    """
-
-    if not 0 < calibration_fraction < 1:
-        raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
-    t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ref = _collect(classifier, train, batch_size, progress, "reference")
-    if (ref["labels"] < 0).any():
-        raise ValueError("cfx fit needs labelled reference data (ImageFolder or a manifest with a label column)")
-    if calibration is not None:
-        cal = _collect(classifier, calibration, batch_size, progress, "calibration")
-        if (cal["labels"] < 0).any():
-            raise ValueError("the calibration data needs labels")
-        tr_idx = torch.arange(len(ref["ids"]))
-    else:
-        perm = torch.randperm(len(ref["ids"]), generator=torch.Generator().manual_seed(seed))
-        n_cal = max(2, int(round(len(perm) * calibration_fraction)))
-        cal_idx, tr_idx = perm[:n_cal], perm[n_cal:]
-        cal = {k: (v[cal_idx] if isinstance(v, Tensor) else [v[i] for i in cal_idx.tolist()])
-               for k, v in ref.items() if k != "errors"}
-        cal["errors"] = []
-    train_images = ref["images"][tr_idx]
-    if len(train_images) < 2:
-        raise ValueError("too few reference images left for training the autoencoder")
-    image_hw = tuple(train_images.shape[-2:])
-    if autoencoder is None:
-        if ae_size is None:
-            ae_hw = tuple(min(s, 64) for s in image_hw)
-        else:
-            ae_hw = (ae_size, ae_size) if isinstance(ae_size, int) else tuple(ae_size)
-        torch.manual_seed(seed)
-        autoencoder = ConvAutoencoder(ae_hw, latent_dim).to(classifier.device)
-        losses = train_model(autoencoder, train_images, None, ae_epochs, ae_batch_size, ae_lr, seed,
-                             "autoencoder", progress, prepare=lambda x: _resize(x, ae_hw))
-    else:
-        losses = []
-    autoencoder.eval()
-    parce = PaRCE(autoencoder, competency_threshold)
-    cal_float = cal["images"]
-    with torch.inference_mode():
-        rec = torch.cat([parce.reconstruction_loss(as_float_images(cal_float[i:i + 256]).to(classifier.device))
-                         .cpu() for i in range(0, len(cal_float), 256)])
-    parce.fit(torch.softmax(cal["logits"].double(), 1), rec, cal["labels"])
-    maha = Mahalanobis().fit(ref["features"][tr_idx], ref["labels"][tr_idx])
-
-    trained_oracle = None
-    if oracle:
-        ox, oy = _oracle_training_set(cal["images"], cal["labels"], oracle_copies, seed)
-        trained_oracle = TrustOracle(loss=oracle_loss, epochs=oracle_epochs, seed=seed).fit(classifier, ox, oy,
-                                                                                             progress=progress)
-    # Every score on the calibration split, for percentile thresholds fixed before a run.
-    from .trust import _LOGIT_SCORES, gradnorm
-
-    cal_scores = {name: fn(cal["logits"]).float() for name, fn in _LOGIT_SCORES.items()}
-    cal_scores["gradnorm"] = gradnorm(cal["logits"], cal["features"]).float()
-    with torch.inference_mode():
-        cal_scores["parce"] = torch.cat([
-            parce.competency_from(cal["logits"][i:i + 256].to(classifier.device),
-                                  as_float_images(cal_float[i:i + 256]).to(classifier.device)).float().cpu()
-            for i in range(0, len(cal_float), 256)])
-    cal_scores["mahalanobis"] = maha.score(cal["features"])
-    # The latent index of LNN counterfactuals: high-competency calibration images (§A2).
-    from cfx.generators.latent import LatentIndex
-
-    confident = torch.nonzero(cal_scores["parce"] > competency_threshold).flatten()
-    latent_index = None
-    if len(confident):
-        ae_images = torch.cat([_resize(as_float_images(cal_float[confident[i:i + 256]]), autoencoder.image_size)
-                               for i in range(0, len(confident), 256)])
-        with torch.inference_mode():
-            latents = torch.cat([autoencoder.encode(ae_images[i:i + 256].to(classifier.device)).cpu()
-                                 for i in range(0, len(ae_images), 256)])
-        latent_index = LatentIndex(index_metric).build(latents, [cal["ids"][i] for i in confident.tolist()],
-                                                       cal["labels"][confident], ae_images)
-    if trained_oracle is not None:
-        cal_scores["oracle"] = trained_oracle.score(cal["images"])
-    cal_scores["correct"] = (cal["logits"].argmax(1) == cal["labels"]).float()
-
-    # Write the folder: weights as state dicts (loaded back with weights_only=True), then the manifest last.
-    torch.save(autoencoder.state_dict(), out / "autoencoder.pt")
-    (out / "parce.json").write_text(json.dumps(parce.state(), indent=1))
-    torch.save(maha.state(), out / "mahalanobis.pt")
-    torch.save(cal_scores, out / "calibration_scores.pt")
-    files = ["autoencoder.pt", "parce.json", "mahalanobis.pt", "calibration_scores.pt"]
-    if trained_oracle is not None:
-        torch.save(trained_oracle.net_.state_dict(), out / "oracle.pt")
-        files.append("oracle.pt")
-    if latent_index is not None:
-        files += latent_index.save(out)
-    ddpm_info = None
-    if ddpm:
-        from cfx.generators.diffusion import train_ddpm
-
-        unet, ddpm_losses = train_ddpm(train_images, steps=ddpm_steps, seed=seed, progress=progress,
-                                       image_size=min(64, int(train_images.shape[-1])))
-        unet.save_pretrained(str(out / "ddpm"))
-        files += ["ddpm/config.json", "ddpm/diffusion_pytorch_model.safetensors"]
-        ddpm_info = {"steps": ddpm_steps, "image_size": int(unet.config.sample_size),
-                     "final_loss": float(np.mean(ddpm_losses[-20:]))}
-    config = {"calibration_fraction": None if calibration is not None else calibration_fraction,
-              "separate_calibration": calibration is not None, "ae_size": list(autoencoder.image_size),
-              "ae_epochs": ae_epochs if losses else None, "latent_dim": autoencoder.latent_dim,
-              "competency_threshold": competency_threshold, "index_metric": index_metric, "seed": seed,
-              "oracle": oracle}
-    from . import __version__
-
-    percentiles = {name: np.percentile(v[torch.isfinite(v)].numpy(), np.arange(0, 101)).round(8).tolist()
-                   for name, v in cal_scores.items() if name != "correct" and torch.isfinite(v).any()}
-    manifest = {
-        "format": FORMAT_VERSION, "cfx_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "config": config,
-        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16],
-        "model": classifier.describe(), "model_fingerprint": model_fingerprint(classifier),
-        "data_fingerprint": _data_fingerprint(ref["ids"], ref["labels"], ref["images"]),
-        "counts": {"reference": len(ref["ids"]), "train": len(tr_idx), "calibration": len(cal["ids"]),
-                   "latent_index": len(latent_index) if latent_index is not None else 0,
-                   "errors": len(ref["errors"]) + len(cal["errors"])},
-        "errors": [{"id": i, "error": e} for i, e in ref["errors"] + cal["errors"]][:1000],
-        "autoencoder": {"image_size": list(autoencoder.image_size), "latent_dim": autoencoder.latent_dim,
-                        "final_loss": losses[-1] if losses else None},
-        "parce": {k: v for k, v in parce.state().items() if k in ("z_star", "calibration_accuracy",
-                                                                   "calibration_gap", "threshold")},
-        "calibration_percentiles": percentiles,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "files": {name: _sha256(out / name) for name in files},
-    }
-    if ddpm_info is not None:
-        manifest["ddpm"] = ddpm_info
-    if trained_oracle is not None:
-        manifest["oracle"] = trained_oracle.config()
-        manifest["oracle_training"] = {"images": len(ox), "error_rate": trained_oracle.train_error_rate_}
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out / "manifest.json")
-    return Fitted.load(out, classifier)

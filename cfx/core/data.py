@@ -19,7 +19,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from .registry import Registry
+
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "SOURCE_KINDS",
     "Batch",
     "DataSourceError",
     "FlatFolder",
@@ -416,21 +419,28 @@ def iter_batches(source: Iterable[Record], batch_size: int = 64,
         yield flush()
 
 
+#: Data source kinds: ``KIND:TARGET`` → ``opener(spec) -> ImageSource``. Plugins add theirs (the demo adds
+#: ``demo:``); see :mod:`cfx.core.registry`.
+SOURCE_KINDS: Registry[Callable[[str], ImageSource]] = Registry("data source kind")
+
+
 def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | None = None) -> ImageSource:
     """Open a data source from a command-line string.
 
     - a folder with class sub-folders → :class:`ImageFolder`; a folder of images → :class:`FlatFolder`;
     - ``*.csv`` / ``*.jsonl`` → :class:`Manifest`;
-    - ``demo:shapes[:SPLIT]``, ``demo:digits[:SPLIT]`` → the embedded demo data (SPLIT: train, calibration, test;
-      default test).
+    - ``KIND:TARGET`` for a registered source kind (:data:`SOURCE_KINDS`): the demo plugin adds
+      ``demo:shapes[:SPLIT]`` and ``demo:digits[:SPLIT]`` (SPLIT: train, calibration, test, all, review; default
+      test).
     """
     if isinstance(spec, ImageSource):
         return spec
     text = str(spec)
-    if text.startswith("demo:"):
-        from . import demo
-
-        return demo.demo_source(text)
+    kind, sep, _ = text.partition(":")
+    if sep and len(kind) > 1 and not Path(text).exists():  # KIND:TARGET (a one-letter kind is a Windows drive)
+        opener = SOURCE_KINDS.find(kind.lower())
+        if opener is not None:
+            return opener(text)
     path = Path(text)
     if path.is_dir():
         has_class_dirs = any(p.is_dir() and not p.name.startswith(".") and any(_is_image_file(f) for f in p.rglob("*"))

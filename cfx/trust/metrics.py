@@ -1,6 +1,6 @@
 """Misprediction-detection metrics from ``(scores, correct)``: score-agnostic, higher score = more trusted.
 
-Definitions (``../shared/methods/trust.md`` §2.4, with the reference code's pitfalls fixed):
+Definitions (``docs/methods.md``, with the reference code's pitfalls fixed):
 
 - **AUROC**: area under the ROC curve with *correct* predictions as positives, ranked by the score.
 - **AUPR-Error**: average precision with *errors* as positives, ranked by ``-score`` (the standard convention;

@@ -1,7 +1,7 @@
 """Score a whole data source: the engine behind ``cfx trust`` and the demo's trust table.
 
 :func:`score_source` streams a source in bounded batches, computes every requested score with one shared forward
-pass per batch (:func:`cfx.trust.score_batch`), keeps unreadable files and non-finite logits as error rows, and
+pass per batch (:func:`cfx.trust.scores.score_batch`), keeps unreadable files and non-finite logits as error rows, and
 returns a :class:`ScoreTable`. :func:`write_trust_outputs` writes ``scores.csv``, ``summary.json`` and the plots.
 """
 
@@ -17,10 +17,15 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .data import ImageSource, Record, iter_batches
+from tqdm.auto import tqdm
+
+from cfx.core.data import ImageSource, Record, TensorSource, iter_batches
+from cfx.core.models import Classifier
+
 from .metrics import misprediction_metrics
-from .models import Classifier
-from .trust import SCORES, Threshold, applicable_scores, flag, score_batch
+from .plots import risk_coverage_plot, roc_plot
+from .scores import SCORES, applicable_scores, score_batch
+from .threshold import Threshold, flag
 
 __all__ = ["ScoreTable", "evaluate_conditions", "score_source", "write_trust_outputs"]
 
@@ -77,8 +82,6 @@ def score_source(classifier: Classifier, source: ImageSource | Iterable[Record],
     Unreadable files and samples with non-finite logits become rows with an ``error`` and NaN scores; the run goes
     on. ``score_options`` go to :func:`cfx.trust.score_batch` (ODIN temperature/epsilon, MC-dropout passes).
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     methods = list(methods) if methods is not None else applicable_scores(classifier, score_options.get("fitted"))
@@ -126,8 +129,6 @@ def evaluate_conditions(classifier: Classifier, conditions: dict[str, tuple[Tens
                         methods: Sequence[str] | None = None, batch_size: int = 256, progress: bool = False,
                         **score_options: Any) -> dict[str, dict[str, dict[str, Any]]]:
     """Misprediction metrics of every score on each named ``(images, labels)`` set: ``{condition: {score: …}}``."""
-    from .data import TensorSource
-
     results = {}
     for name, (images, labels) in conditions.items():
         table = score_source(classifier, TensorSource(images, labels), methods, batch_size, progress=progress,
@@ -177,8 +178,6 @@ def write_trust_outputs(table: ScoreTable, out: str | Path, classifier: Classifi
     metrics = table.metrics(bootstrap=bootstrap, threshold=threshold)
     plots = {}
     if metrics:
-        from .plots import risk_coverage_plot, roc_plot
-
         mask = table.evaluable
         finite = {m: table.scores[m][mask] for m in methods}
         roc_plot(finite, table.correct[mask], out / "roc.png")

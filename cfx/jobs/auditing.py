@@ -1,7 +1,7 @@
 """Data-set bias audit: which properties the model leans on that should not matter, which slices it fails on, and
 whether low trust concentrates there.
 
-- :func:`property_sensitivity`: EPGM (counterfactuals.md §B1) of the predicted class along each property edit, per
+- :func:`property_sensitivity`: EPGM (``docs/methods.md``) of the predicted class along each property edit, per
   sample, with its shuffle-test p-value and whether the prediction flips; parametric editors always, re-rendering
   editors (true interventions) where the data carries its generating attributes (the demo's shapes world).
 - :func:`rank_properties`: the per-property table: mean EPGM (the effect), spread, share of significant shuffle
@@ -15,6 +15,7 @@ whether low trust concentrates there.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -25,9 +26,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import binomtest, ttest_ind
+from sklearn.metrics import roc_auc_score
 from torch import Tensor
+from tqdm.auto import tqdm
 
-__all__ = ["PropertyEffect", "audit", "demo_attributes", "property_sensitivity", "rank_properties",
+from cfx.core.data import iter_batches
+from cfx.core.images import luma, resize
+from cfx.core.models import model_fingerprint
+from cfx.core.runstore import RunStore
+from cfx.generators import WORLDS, AttributeEditor, parametric_editors, property_curve
+from cfx.reports import render_audit
+
+from .common import AuditResult, open_job_inputs, score_into_store
+
+__all__ = ["PropertyEffect", "audit", "property_sensitivity", "rank_properties", "rendering_world",
            "slice_analysis"]
 
 ALPHA = 0.05
@@ -48,55 +61,42 @@ class PropertyEffect:
     span: Tensor | None = None  # (N,) largest max − min of the probability along the edit
 
 
-def demo_attributes(metadata: Sequence[dict[str, Any]]) -> dict[str, Tensor] | None:
-    """The shapes world's generating attributes rebuilt from source metadata (``None`` when a row lacks them):
-    what the re-rendering editors need to intervene on one attribute with everything else fixed."""
-    from .demo import _BANDS, HELD_OUT_SHAPE, SHAPES, TEXTURES
-
-    keys = list(_BANDS) + ["shape", "texture"]
-    if not metadata or any(any(k not in row for k in keys) for row in metadata):
-        return None
-    shapes = list(SHAPES) + [HELD_OUT_SHAPE]
-    try:
-        out = {k: torch.tensor([float(row[k]) for row in metadata]) for k in _BANDS}
-        out["shape"] = torch.tensor([shapes.index(row["shape"]) if isinstance(row["shape"], str) else int(row["shape"])
-                                     for row in metadata])
-        out["texture"] = torch.tensor([TEXTURES.index(row["texture"]) if isinstance(row["texture"], str)
-                                       else int(row["texture"]) for row in metadata])
-    except (ValueError, TypeError):
-        return None
-    return out
+def rendering_world(metadata: Sequence[dict[str, Any]], image_size: int):
+    """The first registered re-rendering world (:data:`cfx.generators.WORLDS`) that can rebuild the generating
+    attributes from these metadata rows, as ``(world, attributes)``; ``(None, None)`` when none can."""
+    for world_type in WORLDS.values():
+        attributes = world_type.attributes_from_metadata(metadata)
+        if attributes is not None:
+            return world_type.for_image_size(image_size), attributes
+    return None, None
 
 
-def _editors(attributes: dict[str, Tensor] | None, image_size: int, re_render: Sequence[str] | None):
-    from .demo import _BANDS, ShapesWorld, WorldConfig
-    from .generators import AttributeEditor, parametric_editors
-
+def _editors(world, re_render: Sequence[str] | None = None):
+    """The parametric editors, then (given a re-rendering world) one re-rendering editor per attribute."""
     editors = [(e, "parametric") for e in parametric_editors()]
-    if attributes is not None:
-        world = ShapesWorld(WorldConfig(image_size=image_size))
-        for name in re_render if re_render is not None else [k for k in _BANDS if k != "rotation"]:
-            span = 0.5 if name.endswith("hue") else 0.5 * (_BANDS[name][1] - _BANDS[name][0])
+    if world is not None:
+        for name in re_render if re_render is not None else world.default_edits:
+            band = world.bands[name]
+            span = 0.5 if name.endswith("hue") else 0.5 * (band[1] - band[0])
             editors.append((AttributeEditor(world, name, range=(-span, span)), "re-rendering"))
     return editors
 
 
-def property_sensitivity(classifier, images: Tensor, attributes: dict[str, Tensor] | None = None,
+def property_sensitivity(classifier, images: Tensor, metadata: Sequence[dict[str, Any]] | None = None,
                          properties: Sequence[str] | None = None, steps: int = 8, permutations: int = 200,
                          ids: Sequence[str] | None = None, progress: bool = False) -> list[PropertyEffect]:
-    """EPGM of the predicted class along every property edit, per sample (§B1; for parametric edits both directions
+    """EPGM of the predicted class along every property edit, per sample (for parametric edits both directions
     where there are two, the larger kept; re-rendered attributes go up by half their training band, hues half way
-    round). ``attributes`` (see :func:`demo_attributes`) adds the re-rendering editors; ``properties`` keeps only
-    the named ones."""
-    from tqdm.auto import tqdm
-
-    from .generators import property_curve
-
+    round). ``metadata`` rows that carry a registered world's generating attributes (see :func:`rendering_world`)
+    add the re-rendering editors; ``properties`` keeps only the named ones."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
-    editors = _editors(attributes, images.shape[-1], None)
+    if metadata is not None and len(metadata) != len(images):
+        raise ValueError(f"{len(metadata)} metadata rows for {len(images)} images")
+    world, attributes = rendering_world(metadata, images.shape[-1]) if metadata is not None else (None, None)
+    editors = _editors(world)
     if properties is not None:
         known = {e.property for e, _ in editors}
         missing = sorted(set(properties) - known)
@@ -126,8 +126,6 @@ def property_sensitivity(classifier, images: Tensor, attributes: dict[str, Tenso
 
 
 def _binomial_p(k: int, n: int, alpha: float = ALPHA) -> float:
-    from scipy.stats import binomtest
-
     return float(binomtest(k, n, alpha, alternative="greater").pvalue) if n else float("nan")
 
 
@@ -185,8 +183,6 @@ def _bootstrap_ci(values: np.ndarray, resamples: int, rng: np.random.Generator) 
 
 def _two_sample_p(a: np.ndarray, b: np.ndarray) -> float:
     """Welch's t-test of the means (for 0/1 values this is the unpooled two-proportion test)."""
-    from scipy.stats import ttest_ind
-
     if len(a) < 2 or len(b) < 2:
         return float("nan")
     if np.var(a) == 0 and np.var(b) == 0:
@@ -281,8 +277,6 @@ def slice_analysis(metadata: Sequence[dict[str, Any]], correct: Sequence[bool | 
 
 def _flag_link(effect: PropertyEffect, flagged: np.ndarray) -> float | None:
     """AUROC of the per-sample EPGM for telling flagged from trusted samples (0.5: no link)."""
-    from sklearn.metrics import roc_auc_score
-
     if flagged.all() or not flagged.any():
         return None
     return float(roc_auc_score(flagged, effect.epgm.numpy()))
@@ -294,48 +288,32 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
           properties: Sequence[str] | None = None, flag_score: str = "parce", flag_below: float | None = None,
           flag_percentile: float | None = None, steps: int = 8, permutations: int = 200, batch_size: int = 64,
           restart: bool = False, progress: bool = True, seed: int = 0, data_spec: str | None = None,
-          model_spec: str | None = None, **model_options: Any) -> dict[str, Any]:
+          model_spec: str | None = None, **model_options: Any) -> AuditResult:
     """Audit ``data`` and ``model`` for bias; writes OUT/audit.json, OUT/audit.html and OUT/run.sqlite and returns
-    the audit. ``sample`` images (drawn at random with ``seed``; ``None`` = all) get the property edits; every image
-    gets scores, flags and slices. ``nuisance`` names the properties that should not matter."""
-    from .data import ImageSource, open_source
-    from .fitted import Fitted, model_fingerprint
-    from .models import Classifier, load_classifier
-    from .pipeline import _threshold
-    from .runstore import RunStore
-    from .trust import SCORES, applicable_scores
-
+    an :class:`AuditResult` (the content of audit.json). ``sample`` images (drawn at random with ``seed``; ``None``
+    = all) get the property edits; every image gets scores, flags and slices. ``nuisance`` names the properties
+    that should not matter."""
     t0 = time.perf_counter()
-    classifier = load_classifier(model, **model_options) if not isinstance(model, Classifier) else model
-    fitted = fitted if isinstance(fitted, Fitted) else Fitted.load(fitted, classifier)
-    if flag_score not in SCORES:
-        raise ValueError(f"unknown flag score {flag_score!r}; choose from {', '.join(SCORES)}")
     if sample is not None and sample < 1:
         raise ValueError(f"sample must be a positive number of images (or None for all), got {sample}")
-    threshold = _threshold(fitted, flag_score, flag_below, flag_percentile)
-    source = open_source(data, classifier.class_names) if not isinstance(data, ImageSource) else data
-    methods = applicable_scores(classifier, fitted)
-    data_name = data_spec or (data if isinstance(data, str) else f"{type(source).__name__} of {len(source)} images")
-    config = {"job": "audit", "model": model_fingerprint(classifier), "data": data_name,
-              "fitted": fitted.manifest.get("config_hash"), "threshold": threshold.to_dict(), "methods": methods,
-              "nuisance": sorted(nuisance), "sample": sample, "properties": list(properties) if properties else None,
-              "steps": steps, "permutations": permutations, "seed": seed}
+    job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
+                          model_options)
+    config = {"job": "audit", "model": model_fingerprint(job.classifier), "data": job.data_name,
+              "fitted": job.fitted.manifest.get("config_hash"), "threshold": job.threshold.to_dict(),
+              "methods": job.methods, "nuisance": sorted(nuisance), "sample": sample,
+              "properties": list(properties) if properties else None, "steps": steps,
+              "permutations": permutations, "seed": seed}
     store = RunStore(out, config, restart=restart)
     try:
-        return _audit(store, classifier, fitted, source, threshold, methods, list(nuisance), sample, properties,
-                      steps, permutations, batch_size, progress, seed, model_spec or
-                      (model if isinstance(model, str) else type(classifier.model).__name__), t0)
+        result = _audit(store, job.classifier, job.fitted, job.source, job.threshold, job.methods, list(nuisance),
+                        sample, properties, steps, permutations, batch_size, progress, seed, job.model_name, t0)
     finally:
         store.close()
+    return AuditResult(**result, out=Path(out))
 
 
 def _audit(store, classifier, fitted, source, threshold, methods, nuisance, sample, properties, steps,
            permutations, batch_size, progress, seed, model_name, t0) -> dict[str, Any]:
-    import json
-
-    from .data import iter_batches
-    from .pipeline import score_into_store
-
     if store.get_meta("model_name") is None:
         with store.db:
             store.set_meta("model_name", model_name)
@@ -364,16 +342,16 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
                 meta[sid] = batch.metadata[i]
         picked_ids = [sid for sid in picked_ids if sid in images]
         x = torch.stack([images[sid] for sid in picked_ids])
-        attributes = demo_attributes([meta[sid] for sid in picked_ids])
-        available = {e.property for e, _ in _editors(attributes, x.shape[-1], None)}
+        rows = [meta[sid] for sid in picked_ids]
+        world, attributes = rendering_world(rows, x.shape[-1])
+        available = {e.property for e, _ in _editors(world)}
         measured = set(properties) if properties else available
         missing = sorted((set(nuisance) | measured) - available) or sorted(set(nuisance) - measured)
         if missing:
             raise ValueError(f"unknown or unmeasured properties {missing}; this data supports: "
                              f"{', '.join(sorted(available))}")
         t1 = time.perf_counter()
-        effects = property_sensitivity(classifier, x, attributes, properties, steps, permutations, picked_ids,
-                                       progress)
+        effects = property_sensitivity(classifier, x, rows, properties, steps, permutations, picked_ids, progress)
         effects_json = [{"property": e.property, "kind": e.kind, "epgm": e.epgm.tolist(),
                          "p_value": e.p_value.tolist(), "flips": e.flips.tolist(), "predicted": e.predicted.tolist(),
                          "span": e.span.tolist() if e.span is not None else None}
@@ -382,7 +360,7 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
             store.set_meta("audit_effects", effects_json)
             store.set_meta("audit_sample", picked_ids)
             store.set_meta("audit_property_seconds", time.perf_counter() - t1)
-        _store_examples(store, effects_json, picked_ids, x, attributes)
+        _store_examples(store, effects_json, picked_ids, x, world, attributes)
     effects = [PropertyEffect(e["property"], e["kind"], torch.tensor(e["epgm"]), torch.tensor(e["p_value"]),
                               torch.tensor(e["flips"]), torch.tensor(e["predicted"]), picked_ids,
                               torch.tensor(e["span"]) if e.get("span") is not None else None)
@@ -418,8 +396,6 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1, default=_plain))
     tmp.replace(path)
-    from .reports import render_audit
-
     render_audit(store, result)
     return result
 
@@ -427,8 +403,8 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
 def _basic_statistics(images: Tensor) -> dict[str, Tensor]:
     """Brightness (mean luma), contrast (its std) and saturation (mean max − min over channels) per image, the
     cheap part of :func:`cfx.evidence.image_statistics`, for binned slices."""
-    luma = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
-    return {"brightness": luma.mean((1, 2)), "contrast": luma.std((1, 2)),
+    y = luma(images)
+    return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)),
             "saturation": (images.amax(1) - images.amin(1)).mean((1, 2))}
 
 
@@ -440,9 +416,9 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _store_examples(store, effects_json, ids, x, attributes, per_property: int = 3) -> None:
+def _store_examples(store, effects_json, ids, x, world, attributes, per_property: int = 3) -> None:
     """For each property, the samples it moves most, with the original and its most-edited version."""
-    editors = {e.property: (e, k) for e, k in _editors(attributes, x.shape[-1], None)}
+    editors = {e.property: (e, k) for e, k in _editors(world)}
     images = {}
     for entry in effects_json:
         editor, kind = editors[entry["property"]]
@@ -451,7 +427,7 @@ def _store_examples(store, effects_json, ids, x, attributes, per_property: int =
         end = editor.sweep(direction, steps=2)[-1:]
         if kind == "re-rendering":
             sub = {k: v[torch.as_tensor(top)] for k, v in attributes.items()}
-            seq = editor.edit_attributes(sub, end)
+            seq = editor.edit(None, end, attributes=sub)
         else:
             seq = editor.edit(x[torch.as_tensor(top)], end)
         for j, i in enumerate(top.tolist()):
@@ -461,10 +437,8 @@ def _store_examples(store, effects_json, ids, x, attributes, per_property: int =
 
 
 def _neighbours(store, fitted, source, flagged: list[dict], batch_size: int, size, names) -> dict[str, Any]:
-    """For flagged samples: the label of the nearest confident calibration image (LNN index, §A3) and whether it
+    """For flagged samples: the label of the nearest confident calibration image (LNN index) and whether it
     agrees with the prediction and with the true label."""
-    from .data import iter_batches
-
     index = fitted.latent_index
     if index is None or not flagged:
         return {"available": index is not None, "n": 0}
@@ -472,10 +446,8 @@ def _neighbours(store, fitted, source, flagged: list[dict], batch_size: int, siz
     rows = []
     by_id = {s["id"]: s for s in flagged}
     for batch in iter_batches((r for r in source if r.id in wanted), batch_size, size=size):
-        from .fitted import _resize
-
         with torch.inference_mode():
-            z = fitted.autoencoder.encode(_resize(batch.images, fitted.autoencoder.image_size))
+            z = fitted.autoencoder.encode(resize(batch.images, fitted.autoencoder.image_size))
         dist, pos = index.search(z, 1)
         for i, sid in enumerate(batch.ids):
             p = int(pos[i, 0])

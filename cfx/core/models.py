@@ -19,6 +19,7 @@ operations, so gradient-based generators can work in pixel space.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -31,12 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .registry import Registry
+
 __all__ = [
     "Classifier",
     "ClassifierError",
     "Preprocessing",
+    "MODEL_KINDS",
+    "ModelOptions",
     "find_head",
+    "head_weight",
     "load_classifier",
+    "model_fingerprint",
     "parse_image_size",
     "read_class_names",
 ]
@@ -101,8 +108,8 @@ def _output_logits(output: object) -> Tensor:
         f"the model returned {type(output).__name__}, not logits; wrap it so that forward() returns a (N, C) tensor")
 
 
-def _linear_weight(module: nn.Module) -> Tensor | None:
-    """The weight of a linear layer (plain or TorchScript), else None."""
+def head_weight(module: nn.Module) -> Tensor | None:
+    """The weight matrix of a final linear layer (plain or TorchScript), else None."""
     if isinstance(module, nn.Linear):
         return module.weight
     if isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") == "Linear":
@@ -120,9 +127,9 @@ def find_head(model: nn.Module, num_classes: int, name: str | None = None) -> tu
     modules = dict(model.named_modules())
     if name is not None:
         if name not in modules:
-            linears = [n for n, m in modules.items() if _linear_weight(m) is not None]
+            linears = [n for n, m in modules.items() if head_weight(m) is not None]
             raise ClassifierError(f"the model has no submodule named {name!r}; its linear layers are: {linears}")
-        weight = _linear_weight(modules[name])
+        weight = head_weight(modules[name])
         if weight is None:
             raise ClassifierError(f"submodule {name!r} is a {type(modules[name]).__name__}, not a linear layer; "
                                   "name the final nn.Linear of the classifier")
@@ -131,9 +138,9 @@ def find_head(model: nn.Module, num_classes: int, name: str | None = None) -> tu
                                   f"{num_classes} logits; name the layer that produces the logits")
         return name, modules[name]
     candidates = [(n, m) for n, m in modules.items()
-                  if (w := _linear_weight(m)) is not None and w.shape[0] == num_classes]
+                  if (w := head_weight(m)) is not None and w.shape[0] == num_classes]
     if not candidates:
-        linears = {n: tuple(w.shape) for n, m in modules.items() if (w := _linear_weight(m)) is not None}
+        linears = {n: tuple(w.shape) for n, m in modules.items() if (w := head_weight(m)) is not None}
         raise ClassifierError(
             f"no linear layer with {num_classes} outputs (the number of logits) was found; linear layers: "
             f"{linears or 'none'}. cfx needs the final layer to be an nn.Linear; wrap the model or pass head=NAME")
@@ -285,7 +292,7 @@ class Classifier:
     def describe(self) -> dict:
         """A JSON-serialisable summary: source, head, classes, preprocessing."""
         return {"source": self.source, "head": self.head_name, "num_classes": self.num_classes,
-                "feature_dim": int(_linear_weight(self.head).shape[1]) if _linear_weight(self.head) is not None
+                "feature_dim": int(head_weight(self.head).shape[1]) if head_weight(self.head) is not None
                 else None,
                 "class_names": self.class_names, "preprocessing": self.preprocessing.to_dict()}
 
@@ -372,117 +379,171 @@ def _hf_preprocessing(directory: Path) -> Preprocessing:
     return Preprocessing(size=hw, mean=mean, std=std)
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the user said about a model besides its spec: preprocessing, class names, head, device."""
+
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    class_names: list[str] | None = None
+    head: str | None = None
+    device: str | torch.device = "cpu"
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(size=self.size, mean=self.mean, std=self.std)
+
+
+#: Model spec kinds: ``KIND:TARGET`` → ``loader(target, options) -> Classifier``. Plugins add theirs (the demo adds
+#: ``demo:``); see :mod:`cfx.core.registry`.
+MODEL_KINDS: Registry[Callable[[str, ModelOptions], "Classifier"]] = Registry("model spec kind")
+
+
+def _load_torchscript(target: str, o: ModelOptions) -> Classifier:
+    """``torchscript:PATH``: a ``torch.jit.save`` file."""
+    path = Path(target)
+    if not path.is_file():
+        raise ClassifierError(f"TorchScript file {target!r} does not exist")
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ClassifierError(f"{target!r} is not a TorchScript file ({exc}); save with torch.jit.save") from exc
+    return Classifier.wrap(model, preprocessing=o.preprocessing, head=o.head, class_names=o.class_names,
+                           device=o.device, source=f"torchscript:{target}")
+
+
+def _load_hf(target: str, o: ModelOptions) -> Classifier:
+    """``hf:LOCAL_DIR``: a Hugging Face ``AutoModelForImageClassification`` folder (its preprocessor config and
+    ``id2label`` are used)."""
+    directory = Path(target)
+    if not (directory / "config.json").is_file():
+        raise ClassifierError(f"{target!r} is not a Hugging Face model folder (no config.json); save one with "
+                              "model.save_pretrained(DIR). cfx never downloads models")
+    from transformers import AutoModelForImageClassification  # lazy: heavy import
+
+    model = AutoModelForImageClassification.from_pretrained(str(directory), local_files_only=True)
+    pre = _hf_preprocessing(directory)
+    if o.size is not None or o.mean or o.std:  # explicit options win over the folder's config
+        pre = Preprocessing(size=o.size or pre.size, mean=o.mean or pre.mean, std=o.std or pre.std)
+    id2label = getattr(model.config, "id2label", None) or {}
+    hf_names = [str(id2label[i]) for i in sorted(id2label)] if id2label else None
+    if hf_names and all(n == f"LABEL_{i}" for i, n in enumerate(hf_names)):
+        hf_names = None  # transformers' placeholder names carry no information
+    return Classifier.wrap(model, preprocessing=pre, head=o.head, class_names=o.class_names or hf_names,
+                           device=o.device, source=f"hf:{target}")
+
+
+def _load_python(target: str, o: ModelOptions) -> Classifier:
+    """``python:module:callable`` or ``python:path/to/file.py:callable``: a factory returning an ``nn.Module`` (or
+    a ready :class:`Classifier`)."""
+    factory = _load_python_factory(target)
+    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if isinstance(model, Classifier):
+        return model.to(o.device)
+    if not isinstance(model, nn.Module):
+        raise ClassifierError(f"python:{target} returned {type(model).__name__}; it must return a "
+                              "torch.nn.Module or a cfx.Classifier")
+    return Classifier.wrap(model, preprocessing=o.preprocessing, head=o.head, class_names=o.class_names,
+                           device=o.device, source=f"python:{target}")
+
+
+def _load_torchvision(target: str, o: ModelOptions) -> Classifier:
+    """``torchvision:NAME[:WEIGHTS]``: only when a working torchvision is installed (cfx never installs it)."""
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.models import get_model, get_model_weights
+    except Exception as exc:  # ImportError, or the operator-registration error of a mismatched build
+        raise ClassifierError(f"torchvision specs need a working torchvision ({type(exc).__name__}: {exc}). "
+                              "Install the torchvision that matches your torch, or export the model with "
+                              "torch.jit.save and use torchscript:PATH") from exc
+    name, _, weights_name = target.partition(":")
+    weights = get_model_weights(name)[weights_name] if weights_name and weights_name != "DEFAULT" else (
+        get_model_weights(name).DEFAULT if weights_name == "DEFAULT" else None)
+    model = get_model(name, weights=weights)
+    pre = o.preprocessing
+    tv_names = None
+    if weights is not None:
+        tf = weights.transforms()
+        crop = list(getattr(tf, "crop_size", None) or [])
+        crop_hw = (int(crop[0]), int(crop[-1])) if crop else None
+        pre = Preprocessing(size=o.size or crop_hw,
+                            mean=tuple(getattr(tf, "mean", ())) or None, std=tuple(getattr(tf, "std", ())) or None)
+        tv_names = list(weights.meta.get("categories") or []) or None
+    return Classifier.wrap(model, preprocessing=pre, head=o.head, class_names=o.class_names or tv_names,
+                           device=o.device, source=f"torchvision:{target}", example_size=(224, 224))
+
+
+def _load_timm(target: str, o: ModelOptions) -> Classifier:
+    """``timm:NAME[:WEIGHTS]``: only when timm is installed."""
+    try:
+        import timm
+    except Exception as exc:
+        raise ClassifierError(f"timm specs need timm installed ({type(exc).__name__}: {exc}); "
+                              "pip install timm (it needs torchvision)") from exc
+    name, _, weights_name = target.partition(":")
+    model = timm.create_model(f"{name}.{weights_name}" if weights_name else name, pretrained=bool(weights_name))
+    cfg = timm.data.resolve_data_config({}, model=model)
+    in_size = cfg.get("input_size", (3, 224, 224))
+    pre = Preprocessing(size=o.size or (int(in_size[1]), int(in_size[2])), mean=tuple(cfg.get("mean", ())) or None,
+                        std=tuple(cfg.get("std", ())) or None)
+    return Classifier.wrap(model, preprocessing=pre, head=o.head, class_names=o.class_names, device=o.device,
+                           source=f"timm:{target}")
+
+
+for _kind, _loader in (("torchscript", _load_torchscript), ("hf", _load_hf), ("python", _load_python),
+                       ("torchvision", _load_torchvision), ("timm", _load_timm)):
+    MODEL_KINDS.register(_kind, _loader)
+
+
 def load_classifier(spec: str | nn.Module | Classifier, *, image_size: str | tuple[int, int] | None = None,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                     classes: str | Path | Sequence[str] | None = None, head: str | None = None,
                     device: str | torch.device = "cpu") -> Classifier:
-    """Load a classifier from a spec and adapt it.
+    """Load a classifier from a spec ``KIND:TARGET`` and adapt it.
 
-    Specs:
+    Kinds (:data:`MODEL_KINDS`; plugins add more):
       - ``torchscript:PATH``: a ``torch.jit.save`` file;
       - ``hf:LOCAL_DIR``: a Hugging Face ``AutoModelForImageClassification`` folder (uses its preprocessor config
         and ``id2label``);
       - ``python:module:callable`` or ``python:path/to/file.py:callable``: a factory returning an ``nn.Module``
         (or a ready :class:`Classifier`);
       - ``torchvision:NAME[:WEIGHTS]`` and ``timm:NAME[:WEIGHTS]``: only when those packages are importable;
-      - ``demo:shapes``, ``demo:shapes-biased``, ``demo:digits``: the embedded demo classifiers (trained on first use).
+      - ``demo:shapes``, ``demo:shapes-biased``, ``demo:digits``: the embedded demo classifiers (trained on first
+        use), registered by the demo plugin.
 
     ``image_size``/``mean``/``std`` set the preprocessing of specs that carry none (TorchScript, python factories);
     default: no resizing and no normalisation (pixels in [0, 1]). ``classes`` is a list of names or a file
     (one per line, or JSON). The model is loaded on CPU and moved to ``device``.
     """
     size = parse_image_size(image_size)
-    user_pre = Preprocessing(size=size, mean=tuple(mean) if mean else None, std=tuple(std) if std else None)
     names = read_class_names(classes) if isinstance(classes, (str, Path)) else (list(classes) if classes else None)
-
+    options = ModelOptions(size=size, mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
+                           class_names=names, head=head, device=device)
     if isinstance(spec, Classifier):
         return spec.to(device)
     if isinstance(spec, nn.Module):
-        return Classifier.wrap(spec, preprocessing=user_pre, head=head, class_names=names, device=device)
+        return Classifier.wrap(spec, preprocessing=options.preprocessing, head=head, class_names=names,
+                               device=device)
     if not isinstance(spec, str) or ":" not in spec:
-        raise ClassifierError(f"model spec must look like KIND:TARGET (torchscript:PATH, hf:DIR, "
-                              f"python:module:callable, torchvision:NAME, timm:NAME), got {spec!r}")
+        raise ClassifierError(f"model spec must look like KIND:TARGET (one of {', '.join(MODEL_KINDS)}: e.g. "
+                              f"torchscript:PATH, hf:DIR, python:module:callable), got {spec!r}")
     kind, target = spec.split(":", 1)
-    kind = kind.lower()
-    if kind == "torchscript":
-        path = Path(target)
-        if not path.is_file():
-            raise ClassifierError(f"TorchScript file {target!r} does not exist")
-        try:
-            model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            raise ClassifierError(f"{target!r} is not a TorchScript file ({exc}); save with torch.jit.save") from exc
-        return Classifier.wrap(model, preprocessing=user_pre, head=head, class_names=names, device=device,
-                               source=spec)
-    if kind == "hf":
-        directory = Path(target)
-        if not (directory / "config.json").is_file():
-            raise ClassifierError(f"{target!r} is not a Hugging Face model folder (no config.json); save one with "
-                                  "model.save_pretrained(DIR). cfx never downloads models")
-        from transformers import AutoModelForImageClassification  # lazy: heavy import
+    loader = MODEL_KINDS.find(kind.lower())
+    if loader is None:
+        raise ClassifierError(f"unknown model spec kind {kind.lower()!r}; use one of "
+                              f"{', '.join(k + ':' for k in MODEL_KINDS)}")
+    return loader(target, options)
 
-        model = AutoModelForImageClassification.from_pretrained(str(directory), local_files_only=True)
-        pre = _hf_preprocessing(directory)
-        if size is not None or mean or std:  # explicit options win over the folder's config
-            pre = Preprocessing(size=size or pre.size, mean=tuple(mean) if mean else pre.mean,
-                                std=tuple(std) if std else pre.std)
-        id2label = getattr(model.config, "id2label", None) or {}
-        hf_names = [str(id2label[i]) for i in sorted(id2label)] if id2label else None
-        if hf_names and all(n == f"LABEL_{i}" for i, n in enumerate(hf_names)):
-            hf_names = None  # transformers' placeholder names carry no information
-        return Classifier.wrap(model, preprocessing=pre, head=head, class_names=names or hf_names,
-                               device=device, source=spec)
-    if kind == "python":
-        factory = _load_python_factory(target)
-        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
-        if isinstance(model, Classifier):
-            return model.to(device)
-        if not isinstance(model, nn.Module):
-            raise ClassifierError(f"python:{target} returned {type(model).__name__}; it must return a "
-                                  "torch.nn.Module or a cfx.Classifier")
-        return Classifier.wrap(model, preprocessing=user_pre, head=head, class_names=names, device=device,
-                               source=spec)
-    if kind == "demo":  # the embedded demo models: demo:shapes, demo:shapes-biased, demo:digits
-        from .demo import DATASETS, load_demo
 
-        if target not in DATASETS:
-            raise ClassifierError(f"unknown demo model {target!r}; choose one of {', '.join(DATASETS)}")
-        return load_demo(target).classifier.to(device)
-    if kind == "torchvision":
-        try:
-            import torchvision  # noqa: F401
-            from torchvision.models import get_model, get_model_weights
-        except Exception as exc:  # ImportError, or the operator-registration error of a mismatched build
-            raise ClassifierError(f"torchvision specs need a working torchvision ({type(exc).__name__}: {exc}). "
-                                  "Install the torchvision that matches your torch, or export the model with "
-                                  "torch.jit.save and use torchscript:PATH") from exc
-        name, _, weights_name = target.partition(":")
-        weights = get_model_weights(name)[weights_name] if weights_name and weights_name != "DEFAULT" else (
-            get_model_weights(name).DEFAULT if weights_name == "DEFAULT" else None)
-        model = get_model(name, weights=weights)
-        pre = user_pre
-        tv_names = None
-        if weights is not None:
-            tf = weights.transforms()
-            crop = list(getattr(tf, "crop_size", None) or [])
-            crop_hw = (int(crop[0]), int(crop[-1])) if crop else None
-            pre = Preprocessing(size=size or crop_hw,
-                                mean=tuple(getattr(tf, "mean", ())) or None, std=tuple(getattr(tf, "std", ())) or None)
-            tv_names = list(weights.meta.get("categories") or []) or None
-        return Classifier.wrap(model, preprocessing=pre, head=head, class_names=names or tv_names, device=device,
-                               source=spec, example_size=(224, 224))
-    if kind == "timm":
-        try:
-            import timm
-        except Exception as exc:
-            raise ClassifierError(f"timm specs need timm installed ({type(exc).__name__}: {exc}); "
-                                  "pip install timm (it needs torchvision)") from exc
-        name, _, weights_name = target.partition(":")
-        model = timm.create_model(f"{name}.{weights_name}" if weights_name else name, pretrained=bool(weights_name))
-        cfg = timm.data.resolve_data_config({}, model=model)
-        in_size = cfg.get("input_size", (3, 224, 224))
-        pre = Preprocessing(size=size or (int(in_size[1]), int(in_size[2])), mean=tuple(cfg.get("mean", ())) or None,
-                            std=tuple(cfg.get("std", ())) or None)
-        return Classifier.wrap(model, preprocessing=pre, head=head, class_names=names, device=device, source=spec)
-    raise ClassifierError(f"unknown model spec kind {kind!r}; use torchscript:, hf:, python:, torchvision:, timm: "
-                          "or demo:")
+def model_fingerprint(classifier: Classifier) -> str:
+    """SHA-256 over the classifier's parameter and buffer names, shapes and values (first 16 hex digits).
+
+    Every tensor counts, 0-d buffers included (BatchNorm's ``num_batches_tracked``)."""
+    h = hashlib.sha256()
+    h.update(f"{classifier.num_classes}|{classifier.head_name}".encode())
+    for name, tensor in classifier.model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

@@ -1,6 +1,6 @@
 """Small networks cfx trains itself: the demo classifier and the PaRCE reconstruction autoencoder.
 
-Both follow the layout of ``../shared/methods/counterfactuals.md`` §A1 (three strided convolutions, then fully
+Both follow the layout of ``docs/methods.md`` (three strided convolutions, then fully
 connected layers), scaled to small inputs and to any resolution of at least 16 px.
 """
 
@@ -14,7 +14,7 @@ __all__ = ["ConvAutoencoder", "SmallCNN"]
 
 
 def _conv_stack(in_channels: int) -> nn.Sequential:
-    # §A1: conv(3→32, k5, s2, p2), conv(32→64, k3, s2, p1), conv(64→64, k3, s2, p1), each + ReLU.
+    # as in the PaRCE paper: conv(3→32, k5, s2, p2), conv(32→64, k3, s2, p1), conv(64→64, k3, s2, p1), each + ReLU.
     return nn.Sequential(
         nn.Conv2d(in_channels, 32, 5, stride=2, padding=2), nn.ReLU(inplace=True),
         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(inplace=True),
@@ -29,7 +29,7 @@ def _down(n: int) -> int:
 
 
 class SmallCNN(nn.Module):
-    """The demo classifier: §A1's conv stack, then FC 256 → FC 128 → dropout → linear head (``self.head``).
+    """The demo classifier: the PaRCE paper's conv stack, then FC 256 → FC 128 → dropout → linear head (``self.head``).
 
     Takes inputs ``(N, 3, H, W)`` (whatever preprocessing the adapter applies) and returns logits.
     The dropout before the head makes MC-dropout available.
@@ -52,11 +52,11 @@ class SmallCNN(nn.Module):
 
 
 class ConvAutoencoder(nn.Module):
-    """PaRCE's reconstruction model (§A1), for any input resolution ≥ 16 px.
+    """PaRCE's reconstruction model, for any input resolution ≥ 16 px.
 
-    Encoder: the §A1 conv stack, flatten, FC 512, FC ``latent_dim`` (ReLU): the latent is non-negative as in §A1.
+    Encoder: the PaRCE paper's conv stack, flatten, FC 512, FC ``latent_dim`` (ReLU): the latent is non-negative as in the PaRCE paper.
     Decoder: FC 512, FC back to the conv shape, three transposed convs, then a sigmoid so reconstructions stay in
-    ``[0, 1]`` (§A1 ends in a ReLU; the sigmoid is our deviation, it keeps pixels in range). Sizes that the stride-8
+    ``[0, 1]`` (the paper ends in a ReLU; the sigmoid is our deviation, it keeps pixels in range). Sizes that the stride-8
     path does not reproduce exactly are resized back bilinearly.
     """
 
@@ -95,6 +95,6 @@ class ConvAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
     def reconstruction_loss(self, x: Tensor) -> Tensor:
-        """Per-image mean squared reconstruction error ``(N,)`` (§A1's ℓ(x))."""
+        """Per-image mean squared reconstruction error ``(N,)`` (PaRCE's ℓ(x))."""
         return (self(x) - x).pow(2).flatten(1).mean(1)
 

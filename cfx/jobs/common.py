@@ -1,0 +1,171 @@
+"""What the jobs share: opening their inputs the same way, the scoring stage into the run store, typed results."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from cfx.core.data import ImageSource, iter_batches, open_source
+from cfx.core.models import Classifier, load_classifier
+from cfx.core.runstore import RunStore
+from cfx.trust.fitted import Fitted
+from cfx.trust.scores import SCORES, applicable_scores, score_batch
+from cfx.trust.threshold import Threshold, flag, resolve_threshold
+
+__all__ = ["AuditResult", "ExplainResult", "JobInputs", "open_job_inputs", "score_into_store"]
+
+DEFAULT_FLAG_PERCENTILE = 10.0
+
+
+@dataclass
+class JobInputs:
+    """A job's classifier, fitted folder, data source, flag threshold (fixed before the run) and scores."""
+
+    classifier: Classifier
+    fitted: Fitted
+    source: ImageSource
+    threshold: Threshold
+    methods: list[str]
+    data_name: str
+    model_name: str
+
+
+def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_below: float | None,
+                    flag_percentile: float | None, data_spec: str | None, model_spec: str | None,
+                    model_options: dict[str, Any]) -> JobInputs:
+    """Load what ``cfx explain`` and ``cfx audit`` both need, validating it with messages that say what to do.
+
+    The flag threshold follows the one rule of :func:`cfx.trust.threshold.resolve_threshold`: a number, or a
+    percentile (default 10) of the flag score on the calibration split stored in the fitted folder.
+    """
+    classifier = load_classifier(model, **model_options) if not isinstance(model, Classifier) else model
+    fitted = fitted if isinstance(fitted, Fitted) else Fitted.load(fitted, classifier)
+    if flag_score not in SCORES:
+        raise ValueError(f"unknown flag score {flag_score!r}; choose from {', '.join(SCORES)}")
+    threshold = resolve_threshold(flag_score, flag_below, flag_percentile, calibration=fitted.threshold,
+                                  default_percentile=DEFAULT_FLAG_PERCENTILE)
+    source = open_source(data, classifier.class_names) if not isinstance(data, ImageSource) else data
+    methods = applicable_scores(classifier, fitted)
+    data_name = data_spec or (data if isinstance(data, str) else f"{type(source).__name__} of {len(source)} images")
+    model_name = model_spec or (model if isinstance(model, str) else type(classifier.model).__name__)
+    return JobInputs(classifier, fitted, source, threshold, methods, data_name, model_name)
+
+
+def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageSource, threshold: Threshold,
+                     methods: Sequence[str], batch_size: int = 64, progress: bool = True,
+                     keep_flagged_images: bool = False, annotate=None) -> None:
+    """Score and flag every input of ``source`` that the store does not have yet, one transaction per batch.
+
+    Unreadable inputs become error rows. ``keep_flagged_images`` stores the flagged images (for the explanations
+    and the report); ``annotate(images) -> {name: (B,) tensor}`` adds per-image values to the metadata under
+    ``"_stats"`` (the audit's binned image statistics).
+    """
+    done = store.scored_ids()
+    total = len(source) if hasattr(source, "__len__") else None
+    t0 = time.perf_counter()
+    n_scored = 0
+    bar = tqdm(total=total, initial=min(len(done), total or len(done)), desc="scoring", unit="img",
+               disable=not progress)
+    for batch in iter_batches((r for r in source if r.id not in done), batch_size,
+                              size=classifier.preprocessing.size):
+        rows = [{"id": r.id, "label": r.label, "prediction": None, "scores": {}, "flagged": False,
+                 "error": r.error, "metadata": r.metadata} for r in batch.errors]
+        flagged_images = {}
+        if len(batch):
+            result = score_batch(classifier, batch.images, methods, fitted=fitted)
+            pred = result.logits.argmax(1)
+            flags = flag(result.scores[threshold.score], threshold)
+            extra = annotate(batch.images) if annotate is not None else None
+            for i, sid in enumerate(batch.ids):
+                err = result.errors[i]
+                is_flagged = bool(flags[i]) and err is None
+                meta = batch.metadata[i]
+                if extra is not None:
+                    meta = dict(meta, _stats={k: float(v[i]) for k, v in extra.items()})
+                rows.append({"id": sid, "label": int(batch.labels[i]) if int(batch.labels[i]) >= 0 else None,
+                             "prediction": None if err else int(pred[i]),
+                             "scores": {m: float(v[i]) for m, v in result.scores.items()}, "flagged": is_flagged,
+                             "error": err, "metadata": meta})
+                if is_flagged and keep_flagged_images:
+                    flagged_images[sid] = batch.images[i]
+            n_scored += len(batch)
+        store.add_samples(rows, flagged_images)
+        bar.update(len(batch) + len(batch.errors))
+    bar.close()
+    if n_scored:
+        with store.db:
+            store.set_meta("score_seconds", time.perf_counter() - t0 + store.get_meta("score_seconds", 0.0))
+
+
+class _Result:
+    """Typed job results: fields, ``to_dict()``/``to_json()``, and dict-style reading of the same keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("out", None)
+        return out
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=_plain)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_dict()
+
+
+@dataclass
+class ExplainResult(_Result):
+    """What ``cfx explain`` did: the run's config, counts, timing, metrics per score and one row per sample (the
+    same content as ``OUT/summary.json``), and where it wrote its files."""
+
+    config: dict[str, Any]
+    counts: dict[str, Any]
+    timing: dict[str, Any]
+    metrics: dict[str, Any]
+    samples: list[dict[str, Any]]
+    seconds: float = 0.0
+    out: Path | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any], out: Path, seconds: float) -> "ExplainResult":
+        return cls(summary["config"], summary["counts"], summary["timing"], summary["metrics"], summary["samples"],
+                   round(seconds, 2), out)
+
+    @property
+    def report_path(self) -> Path | None:
+        return None if self.out is None else self.out / "report.html"
+
+
+@dataclass
+class AuditResult(_Result):
+    """What ``cfx audit`` found (the content of ``OUT/audit.json``): the property ranking, the slices, the
+    neighbours of flagged samples, unreadable inputs and timing."""
+
+    config: dict[str, Any]
+    counts: dict[str, Any]
+    properties: list[dict[str, Any]]
+    slices: list[dict[str, Any]]
+    neighbours: dict[str, Any]
+    errors: list[dict[str, Any]]
+    timing: dict[str, Any]
+    out: Path | None = field(default=None, repr=False)
+
+    @property
+    def report_path(self) -> Path | None:
+        return None if self.out is None else self.out / "audit.html"
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    return str(value)

@@ -1,0 +1,248 @@
+"""``cfx fit``: fit everything the later stages need on reference data and write a fitted folder.
+
+The folder holds the PaRCE autoencoder and calibration, the Mahalanobis class means and covariance, every
+registered score on the calibration split (for percentile thresholds fixed before a run), the latent index of
+confident calibration images (LNN counterfactuals), and optionally the trust oracle and a small DDPM; a manifest
+with checksums and the model's fingerprint ties it to one model. :class:`cfx.trust.fitted.Fitted` loads it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from cfx.core.data import ImageSource, Record, iter_batches
+from cfx.core.images import as_float_images, resize
+from cfx.core.models import Classifier, model_fingerprint
+from cfx.core.nets import ConvAutoencoder
+from cfx.core.shifts import CAUSES, apply_shift
+from cfx.core.training import train_model
+from cfx.generators.diffusion import train_ddpm
+from cfx.trust.fitted import (FORMAT_VERSION, Fitted, Mahalanobis, OracleLoss, PaRCE, TrustOracle, file_sha256)
+from cfx.trust.latent_index import LatentIndex
+from cfx.trust.scores import SCORES, ScoreInputs
+
+__all__ = ["fit", "oracle_training_set"]
+
+try:
+    CFX_VERSION = version("cfx")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    CFX_VERSION = "0+unknown"
+
+
+def _collect(classifier: Classifier, source: ImageSource | Iterable[Record], batch_size: int, progress: bool,
+             desc: str) -> dict[str, Any]:
+    """One streaming pass: uint8 images at the classifier's size, labels, ids, logits, features; errors skipped."""
+    size = classifier.preprocessing.size
+    images, labels, ids, logits, feats, errors = [], [], [], [], [], []
+    total = len(source) if hasattr(source, "__len__") else None
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    for batch in iter_batches(source, batch_size, size=size):
+        errors += [(r.id, r.error) for r in batch.errors]
+        if len(batch):
+            with torch.inference_mode():
+                z, h = classifier.logits_and_features(batch.images)
+            finite = torch.isfinite(z).all(1).cpu()
+            errors += [(i, "non-finite logits") for i, ok in zip(batch.ids, finite.tolist()) if not ok]
+            images.append((batch.images[finite] * 255).round().to(torch.uint8))
+            labels.append(batch.labels[finite])
+            ids += [i for i, ok in zip(batch.ids, finite.tolist()) if ok]
+            logits.append(z[finite.to(z.device)].float().cpu())
+            feats.append(h[finite.to(h.device)].float().cpu())
+        bar.update(len(batch) + len(batch.errors))
+    bar.close()
+    if not ids:
+        raise ValueError(f"no usable images in the {desc} data ({len(errors)} errors); check the source")
+    return {"images": torch.cat(images), "labels": torch.cat(labels).long(), "ids": ids,
+            "logits": torch.cat(logits), "features": torch.cat(feats), "errors": errors}
+
+
+def _data_fingerprint(ids: Sequence[str], labels: Tensor, images: Tensor) -> str:
+    h = hashlib.sha256()
+    h.update("\n".join(ids).encode())
+    h.update(labels.numpy().tobytes())
+    h.update(images.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def oracle_training_set(images: Tensor, labels: Tensor, copies: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Calibration images plus ``copies`` corrupted versions of each (random cause and strength per image, from the
+    known shifts of :mod:`cfx.core.shifts`)."""
+    if copies <= 0:
+        return images, labels
+    g = torch.Generator().manual_seed(seed)
+    causes = list(CAUSES)
+    out_x, out_y = [images], [labels]
+    for j in range(copies):
+        which = torch.randint(len(causes), (len(images),), generator=g)
+        strength = torch.randint(6, (len(images),), generator=g)
+        corrupted = torch.empty_like(images)
+        for ci, cause in enumerate(causes):
+            for si, k in enumerate(CAUSES[cause]):
+                sel = torch.nonzero((which == ci) & (strength == si)).flatten()
+                if len(sel):
+                    x = apply_shift(images[sel].float() / 255, cause, k, seed=seed + 97 * j + 7 * ci + si)
+                    corrupted[sel] = (x * 255).round().to(torch.uint8)
+        out_x.append(corrupted)
+        out_y.append(labels)
+    return torch.cat(out_x), torch.cat(out_y)
+
+
+def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str | Path,
+        calibration: ImageSource | Iterable[Record] | None = None, calibration_fraction: float = 0.2,
+        ae_size: int | tuple[int, int] | None = None, ae_epochs: int = 25, ae_batch_size: int = 64,
+        ae_lr: float = 1e-3, latent_dim: int = 256, autoencoder: ConvAutoencoder | None = None,
+        oracle: bool = False, oracle_loss: OracleLoss = "steep_slope", oracle_epochs: int = 10,
+        oracle_copies: int = 2, competency_threshold: float = 0.9, index_metric: str = "l1", ddpm: bool = False,
+        ddpm_steps: int = 600, batch_size: int = 64, seed: int = 0, progress: bool = True) -> Fitted:
+    """Fit everything the later stages need on reference data and write a fitted folder to ``out``.
+
+    ``train`` is labelled reference data. Give held-out ``calibration`` data, or a ``calibration_fraction`` of
+    ``train`` is split off (seeded). The reference data should not be the classifier's own training set, or the
+    calibration accuracy (and so PaRCE) will be over-confident. Steps: train the autoencoder (unless one is given)
+    at ``ae_size`` (default: the images' size, capped at 64 px); calibrate PaRCE on the calibration split; fit
+    Mahalanobis on the train split; store every score on the calibration split (for percentile thresholds);
+    optionally train the trust oracle on the calibration split plus ``oracle_copies`` corrupted copies.
+    With ``ddpm``, a small DDPM (``ddpm_steps`` training steps, images capped at 64 px) is trained on the train
+    split for SDEdit-style edits (:meth:`cfx.generators.DDPMEditor.from_fitted`). The latent index of LNN counterfactuals (``index_metric``: l1, l2 or cos) holds the calibration images whose
+    competency exceeds ``competency_threshold``. Bad images are skipped and listed in the manifest. Returns the
+    loaded :class:`Fitted`.
+    """
+
+    if not 0 < calibration_fraction < 1:
+        raise ValueError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ref = _collect(classifier, train, batch_size, progress, "reference")
+    if (ref["labels"] < 0).any():
+        raise ValueError("cfx fit needs labelled reference data (ImageFolder or a manifest with a label column)")
+    if calibration is not None:
+        cal = _collect(classifier, calibration, batch_size, progress, "calibration")
+        if (cal["labels"] < 0).any():
+            raise ValueError("the calibration data needs labels")
+        tr_idx = torch.arange(len(ref["ids"]))
+    else:
+        perm = torch.randperm(len(ref["ids"]), generator=torch.Generator().manual_seed(seed))
+        n_cal = max(2, int(round(len(perm) * calibration_fraction)))
+        cal_idx, tr_idx = perm[:n_cal], perm[n_cal:]
+        cal = {k: (v[cal_idx] if isinstance(v, Tensor) else [v[i] for i in cal_idx.tolist()])
+               for k, v in ref.items() if k != "errors"}
+        cal["errors"] = []
+    train_images = ref["images"][tr_idx]
+    if len(train_images) < 2:
+        raise ValueError("too few reference images left for training the autoencoder")
+    image_hw = tuple(train_images.shape[-2:])
+    if autoencoder is None:
+        if ae_size is None:
+            ae_hw = tuple(min(s, 64) for s in image_hw)
+        else:
+            ae_hw = (ae_size, ae_size) if isinstance(ae_size, int) else tuple(ae_size)
+        torch.manual_seed(seed)
+        autoencoder = ConvAutoencoder(ae_hw, latent_dim).to(classifier.device)
+        losses = train_model(autoencoder, train_images, None, ae_epochs, ae_batch_size, ae_lr, seed,
+                             "autoencoder", progress, prepare=lambda x: resize(x, ae_hw))
+    else:
+        losses = []
+    autoencoder.eval()
+    parce = PaRCE(autoencoder, competency_threshold)
+    cal_float = cal["images"]
+    with torch.inference_mode():
+        rec = torch.cat([parce.reconstruction_loss(as_float_images(cal_float[i:i + 256]).to(classifier.device))
+                         .cpu() for i in range(0, len(cal_float), 256)])
+    parce.fit(torch.softmax(cal["logits"].double(), 1), rec, cal["labels"])
+    maha = Mahalanobis().fit(ref["features"][tr_idx], ref["labels"][tr_idx])
+
+    trained_oracle = None
+    if oracle:
+        ox, oy = oracle_training_set(cal["images"], cal["labels"], oracle_copies, seed)
+        trained_oracle = TrustOracle(loss=oracle_loss, epochs=oracle_epochs, seed=seed).fit(classifier, ox, oy,
+                                                                                             progress=progress)
+    # Every score on the calibration split, for percentile thresholds fixed before a run: the registered scores
+    # that need only logits and features, then the fitted ones.
+    cal_inputs = ScoreInputs(classifier, torch.empty(0), cal["logits"], cal["features"])
+    cal_scores = {name: s.score(cal_inputs).float() for name, s in SCORES.items()
+                  if s.needs <= {"logits", "features"}}
+    with torch.inference_mode():
+        cal_scores["parce"] = torch.cat([
+            parce.competency_from(cal["logits"][i:i + 256].to(classifier.device),
+                                  as_float_images(cal_float[i:i + 256]).to(classifier.device)).float().cpu()
+            for i in range(0, len(cal_float), 256)])
+    cal_scores["mahalanobis"] = maha.score(cal["features"])
+    # The latent index of LNN counterfactuals: high-competency calibration images.
+    confident = torch.nonzero(cal_scores["parce"] > competency_threshold).flatten()
+    latent_index = None
+    if len(confident):
+        ae_images = torch.cat([resize(as_float_images(cal_float[confident[i:i + 256]]), autoencoder.image_size)
+                               for i in range(0, len(confident), 256)])
+        with torch.inference_mode():
+            latents = torch.cat([autoencoder.encode(ae_images[i:i + 256].to(classifier.device)).cpu()
+                                 for i in range(0, len(ae_images), 256)])
+        latent_index = LatentIndex(index_metric).build(latents, [cal["ids"][i] for i in confident.tolist()],
+                                                       cal["labels"][confident], ae_images)
+    if trained_oracle is not None:
+        cal_scores["oracle"] = trained_oracle.score(cal["images"])
+    cal_scores["correct"] = (cal["logits"].argmax(1) == cal["labels"]).float()
+
+    # Write the folder: weights as state dicts (loaded back with weights_only=True), then the manifest last.
+    torch.save(autoencoder.state_dict(), out / "autoencoder.pt")
+    (out / "parce.json").write_text(json.dumps(parce.state(), indent=1))
+    torch.save(maha.state(), out / "mahalanobis.pt")
+    torch.save(cal_scores, out / "calibration_scores.pt")
+    files = ["autoencoder.pt", "parce.json", "mahalanobis.pt", "calibration_scores.pt"]
+    if trained_oracle is not None:
+        torch.save(trained_oracle.net_.state_dict(), out / "oracle.pt")
+        files.append("oracle.pt")
+    if latent_index is not None:
+        files += latent_index.save(out)
+    ddpm_info = None
+    if ddpm:
+        unet, ddpm_losses = train_ddpm(train_images, steps=ddpm_steps, seed=seed, progress=progress,
+                                       image_size=min(64, int(train_images.shape[-1])))
+        unet.save_pretrained(str(out / "ddpm"))
+        files += ["ddpm/config.json", "ddpm/diffusion_pytorch_model.safetensors"]
+        ddpm_info = {"steps": ddpm_steps, "image_size": int(unet.config.sample_size),
+                     "final_loss": float(np.mean(ddpm_losses[-20:]))}
+    config = {"calibration_fraction": None if calibration is not None else calibration_fraction,
+              "separate_calibration": calibration is not None, "ae_size": list(autoencoder.image_size),
+              "ae_epochs": ae_epochs if losses else None, "latent_dim": autoencoder.latent_dim,
+              "competency_threshold": competency_threshold, "index_metric": index_metric, "seed": seed,
+              "oracle": oracle}
+    percentiles = {name: np.percentile(v[torch.isfinite(v)].numpy(), np.arange(0, 101)).round(8).tolist()
+                   for name, v in cal_scores.items() if name != "correct" and torch.isfinite(v).any()}
+    manifest = {
+        "format": FORMAT_VERSION, "cfx_version": CFX_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": config,
+        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16],
+        "model": classifier.describe(), "model_fingerprint": model_fingerprint(classifier),
+        "data_fingerprint": _data_fingerprint(ref["ids"], ref["labels"], ref["images"]),
+        "counts": {"reference": len(ref["ids"]), "train": len(tr_idx), "calibration": len(cal["ids"]),
+                   "latent_index": len(latent_index) if latent_index is not None else 0,
+                   "errors": len(ref["errors"]) + len(cal["errors"])},
+        "errors": [{"id": i, "error": e} for i, e in ref["errors"] + cal["errors"]][:1000],
+        "autoencoder": {"image_size": list(autoencoder.image_size), "latent_dim": autoencoder.latent_dim,
+                        "final_loss": losses[-1] if losses else None},
+        "parce": {k: v for k, v in parce.state().items() if k in ("z_star", "calibration_accuracy",
+                                                                   "calibration_gap", "threshold")},
+        "calibration_percentiles": percentiles,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "files": {name: file_sha256(out / name) for name in files},
+    }
+    if ddpm_info is not None:
+        manifest["ddpm"] = ddpm_info
+    if trained_oracle is not None:
+        manifest["oracle"] = trained_oracle.config()
+        manifest["oracle_training"] = {"images": len(ox), "error_rate": trained_oracle.train_error_rate_}
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / "manifest.json")
+    return Fitted.load(out, classifier)

@@ -1,0 +1,260 @@
+"""Trust scores as objects, one registry, one verb: every score says what it needs and has ``score(inputs)``.
+
+A :class:`TrustScore` has a ``name``, a ``description``, what it ``needs`` (any of ``logits``, ``features``,
+``model`` for extra passes through the classifier, ``fitted`` for a fitted folder), ``fit(reference) -> self``
+(a no-op for scores computed from logits alone) and ``score(inputs) -> (N,)`` on a :class:`ScoreInputs`; higher
+means more trusted. :data:`SCORES` registers every score by name, and :func:`score_batch` computes any set of them
+with one shared forward pass.
+
+A new score is one file with a :class:`TrustScore` subclass plus one line, ``SCORES.register(...)``; the CLI, the
+fitted folder's calibration percentiles, the metrics and the reports pick it up from the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cfx.core.models import Classifier
+from cfx.core.registry import Registry
+
+from .functional import (dropout_modules, energy, gradnorm, gradtrust, log_prob, margin, max_logit, mc_dropout,
+                         msp, neg_entropy, odin)
+
+if TYPE_CHECKING:  # the fitted folder is a sibling module; only its type is named here
+    from .fitted import Fitted
+
+__all__ = ["BatchScores", "LogitScore", "SCORES", "ScoreInputs", "ScoreOptions", "TrustScore", "applicable_scores",
+           "score_batch"]
+
+NEEDS = ("logits", "features", "model", "fitted")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Settings of the scores that take any (ODIN's temperature and step, the MC-dropout passes)."""
+
+    odin_temperature: float = 1000.0
+    odin_epsilon: float = 0.0014
+    mc_passes: int = 10
+
+
+@dataclass
+class ScoreInputs:
+    """What one batch offers a score: images on the classifier's device, logits and (when a score needs them)
+    features on the CPU in float32, the fitted folder (or None) and the options."""
+
+    classifier: Classifier
+    images: Tensor
+    logits: Tensor
+    features: Tensor | None = None
+    fitted: "Fitted | None" = None
+    options: ScoreOptions = field(default_factory=ScoreOptions)
+
+
+class TrustScore:
+    """Base of every trust score. Subclasses set the class attributes and implement :meth:`score`."""
+
+    name: str = ""
+    description: str = ""
+    needs: frozenset[str] = frozenset({"logits"})
+    reference: str = ""  # the paper it comes from, or the docs section that defines it
+
+    @property
+    def needs_fit(self) -> bool:
+        return "fitted" in self.needs
+
+    def fit(self, reference: object = None) -> "TrustScore":
+        """Learn from reference data. Scores computed from logits alone learn nothing (a no-op); the fitted
+        scores (PaRCE, Mahalanobis, the oracle) are fitted by ``cfx fit`` into a fitted folder, which is handed
+        over here to check it holds this score."""
+        if self.needs_fit:
+            names = getattr(reference, "score_names", None)
+            if names is None or self.name not in names:
+                raise ValueError(f"score {self.name!r} needs a fitted folder that has it (cfx fit"
+                                 f"{' --oracle' if self.name == 'oracle' else ''}); got {reference!r}")
+        return self
+
+    def applies_to(self, classifier: Classifier, fitted: "Fitted | None" = None) -> bool:
+        """Whether this score can be computed for ``classifier`` (and ``fitted``)."""
+        if self.needs_fit and (fitted is None or self.name not in fitted.score_names):
+            return False
+        if "features" in self.needs and not has_features(classifier):
+            return False
+        return True
+
+    def score(self, inputs: ScoreInputs) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        needs = sorted(self.needs - {"fitted"}, key=NEEDS.index)
+        return {"name": self.name, "description": self.description, "needs": needs[-1] if needs else "logits",
+                "needs_fit": self.needs_fit, "reference": self.reference}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class LogitScore(TrustScore):
+    """A score that is a function of the logits alone (the fitted folder stores its calibration percentiles)."""
+
+    def __init__(self, name: str, fn: Callable[[Tensor], Tensor], description: str, reference: str = ""):
+        self.name, self.fn, self.description, self.reference = name, fn, description, reference
+
+    def score(self, inputs: ScoreInputs) -> Tensor:
+        return self.fn(inputs.logits)
+
+
+class GradNormScore(TrustScore):
+    name = "gradnorm"
+    description = "L1 norm of the final-layer gradient of KL(uniform || softmax)"
+    needs = frozenset({"logits", "features"})
+    reference = "Huang et al. 2021"
+
+    def score(self, inputs: ScoreInputs) -> Tensor:
+        return gradnorm(inputs.logits, inputs.features)
+
+
+class OdinScore(TrustScore):
+    name = "odin"
+    description = "max softmax at temperature 1000 after an input perturbation of 0.0014"
+    needs = frozenset({"logits", "model"})
+    reference = "Liang et al. 2018"
+
+    def score(self, inputs: ScoreInputs) -> Tensor:
+        o = inputs.options
+        return odin(inputs.classifier, inputs.images, o.odin_temperature, o.odin_epsilon)
+
+
+class MCDropoutScore(TrustScore):
+    name = "mc_dropout"
+    description = "negative entropy of the mean softmax over 10 dropout passes"
+    needs = frozenset({"logits", "model"})
+    reference = "Gal & Ghahramani 2016"
+
+    def applies_to(self, classifier: Classifier, fitted: "Fitted | None" = None) -> bool:
+        return bool(dropout_modules(classifier.model))
+
+    def score(self, inputs: ScoreInputs) -> Tensor:
+        return mc_dropout(inputs.classifier, inputs.images, inputs.options.mc_passes)
+
+
+class ParceScore(TrustScore):
+    name = "parce"
+    description = ("PaRCE competency: estimated probability the prediction is correct, from the softmax and the "
+                   "autoencoder's reconstruction loss (cfx fit)")
+    needs = frozenset({"logits", "model", "fitted"})
+    reference = "Pohland & Tomlin 2025 (docs/methods.md#parce-competency)"
+
+    def score(self, inputs: ScoreInputs) -> Tensor:
+        with torch.inference_mode():
+            return inputs.fitted.parce.competency_from(inputs.logits.to(inputs.images.device), inputs.images)
+
+
+class MahalanobisScore(TrustScore):
+    name = "mahalanobis"
+    description = "minus the smallest Mahalanobis distance of the features to a class mean (cfx fit)"
+    needs = frozenset({"logits", "features", "fitted"})
+    reference = "Lee et al. 2018"
+
+    def score(self, inputs: ScoreInputs) -> Tensor:
+        if inputs.features is None:
+            raise ValueError("the Mahalanobis score needs the final-layer features")
+        return inputs.fitted.mahalanobis.score(inputs.features)
+
+
+class OracleScore(TrustScore):
+    name = "oracle"
+    description = "learned trust oracle trained with the steep slope loss (cfx fit --oracle)"
+    needs = frozenset({"logits", "model", "fitted"})
+    reference = "Luo et al. 2021 (docs/methods.md#trust-oracle-steep-slope-loss)"
+
+    def score(self, inputs: ScoreInputs) -> Tensor:
+        return inputs.fitted.oracle.score(inputs.images)
+
+
+#: Every trust score by name, in a fixed order (the order of tables and reports).
+SCORES: Registry[TrustScore] = Registry("trust score")
+for _score in (
+    LogitScore("gradtrust", gradtrust, "GradTrust: max/mean over classes of the variance of counterfactual "
+               "final-layer gradients, all C labels (closed form)", "Prabhushankar & AlRegib 2024"),
+    LogitScore("gradtrust_topk", lambda z: gradtrust(z, labels="topk", k=5), "GradTrust with cross-entropy "
+               "counterfactuals for the top-5 labels (closed form)", "Prabhushankar & AlRegib 2024, general form"),
+    LogitScore("msp", msp, "maximum softmax probability", "Hendrycks & Gimpel 2017"),
+    LogitScore("max_logit", max_logit, "maximum raw logit", "Hendrycks et al. 2022"),
+    LogitScore("log_prob", log_prob, "log-softmax of the predicted class (minus its NLL)"),
+    LogitScore("margin", margin, "difference of the two highest softmax probabilities"),
+    LogitScore("neg_entropy", neg_entropy, "negative entropy of the softmax"),
+    LogitScore("energy", energy, "negative free energy, logsumexp of the logits (T = 1)", "Liu et al. 2020"),
+    GradNormScore(), OdinScore(), MCDropoutScore(), ParceScore(), MahalanobisScore(), OracleScore(),
+):
+    SCORES.register(_score.name, _score)
+
+
+def has_features(classifier: Classifier) -> bool:
+    """Whether the classifier can return its penultimate features (a hookable head or a scripted features())."""
+    if not isinstance(classifier.head, torch.jit.ScriptModule):
+        return True
+    return any(callable(getattr(classifier.model, m, None)) and not isinstance(getattr(classifier.model, m), nn.Module)
+               for m in ("features", "forward_features"))
+
+
+def applicable_scores(classifier: Classifier, fitted: "Fitted | None" = None) -> list[str]:
+    """Registry names that apply to this classifier (MC dropout only with dropout; features only with hooks;
+    fitted scores only with a fitted folder that has them)."""
+    return [name for name, s in SCORES.items() if s.applies_to(classifier, fitted)]
+
+
+@dataclass
+class BatchScores:
+    """Scores of one batch: ``scores[name]`` is ``(N,)``; ``errors[i]`` is the reason sample i failed, or None."""
+
+    logits: Tensor
+    scores: dict[str, Tensor]
+    errors: list[str | None]
+
+
+def score_batch(classifier: Classifier, images: Tensor, methods: Sequence[str] | None = None,
+                odin_temperature: float = 1000.0, odin_epsilon: float = 0.0014, mc_passes: int = 10,
+                fitted: "Fitted | None" = None) -> BatchScores:
+    """Compute the named scores for a batch of images ``(N, 3, H, W)`` in [0, 1].
+
+    All scores share one forward pass under ``torch.inference_mode`` (features only when a score needs them); ODIN
+    and MC dropout make their own passes. A sample whose logits are not finite gets NaN scores and an error message
+    instead of stopping the batch.
+    """
+    methods = list(methods) if methods is not None else applicable_scores(classifier, fitted)
+    unknown = [m for m in methods if m not in SCORES]
+    if unknown:
+        raise ValueError(f"unknown score(s) {unknown}; known: {list(SCORES)}")
+    scores = [SCORES.get(m) for m in methods]
+    needs_fit = [s.name for s in scores if s.needs_fit]
+    if needs_fit and fitted is None:
+        raise ValueError(f"score(s) {needs_fit} need a fitted folder: run cfx fit, then pass it (--fitted DIR, "
+                         "fitted=cfx.Fitted.load(DIR, classifier))")
+    need_features = any("features" in s.needs for s in scores)
+    images = images.to(classifier.device)
+    with torch.inference_mode():
+        if need_features:
+            logits, features = classifier.logits_and_features(images)
+        else:
+            logits, features = classifier.logits(images), None
+    logits = logits.float().cpu()
+    features = features.float().cpu() if features is not None else None
+    finite = torch.isfinite(logits).all(dim=1)
+    errors: list[str | None] = [None if ok else "the model returned NaN or infinite logits" for ok in finite.tolist()]
+    n = len(logits)
+    out: dict[str, Tensor] = {}
+    good = torch.nonzero(finite).flatten()
+    inputs = ScoreInputs(classifier, images[good.to(images.device)], logits[good],
+                         None if features is None else features[good], fitted,
+                         ScoreOptions(odin_temperature, odin_epsilon, mc_passes))
+    for s in scores:
+        value = torch.full((n,), float("nan"))
+        if len(good):
+            value[good] = s.score(inputs).float().cpu()
+        out[s.name] = value
+    return BatchScores(logits.cpu(), out, errors)

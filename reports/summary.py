@@ -1,0 +1,59 @@
+"""``summary.json`` of a run, computed from the run store alone (so ``cfx report`` can rewrite it without the model)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+
+from cfx.core.runstore import RunStore
+from cfx.trust.metrics import misprediction_metrics
+
+__all__ = ["write_summary"]
+
+
+def write_summary(store: RunStore) -> dict[str, Any]:
+    """``summary.json`` from the store alone: per sample ``id, label, prediction, flagged, scores, cause,
+    explanation, error``, plus counts, the threshold and misprediction metrics per score."""
+    samples = store.samples()
+    explained = store.explanations()
+    rows = []
+    for s in samples:
+        e = explained.get(s["id"], {})
+        exp = e.get("explanation") or {}
+        rows.append({"id": s["id"], "label": s["label"], "prediction": s["prediction"], "flagged": s["flagged"],
+                     "scores": s["scores"], "cause": e.get("cause"), "explanation": exp.get("text"),
+                     "error": s["error"] or e.get("error")})
+    labelled = [s for s in samples if s["label"] is not None and s["error"] is None and s["prediction"] is not None]
+    metrics: dict[str, Any] = {}
+    if labelled:
+        correct = torch.tensor([s["label"] == s["prediction"] for s in labelled])
+        for name in store.config.get("methods", []):
+            values = torch.tensor([s["scores"].get(name) if s["scores"].get(name) is not None else float("nan")
+                                   for s in labelled], dtype=torch.float64)
+            ok = torch.isfinite(values)
+            if ok.sum() >= 2:
+                m = misprediction_metrics(values[ok], correct[ok])
+                metrics[name] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                 for k, v in m.items() if isinstance(v, (int, float))}
+    causes: dict[str, int] = {}
+    for r in rows:
+        if r["cause"]:
+            causes[r["cause"]] = causes.get(r["cause"], 0) + 1
+    summary = {
+        "config": store.config,
+        "counts": {"samples": len(rows), "errors": sum(s["error"] is not None for s in samples),
+                   "flagged": sum(r["flagged"] for r in rows),
+                   "explained": sum(1 for e in explained.values() if e.get("explanation")),
+                   "explain_errors": sum(1 for e in explained.values() if e.get("error")), "causes": causes},
+        "timing": {"score_seconds": store.get_meta("score_seconds"), "explain_seconds": store.get_meta("explain_seconds")},
+        "metrics": metrics,
+        "samples": rows,
+    }
+    path = store.out / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    tmp.replace(path)
+    return summary
