@@ -50,6 +50,10 @@ def dataset_section(name: str, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+START = "<!-- bench/trust_results.py writes from here -->"
+END = "<!-- bench/trust_results.py writes up to here -->"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "results.md"))
@@ -71,8 +75,15 @@ def main():
         "",
     ]
     text = "\n".join(header) + "\n".join(body)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # replace only this script's section; the other measurements in the same file are kept
+    old = out.read_text() if out.exists() else ""
+    if START in old and END in old:
+        new = old[:old.index(START)] + START + "\n" + text.rstrip() + "\n" + old[old.index(END):]
+    else:
+        new = START + "\n" + text.rstrip() + "\n" + END + "\n\n" + old
+    out.write_text(new)
     print(text)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
 

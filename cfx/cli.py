@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .core.data import DataSourceError, iter_batches, open_source
 from .core.images import is_grey
 from .core.models import ClassifierError, load_classifier
+from .core.registry import load_plugins
 from .core.runstore import RunStoreError
 from .core.shifts import CAUSES, SHIFTS, apply_shift
 from .demo import cause_conditions, cause_examples, demo_fitted, demo_source, explanation_benchmark, load_demo
@@ -133,6 +134,7 @@ def main() -> None:
     Check how cfx sees your own classifier and data:
         cfx inspect --model torchscript:model.pt --image-size 224 --data images/
     """
+    load_plugins()  # installed plugins register their kinds (scores, editors, reporters, ...) before any option is read
 
 
 @main.command(context_settings=CONTEXT)
@@ -242,7 +244,7 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
                        + (", and unfamiliar stars" if name.startswith("shapes") else "") + "):")
             run = run_explain(clf, demo_source(f"demo:{name}:review"), fitted, review_dir, progress=not quiet,
                               data_spec=f"demo:{name}:review", model_spec=f"demo:{name}", restart=True)
-            result["review"] = {"out": str(review_dir), "counts": run["counts"], "timing": run["timing"]}
+            result["review"] = {"out": str(review_dir), "counts": run.counts, "timing": run.timing}
             _print_explain_summary(run, review_dir)
         summary["datasets"][name] = result
     _write_json(out_dir / "summary.json", summary)
@@ -514,19 +516,19 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
     source = _open_data(data_spec, classifier)
     gens = [g.strip() for g in generators.split(",") if g.strip()]
     try:
-        summary = run_explain(classifier, source, fitted_dir, out, reporter=reporter, generators=gens,
+        run = run_explain(classifier, source, fitted_dir, out, reporter=reporter, generators=gens,
                               flag_score=flag_score, flag_below=flag_below, flag_percentile=flag_percentile,
                               batch_size=batch_size, restart=restart, progress=not quiet,
                               dataset_description=dataset_description, data_spec=data_spec,
                               model_spec=model_spec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    _print_explain_summary(summary, Path(out))
+    _print_explain_summary(run, Path(out))
 
 
-def _print_explain_summary(summary: dict, out: Path) -> None:
-    c = summary["counts"]
-    t = summary["timing"]
+def _print_explain_summary(result: ExplainResult, out: Path) -> None:
+    c = result.counts
+    t = result.timing
     click.echo(f"scored {c['samples']} inputs ({c['errors']} unreadable), flagged {c['flagged']}, "
                f"explained {c['explained']}" + (f" ({c['explain_errors']} failed)" if c["explain_errors"] else ""))
     if t.get("score_seconds") and t.get("explain_seconds"):
@@ -585,21 +587,21 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     source = _open_data(data_spec, classifier)
     try:
-        result = run_audit(classifier, source, fitted_dir, out, nuisance=names, sample=sample or None,
+        result: AuditResult = run_audit(classifier, source, fitted_dir, out, nuisance=names, sample=sample or None,
                            properties=[p.strip() for p in properties.split(",")] if properties else None,
                            flag_score=flag_score, flag_below=flag_below, flag_percentile=flag_percentile,
                            steps=steps, batch_size=batch_size, restart=restart, progress=not quiet, seed=seed,
                            data_spec=data_spec, model_spec=model_spec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    c = result["counts"]
+    c = result.counts
     click.echo(f"audited {c['samples']} images ({c['errors']} unreadable, {c['flagged']} flagged); property edits on "
                f"{c['property_sample']}")
     click.echo(_table(["property", "edit", "mean EPGM", "significant", "flips", "nuisance", "flagged"],
                       [[r["property"], r["kind"], round(r["mean_epgm"], 4), r["share_significant"], r["share_flips"],
                         "yes" if r["nuisance"] else "", "FLAGGED" if r["flagged"] else ""]
-                       for r in result["properties"][:12]]))
-    bad = [s for s in result["slices"] if s["flagged"]]
+                       for r in result.properties[:12]]))
+    bad = [s for s in result.slices if s["flagged"]]
     click.echo(f"{len(bad)} slices differ from the rest" + (":" if bad else ""))
     for s in bad[:8]:
         click.echo(f"  {s['column']} = {s['slice']}: n {s['n']}, accuracy {s['accuracy'] if s['accuracy'] is None else round(s['accuracy'], 3)} "

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # builds a diffusion pipeline or trains a DDPM
+
 
 @pytest.fixture(scope="module")
 def tiny_ip2p():
