@@ -26,9 +26,11 @@ from .core.registry import load_plugins
 from .core.runstore import RunStoreError
 from .core.shifts import CAUSES, SHIFTS, apply_shift
 from .demo import cause_conditions, cause_examples, demo_fitted, demo_source, explanation_benchmark, load_demo
+from .jobs import AuditResult, ExplainResult
 from .jobs import audit as run_audit
 from .jobs import explain as run_explain
 from .jobs import fit as fit_folder
+from .jobs.explaining import ExplainConfigError
 from .reports import render_review
 from .trust.fitted import Fitted, FittedError
 from .trust.metrics import metrics_table
@@ -100,7 +102,7 @@ def _friendly_errors(func: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ClassifierError, DataSourceError, FittedError, RunStoreError) as exc:
+        except (ClassifierError, DataSourceError, FittedError, RunStoreError, ExplainConfigError) as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("\ninterrupted; finished work was written (re-run the same command to resume)", err=True)
@@ -364,6 +366,8 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
     if "ddpm" in m:
         click.echo(f"DDPM: {m['ddpm']['steps']} steps at {m['ddpm']['image_size']} px, final loss "
                    f"{m['ddpm']['final_loss']:.3f}")
+    for name, reason in (m.get("unavailable") or {}).items():
+        click.echo(f"not available: {name}: {reason}")
     summary = {"command": "fit", "fitted": str(Path(out).resolve()),
                **{k: v for k, v in m.items() if k not in ("files", "calibration_percentiles")}}
     _write_json(Path(out) / "summary.json", summary)

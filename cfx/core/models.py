@@ -166,6 +166,8 @@ class Classifier:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     class_names: list[str] | None = None
     source: str = "module"
+    probe_size: tuple[int, int] = (32, 32)  # the (H, W) a probe forward pass uses when preprocessing has no size
+    _feature_route: object = field(default=None, init=False, repr=False, compare=False)  # scripted models only
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -208,7 +210,8 @@ class Classifier:
         if names is not None and len(names) != num_classes:
             raise ClassifierError(f"{len(names)} class names were given but the model has {num_classes} classes")
         return cls(model=model, head=head_module, head_name=head_name, num_classes=num_classes,
-                   preprocessing=preprocessing, class_names=names, source=source)
+                   preprocessing=preprocessing, class_names=names, source=source,
+                   probe_size=tuple(preprocessing.size or example_size or (32, 32)))
 
     # ------------------------------------------------------------------ device
     @property
@@ -264,20 +267,70 @@ class Classifier:
         return logits, features
 
     def _scripted_logits_and_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        # TorchScript modules do not support hooks: use an exported features() method when the model has one.
+        # TorchScript modules do not support hooks: use an exported features() method when the model has one, else
+        # the model's children run in order up to the head, once verified against the model's own logits.
         x = self.preprocessing(images)
+        method = self._features_method()
+        if method is not None:
+            feats = getattr(self.model, method)(x)
+            if feats.dim() != 2:
+                raise ClassifierError(f"the TorchScript model's {method}() returned shape {tuple(feats.shape)}; "
+                                      "it must return the (N, d) input of the final linear layer")
+            return self.head(feats), feats
+        route = self._children_route()
+        if route is None:
+            raise ClassifierError(self.features_unavailable_reason())
+        feats = x
+        for module in route:
+            feats = module(feats)
+        if feats.dim() > 2:
+            feats = feats.flatten(1)
+        return self.head(feats), feats
+
+    def _features_method(self) -> str | None:
         for method in ("features", "forward_features"):
             attr = getattr(self.model, method, None)
             if attr is not None and not isinstance(attr, nn.Module):  # a method, not a submodule named "features"
-                feats = attr(x)
-                if feats.dim() != 2:
-                    raise ClassifierError(f"the TorchScript model's {method}() returned shape {tuple(feats.shape)}; "
-                                          "it must return the (N, d) input of the final linear layer")
-                return self.head(feats), feats
-        raise ClassifierError(
-            "this TorchScript model does not expose its penultimate features: TorchScript modules do not support "
-            "hooks. Export a method with @torch.jit.export def features(self, x) returning the input of the final "
-            "linear layer, or load the model as python:module:callable. Scores that need only logits still work.")
+                return method
+        return None
+
+    def _children_route(self) -> list[nn.Module] | None:
+        """The model's direct children before the head, when running them in order (flattening before the head)
+        reproduces the model's logits on a probe batch; None otherwise. Decided once per classifier."""
+        if self._feature_route is None:
+            self._feature_route = False
+            children = list(self.model.named_children())
+            if children and children[-1][0] == self.head_name:
+                route = [m for _, m in children[:-1]]
+                probe = torch.rand(2, 3, *(self.preprocessing.size or self.probe_size), device=self.device)
+                try:
+                    with torch.inference_mode():
+                        x = self.preprocessing(probe)
+                        feats = x
+                        for module in route:
+                            feats = module(feats)
+                        if feats.dim() > 2:
+                            feats = feats.flatten(1)
+                        ok = torch.allclose(self.head(feats), _output_logits(self.model(x)), rtol=1e-4, atol=1e-5)
+                except Exception:  # noqa: BLE001 - the children do not compose into the forward pass
+                    ok = False
+                if ok:
+                    self._feature_route = route
+        return self._feature_route or None
+
+    def has_features(self) -> bool:
+        """Whether the penultimate features can be had: always with hooks; for TorchScript through an exported
+        ``features()`` or the verified children route."""
+        if not isinstance(self.head, torch.jit.ScriptModule):
+            return True
+        return self._features_method() is not None or self._children_route() is not None
+
+    def features_unavailable_reason(self) -> str:
+        return ("this TorchScript model does not expose its penultimate features: TorchScript modules do not support "
+                "hooks, it has no features() method, and running its children in order does not reproduce its "
+                "logits. Export a method with @torch.jit.export def features(self, x) returning the input of the "
+                "final linear layer, or load the model as python:module:callable. Scores that need only logits "
+                "still work.")
 
     def features(self, images: Tensor) -> Tensor:
         """Final-layer input features ``(N, d)``."""

@@ -9,6 +9,7 @@ again; the flag threshold is fixed before the run (a number, or a percentile of 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from cfx.trust.threshold import Threshold
 
 from .common import ExplainResult, open_job_inputs, score_into_store
 
-__all__ = ["GENERATORS", "explain"]
+__all__ = ["GENERATORS", "ExplainConfigError", "explain"]
 
 GENERATORS = ("reco", "lgd", "lnn")
 
@@ -55,6 +56,11 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
         raise ValueError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
                           model_options)
+    generators = list(generators)
+    if "lnn" in generators and job.fitted.latent_index is None:
+        warnings.warn(f"LNN counterfactuals are left out: the fitted folder {job.fitted.path} has no latent index (no "
+                      "reference image reached the competency threshold in cfx fit)", RuntimeWarning, stacklevel=2)
+        generators.remove("lnn")
     reporter = make_reporter(reporter, dataset_description)
     if flag_score not in job.methods:
         raise ValueError(f"flag score {flag_score!r} is not available for this model and fitted folder; "
@@ -92,7 +98,8 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageS
     for start in range(0, len(todo), explain_batch_size):
         ids = todo[start:start + explain_batch_size]
         images = torch.stack([png_tensor(store.image(sid, "original")) for sid in ids])
-        rows, pictures = _explain_batch(classifier, fitted, reporter, ids, images, generators, store)
+        rows, pictures = _explain_batch(classifier, fitted, reporter, ids, images, generators, store,
+                                        fail_fast=start == 0)
         store.add_explanations(rows, pictures)
         bar.update(len(ids))
     bar.close()
@@ -107,10 +114,16 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageS
     return summary
 
 
+class ExplainConfigError(RuntimeError):
+    """Every sample fails the same way: the set-up is wrong (sizes, model, fitted folder), not one image."""
+
+
 def _explain_batch(classifier: Classifier, fitted: Fitted, reporter, ids: list[str], images: torch.Tensor,
-                   generators: list[str], store: RunStore) -> tuple[list[dict], dict]:
+                   generators: list[str], store: RunStore, fail_fast: bool = False) -> tuple[list[dict], dict]:
     """Evidence and explanations for one batch; when the batch fails, each sample alone, so one bad sample becomes
-    an error row and the others are explained."""
+    an error row and the others are explained. With ``fail_fast`` (the run's first batch), when the first two
+    samples alone fail exactly as the whole batch did, the cause is the set-up: stop with one message instead of
+    writing an error row for every sample."""
     labels = []
     for sid in ids:
         row = store.db.execute("SELECT label FROM samples WHERE id = ?", (sid,)).fetchone()
@@ -120,11 +133,16 @@ def _explain_batch(classifier: Classifier, fitted: Fitted, reporter, ids: list[s
         evidence, pictures = collect_evidence(classifier, fitted, images, ids=ids, labels=labels,
                                               generators=generators, return_images=True)
     except Exception as exc:  # noqa: BLE001 - isolate the bad sample, keep the run going
+        message = f"evidence failed: {type(exc).__name__}: {exc}"
         if len(ids) == 1:
-            return [{"id": ids[0], "error": f"evidence failed: {type(exc).__name__}: {exc}"}], {}
+            return [{"id": ids[0], "error": message}], {}
         rows, pics = [], {}
         for i, sid in enumerate(ids):
             r, p = _explain_batch(classifier, fitted, reporter, [sid], images[i:i + 1], generators, store)
+            if fail_fast and i == 1 and all(row.get("error") == message for row in rows + r):
+                raise ExplainConfigError(f"the first flagged samples all fail the same way, so the set-up is wrong "
+                                         f"rather than one image ({message}); nothing more was attempted. Scores "
+                                         "and flags are stored: fix the cause and run the same command to resume")
             rows += r
             pics.update(p)
         return rows, pics

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -43,6 +44,7 @@ def _collect(classifier: Classifier, source: ImageSource | Iterable[Record], bat
              desc: str) -> dict[str, Any]:
     """One streaming pass: uint8 images at the classifier's size, labels, ids, logits, features; errors skipped."""
     size = classifier.preprocessing.size
+    with_features = classifier.has_features()
     images, labels, ids, logits, feats, errors = [], [], [], [], [], []
     total = len(source) if hasattr(source, "__len__") else None
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
@@ -50,20 +52,22 @@ def _collect(classifier: Classifier, source: ImageSource | Iterable[Record], bat
         errors += [(r.id, r.error) for r in batch.errors]
         if len(batch):
             with torch.inference_mode():
-                z, h = classifier.logits_and_features(batch.images)
+                z, h = (classifier.logits_and_features(batch.images) if with_features
+                        else (classifier.logits(batch.images), None))
             finite = torch.isfinite(z).all(1).cpu()
             errors += [(i, "non-finite logits") for i, ok in zip(batch.ids, finite.tolist()) if not ok]
             images.append((batch.images[finite] * 255).round().to(torch.uint8))
             labels.append(batch.labels[finite])
             ids += [i for i, ok in zip(batch.ids, finite.tolist()) if ok]
             logits.append(z[finite.to(z.device)].float().cpu())
-            feats.append(h[finite.to(h.device)].float().cpu())
+            if h is not None:
+                feats.append(h[finite.to(h.device)].float().cpu())
         bar.update(len(batch) + len(batch.errors))
     bar.close()
     if not ids:
         raise ValueError(f"no usable images in the {desc} data ({len(errors)} errors); check the source")
     return {"images": torch.cat(images), "labels": torch.cat(labels).long(), "ids": ids,
-            "logits": torch.cat(logits), "features": torch.cat(feats), "errors": errors}
+            "logits": torch.cat(logits), "features": torch.cat(feats) if feats else None, "errors": errors}
 
 
 def _data_fingerprint(ids: Sequence[str], labels: Tensor, images: Tensor) -> str:
@@ -160,7 +164,18 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         rec = torch.cat([parce.reconstruction_loss(as_float_images(cal_float[i:i + 256]).to(classifier.device))
                          .cpu() for i in range(0, len(cal_float), 256)])
     parce.fit(torch.softmax(cal["logits"].double(), 1), rec, cal["labels"])
-    maha = Mahalanobis().fit(ref["features"][tr_idx], ref["labels"][tr_idx])
+    unavailable: dict[str, str] = {}
+    if ref["features"] is not None:
+        maha = Mahalanobis().fit(ref["features"][tr_idx], ref["labels"][tr_idx])
+    else:
+        maha = None
+        reason = ("needs the penultimate features, which this model does not expose (" +
+                  classifier.features_unavailable_reason().split(":")[0] + ")")
+        unavailable.update({"mahalanobis": reason, "gradnorm": reason})
+        if oracle:
+            unavailable["oracle"] = reason
+            warnings.warn(f"the trust oracle is not trained: it {reason}", RuntimeWarning, stacklevel=2)
+            oracle = False
 
     trained_oracle = None
     if oracle:
@@ -171,13 +186,14 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     # that need only logits and features, then the fitted ones.
     cal_inputs = ScoreInputs(classifier, torch.empty(0), cal["logits"], cal["features"])
     cal_scores = {name: s.score(cal_inputs).float() for name, s in SCORES.items()
-                  if s.needs <= {"logits", "features"}}
+                  if s.needs <= ({"logits", "features"} if cal["features"] is not None else {"logits"})}
     with torch.inference_mode():
         cal_scores["parce"] = torch.cat([
             parce.competency_from(cal["logits"][i:i + 256].to(classifier.device),
                                   as_float_images(cal_float[i:i + 256]).to(classifier.device)).float().cpu()
             for i in range(0, len(cal_float), 256)])
-    cal_scores["mahalanobis"] = maha.score(cal["features"])
+    if maha is not None:
+        cal_scores["mahalanobis"] = maha.score(cal["features"])
     # The latent index of LNN counterfactuals: high-competency calibration images.
     confident = torch.nonzero(cal_scores["parce"] > competency_threshold).flatten()
     latent_index = None
@@ -196,9 +212,12 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     # Write the folder: weights as state dicts (loaded back with weights_only=True), then the manifest last.
     torch.save(autoencoder.state_dict(), out / "autoencoder.pt")
     (out / "parce.json").write_text(json.dumps(parce.state(), indent=1))
-    torch.save(maha.state(), out / "mahalanobis.pt")
+    files = ["autoencoder.pt", "parce.json"]
+    if maha is not None:
+        torch.save(maha.state(), out / "mahalanobis.pt")
+        files.append("mahalanobis.pt")
     torch.save(cal_scores, out / "calibration_scores.pt")
-    files = ["autoencoder.pt", "parce.json", "mahalanobis.pt", "calibration_scores.pt"]
+    files.append("calibration_scores.pt")
     if trained_oracle is not None:
         torch.save(trained_oracle.net_.state_dict(), out / "oracle.pt")
         files.append("oracle.pt")
@@ -234,6 +253,7 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         "parce": {k: v for k, v in parce.state().items() if k in ("z_star", "calibration_accuracy",
                                                                    "calibration_gap", "threshold")},
         "calibration_percentiles": percentiles,
+        "unavailable": unavailable,
         "seconds": round(time.perf_counter() - t0, 1),
         "files": {name: file_sha256(out / name) for name in files},
     }

@@ -354,7 +354,7 @@ class Fitted:
     path: Path
     manifest: dict
     parce: PaRCE
-    mahalanobis: Mahalanobis
+    mahalanobis: Mahalanobis | None
     calibration_scores: dict[str, Tensor]
     oracle: TrustOracle | None = None
     latent_index: LatentIndex | None = None  # high-competency calibration latents (LNN counterfactuals)
@@ -366,7 +366,13 @@ class Fitted:
 
     @property
     def score_names(self) -> list[str]:
-        return ["parce", "mahalanobis"] + (["oracle"] if self.oracle is not None else [])
+        return (["parce"] + (["mahalanobis"] if self.mahalanobis is not None else [])
+                + (["oracle"] if self.oracle is not None else []))
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Scores this folder could not fit, with the reason (e.g. a model that does not expose its features)."""
+        return dict(self.manifest.get("unavailable") or {})
 
     def threshold(self, score: str, percentile: float) -> Threshold:
         """A flag threshold at ``percentile`` of ``score`` on the stored calibration split."""
@@ -411,7 +417,8 @@ class Fitted:
         ae.load_state_dict(torch.load(path / "autoencoder.pt", map_location="cpu", weights_only=True))
         ae.eval()
         parce = PaRCE.from_state(ae, json.loads((path / "parce.json").read_text()))
-        maha = Mahalanobis.from_state(torch.load(path / "mahalanobis.pt", map_location="cpu", weights_only=True))
+        maha = (Mahalanobis.from_state(torch.load(path / "mahalanobis.pt", map_location="cpu", weights_only=True))
+                if "mahalanobis.pt" in files else None)
         cal = torch.load(path / "calibration_scores.pt", map_location="cpu", weights_only=True)
         oracle = None
         if "oracle" in manifest and classifier is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cfx.core.models import Classifier
 from cfx.core.registry import Registry
@@ -195,11 +195,8 @@ for _score in (
 
 
 def has_features(classifier: Classifier) -> bool:
-    """Whether the classifier can return its penultimate features (a hookable head or a scripted features())."""
-    if not isinstance(classifier.head, torch.jit.ScriptModule):
-        return True
-    return any(callable(getattr(classifier.model, m, None)) and not isinstance(getattr(classifier.model, m), nn.Module)
-               for m in ("features", "forward_features"))
+    """Whether the classifier can return its penultimate features (see :meth:`Classifier.has_features`)."""
+    return classifier.has_features()
 
 
 def applicable_scores(classifier: Classifier, fitted: "Fitted | None" = None) -> list[str]:

@@ -1,0 +1,133 @@
+"""Real architectures through fit → explain → audit: BatchNorm, residual connections, a head inside a Sequential,
+and plain TorchScript exports (with and without a children route to the features).
+
+The data are scikit-learn's handwritten digits, colourised (a random background hue per image), so nothing here
+uses the demo world or its models.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cfx
+from cfx.core.data import TensorSource
+from cfx.core.models import Classifier, Preprocessing, model_fingerprint
+from cfx.core.training import train_model
+
+
+def colour_digits(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits upsampled to 32 px, white strokes on a dark background of random hue."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(d.target), generator=g)[:n]
+    x = torch.from_numpy(d.images[idx.numpy()].astype(np.float32) / 16).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).clamp(0, 1)
+    hue = torch.rand(n, 3, 1, 1, generator=g) * 0.4
+    return (hue * (1 - x) + x).clamp(0, 1), torch.from_numpy(d.target[idx.numpy()]).long()
+
+
+class BatchNormCNN(nn.Module):
+    """Conv-BN-ReLU blocks with a residual connection, global pooling, and the head inside a Sequential."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = torch.relu(h + self.block(h))  # residual: the children do not compose into the forward pass
+        return self.classifier(torch.flatten(self.pool(h), 1))
+
+
+class PlainBNCNN(nn.Module):
+    """A Sequential-like BatchNorm CNN: its children in order are its forward pass."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features_ = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                       nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features_(x)), 1))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = colour_digits()
+    return x, y
+
+
+def _trained(net: nn.Module, x, y) -> nn.Module:
+    torch.manual_seed(0)
+    train_model(net, x, y, epochs=4, batch_size=32, lr=3e-3, seed=0, desc="zoo", progress=False)
+    return net.eval()
+
+
+def test_fingerprint_covers_batchnorm_buffers(digits):
+    net = PlainBNCNN().eval()
+    clf = Classifier.wrap(net, preprocessing=Preprocessing(size=(32, 32)))
+    before = model_fingerprint(clf)
+    net.features_[1].num_batches_tracked += 1  # a 0-d buffer: it counts too
+    assert model_fingerprint(clf) != before
+
+
+def test_torchscript_features_come_from_the_children_when_they_compose():
+    net = PlainBNCNN().eval()
+    scripted = torch.jit.script(net)
+    clf = Classifier.wrap(scripted, preprocessing=Preprocessing(size=(32, 32)))
+    assert clf.has_features()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.inference_mode():
+        z, h = clf.logits_and_features(x)
+        ref = net.pool(net.features_(x)).flatten(1)  # the eager model's own penultimate activations
+    torch.testing.assert_close(h, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z, net(x), rtol=1e-5, atol=1e-5)
+    residual = Classifier.wrap(torch.jit.script(BatchNormCNN().eval()), preprocessing=Preprocessing(size=(32, 32)))
+    assert not residual.has_features()  # children in order skip the residual add: refused, not guessed
+    assert "does not expose its penultimate features" in residual.features_unavailable_reason()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["eager-residual", "script-residual", "script-plain"])
+def test_zoo_model_goes_through_fit_explain_and_audit(kind, digits, tmp_path):
+    x, y = digits
+    net = _trained(BatchNormCNN() if "residual" in kind else PlainBNCNN(), x[:300], y[:300])
+    if kind.startswith("script"):
+        path = tmp_path / "model.pt"
+        torch.jit.script(net).save(str(path))
+        model = cfx.load_classifier(f"torchscript:{path}", image_size=32)
+    else:
+        model = Classifier.wrap(net, preprocessing=Preprocessing(size=(32, 32)))
+    reference = TensorSource(x[:300], y[:300], ids=[f"ref-{i}" for i in range(300)])
+    fitted = cfx.fit(model, reference, tmp_path / "fitted", ae_epochs=3, progress=False)
+    if kind == "script-residual":
+        assert set(fitted.unavailable) == {"mahalanobis", "gradnorm"} and "mahalanobis" not in fitted.score_names
+    else:
+        assert fitted.unavailable == {} and "mahalanobis" in fitted.score_names
+    # "production" images: held-out digits, a third of them darkened
+    prod = x[300:360].clone()
+    prod[::3] *= 0.3
+    source = TensorSource(prod, y[300:360], ids=[f"img-{i}" for i in range(60)])
+    run = cfx.explain(model, source, fitted, tmp_path / "review", flag_percentile=20, progress=False)
+    assert run.counts["flagged"] > 0 and run.counts["explained"] == run.counts["flagged"]
+    assert run.counts["explain_errors"] == 0 and run.counts["errors"] == 0
+    summary = json.loads((tmp_path / "review" / "summary.json").read_text())
+    assert all(s["explanation"] for s in summary["samples"] if s["flagged"])
+    html = (tmp_path / "review" / "report.html").read_text()
+    assert html.count("data:image/") >= 2 * run.counts["flagged"]  # each card: original and a counterfactual
+    audit = cfx.audit(model, source, fitted, tmp_path / "audit", nuisance=["brightness"], sample=12, steps=3,
+                      permutations=20, progress=False)
+    assert {r["property"] for r in audit.properties} >= {"brightness", "contrast", "hue"}
+    assert (tmp_path / "audit" / "audit.html").is_file()
