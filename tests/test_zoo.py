@@ -131,3 +131,35 @@ def test_zoo_model_goes_through_fit_explain_and_audit(kind, digits, tmp_path):
                       permutations=20, progress=False)
     assert {r["property"] for r in audit.properties} >= {"brightness", "contrast", "hue"}
     assert (tmp_path / "audit" / "audit.html").is_file()
+
+
+@pytest.mark.slow
+def test_explain_stops_at_once_on_a_set_up_error_but_isolates_one_bad_sample(digits, tmp_path, monkeypatch):
+    import cfx.jobs.explaining as explaining
+
+    x, y = digits
+    model = Classifier.wrap(_trained(PlainBNCNN(), x[:300], y[:300]), preprocessing=Preprocessing(size=(32, 32)))
+    fitted = cfx.fit(model, TensorSource(x[:300], y[:300]), tmp_path / "fitted", ae_epochs=2, progress=False)
+    source = TensorSource(x[300:400], y[300:400], ids=[f"img-{i}" for i in range(100)])
+    real = explaining.collect_evidence
+    calls = []
+
+    def broken(classifier, fitted, images, **kwargs):  # what a size mismatch does: every call fails the same way
+        calls.append(len(images))
+        raise ValueError("images are 224x224 but the fitted autoencoder works at 64x64")
+
+    monkeypatch.setattr(explaining, "collect_evidence", broken)
+    with pytest.raises(explaining.ExplainConfigError, match="set-up is wrong.*224x224"):
+        cfx.explain(model, source, fitted, tmp_path / "review", flag_percentile=30, progress=False)
+    assert len(calls) == 3  # the batch, then two samples alone: not one attempt per sample
+    # the scores are kept; with the cause fixed, the same call resumes and one genuinely bad sample is one error row
+    bad = {}
+
+    def one_bad(classifier, fitted, images, ids=None, **kwargs):
+        if "img-" + str(bad.setdefault("id", ids[0].split("-")[1])) in ids:
+            raise ValueError("this one image is corrupt")
+        return real(classifier, fitted, images, ids=ids, **kwargs)
+
+    monkeypatch.setattr(explaining, "collect_evidence", one_bad)
+    run = cfx.explain(model, source, fitted, tmp_path / "review", flag_percentile=30, progress=False)
+    assert run.counts["explain_errors"] == 1 and run.counts["explained"] == run.counts["flagged"] - 1

@@ -139,7 +139,7 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         perm = torch.randperm(len(ref["ids"]), generator=torch.Generator().manual_seed(seed))
         n_cal = max(2, int(round(len(perm) * calibration_fraction)))
         cal_idx, tr_idx = perm[:n_cal], perm[n_cal:]
-        cal = {k: (v[cal_idx] if isinstance(v, Tensor) else [v[i] for i in cal_idx.tolist()])
+        cal = {k: (v[cal_idx] if isinstance(v, Tensor) else None if v is None else [v[i] for i in cal_idx.tolist()])
                for k, v in ref.items() if k != "errors"}
         cal["errors"] = []
     train_images = ref["images"][tr_idx]
