@@ -34,7 +34,7 @@ from .jobs.explaining import ExplainConfigError
 from .reports import render_review
 from .trust.fitted import Fitted, FittedError
 from .trust.metrics import metrics_table
-from .trust.scores import SCORES, applicable_scores
+from .trust.scores import SCORES, applicable_scores, default_scores
 from .trust.scoring import evaluate_conditions, score_source, write_trust_outputs
 from .trust.threshold import Threshold, resolve_threshold
 
@@ -91,7 +91,9 @@ def _open_data(spec: str, classifier):
 def _list_methods(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         for name, spec in SCORES.items():
-            click.echo(f"{name:15s} {spec.description}{'  [needs cfx fit]' if spec.needs_fit else ''}")
+            notes = ("  [needs cfx fit]" if spec.needs_fit else "") + ("  [extra passes: on request]"
+                                                                      if spec.extra_passes else "")
+            click.echo(f"{name:15s} {spec.description}{notes}")
         ctx.exit()
 
 
@@ -380,8 +382,10 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
               help="Images to score: a folder, a .csv/.jsonl manifest, or demo:shapes[:SPLIT] / demo:digits[:SPLIT].")
 @click.option("--out", type=click.Path(file_okay=False), default="cfx-trust", show_default=True,
               help="Folder for scores.csv, summary.json, roc.png and risk_coverage.png.")
-@click.option("--methods", default="all", show_default=True,
-              help="Comma-separated score names (see --list-methods), or 'all' applicable ones.")
+@click.option("--methods", default="default", show_default=True,
+              help="Comma-separated score names (see --list-methods); 'default': every applicable score that costs "
+                   "no extra pass (logit scores, GradTrust, GradNorm, PaRCE, Mahalanobis); 'all': ODIN, MC dropout "
+                   "and the oracle too.")
 @click.option("--list-methods", is_flag=True, is_eager=True, expose_value=False, callback=_list_methods,
               help="List the trust scores and exit.")
 @click.option("--fitted", "fitted_dir", type=click.Path(file_okay=False), default=None,
@@ -421,8 +425,9 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     fitted = None
     if fitted_dir:
         fitted = Fitted.load(fitted_dir, classifier)
-    available = applicable_scores(classifier, fitted)
-    chosen = available if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    keyword = methods.strip()
+    chosen = (applicable_scores(classifier, fitted) if keyword == "all" else default_scores(classifier, fitted)
+              if keyword == "default" else [m.strip() for m in methods.split(",") if m.strip()])
     unknown = [m for m in chosen if m not in SCORES]
     if unknown:
         raise click.BadParameter(f"unknown score(s) {unknown}; choose from {', '.join(SCORES)}",

@@ -22,7 +22,7 @@ from cfx.core.shifts import CAUSE_LABELS
 from cfx.generators import (AutoencoderReconstruction, LatentGradientDescent, LatentNearestNeighbours, Occlusion,
                             competency_target, parametric_editors, property_curve, restoring_edits)
 from cfx.trust.fitted import Fitted
-from cfx.trust.scores import applicable_scores, score_batch
+from cfx.trust.scores import default_scores, score_batch
 
 __all__ = ["CAUSE_LABELS", "STATISTICS", "Evidence", "blockiness", "collect_evidence", "difference_mass",
            "image_statistics", "reference_statistics"]
@@ -211,7 +211,7 @@ def collect_evidence(classifier: Classifier, fitted: Fitted, images: Tensor, ids
                    (labels if labels is not None else [-1] * n)]
     editors = list(editors) if editors is not None else parametric_editors()
     names = classifier.class_names
-    batch = score_batch(classifier, images, applicable_scores(classifier, fitted), fitted=fitted)
+    batch = score_batch(classifier, images, default_scores(classifier, fitted), fitted=fitted)
     pred = batch.logits.argmax(1)
     target = competency_target(classifier, fitted)
     score_fn = lambda x: fitted.parce.competency_from(classifier.logits(x), x)  # noqa: E731

@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cfx.core.images import resize
 from cfx.core.models import Classifier
 from cfx.trust.fitted import Fitted
 from cfx.trust.functional import gradtrust
 
-__all__ = ["Counterfactuals", "TargetScore", "competency_target", "gradtrust_target", "ssim", "ssim_distance"]
+__all__ = ["Counterfactuals", "TargetScore", "competency_target", "from_autoencoder_size", "gradtrust_target", "ssim",
+           "ssim_distance", "to_autoencoder_size"]
 
 
 class TargetScore(Protocol):
@@ -59,6 +61,25 @@ def competency_target(classifier: Classifier, fitted: Fitted) -> Callable[[Tenso
 def gradtrust_target(classifier: Classifier, labels: str = "all") -> Callable[[Tensor], Tensor]:
     """GradTrust normalised to (0, 1] by dividing by C, so a threshold like 0.5 reads as "half the maximum"."""
     return lambda images: gradtrust(classifier.logits(images), labels=labels) / classifier.num_classes
+
+
+def to_autoencoder_size(images: Tensor, autoencoder) -> Tensor:
+    """Images at the autoencoder's resolution (the same tensor when it already matches)."""
+    return resize(images, tuple(autoencoder.image_size))
+
+
+def from_autoencoder_size(decoded: Tensor, images: Tensor, small: Tensor) -> Tensor:
+    """Carry a change made at the autoencoder's resolution back onto the full-resolution originals.
+
+    ``decoded`` and ``small`` are at the autoencoder's size, ``images`` at the classifier's. When the sizes match the
+    decoded image is the counterfactual itself; otherwise the low-resolution change ``decoded − small`` is upsampled
+    and added to the original as a residual, so what the model scores and the report shows keeps the original's
+    full-resolution detail wherever the counterfactual did not change it. Differentiable in ``decoded``.
+    """
+    if tuple(decoded.shape[-2:]) == tuple(images.shape[-2:]):
+        return decoded
+    change = F.interpolate(decoded - small, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)
+    return (images + change).clamp(0, 1)
 
 
 def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> Tensor:

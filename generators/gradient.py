@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Counterfactuals, ssim_distance
+from .base import Counterfactuals, from_autoencoder_size, ssim_distance, to_autoencoder_size
 
 __all__ = ["FeatureGradientDescent", "ImageGradientDescent", "LatentGradientDescent"]
 
@@ -186,7 +186,8 @@ class FeatureGradientDescent(_GradientGenerator):
 
 
 class LatentGradientDescent(_GradientGenerator):
-    """LGD: optimise the autoencoder latent ``z'`` from ``E(x)``; the counterfactual is ``D(z')``.
+    """LGD: optimise the autoencoder latent ``z'`` from ``E(x)``; the counterfactual is ``D(z')`` (at another
+    resolution than the autoencoder's, the change ``D(z') − x↓`` is carried onto the original).
 
     Proximity is cosine similarity to ``E(x)`` by default. Starts from ``D(E(x))`` (the reconstruction), which is
     what the reference code's first step amounts to; if that already passes, LGD returns it unchanged.
@@ -201,20 +202,14 @@ class LatentGradientDescent(_GradientGenerator):
         _proximity(torch.zeros(1, 2), torch.ones(1, 2), distance)
 
     def _start(self, images):
-        check_autoencoder_size(images, self.autoencoder)
+        small = to_autoencoder_size(images, self.autoencoder)
         with torch.no_grad():
-            z = self.autoencoder.encode(images)
-        return z, {"latent": z}
+            z = self.autoencoder.encode(small)
+        return z, {"latent": z, "images": images, "small": small}
 
     def _render(self, var, ctx, idx):
-        return self.autoencoder.decode(var)
+        # at the images' own resolution: the latent's change is carried onto the original (from_autoencoder_size)
+        return from_autoencoder_size(self.autoencoder.decode(var), ctx["images"][idx], ctx["small"][idx])
 
     def _penalty(self, var, rendered, ctx, idx):
         return _proximity(var, ctx["latent"][idx], self.distance)
-
-
-def check_autoencoder_size(images: Tensor, autoencoder) -> None:
-    if tuple(images.shape[-2:]) != tuple(autoencoder.image_size):
-        h, w = autoencoder.image_size
-        raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} but the fitted autoencoder works at "
-                         f"{h}x{w}; resize them first (e.g. cfx.iter_batches(source, size=({h}, {w})))")

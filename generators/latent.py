@@ -11,8 +11,8 @@ from torch import Tensor
 
 from cfx.trust.latent_index import LatentIndex
 
-from .base import Counterfactuals
-from .gradient import check_autoencoder_size, check_images
+from .base import Counterfactuals, from_autoencoder_size, to_autoencoder_size
+from .gradient import check_images
 
 __all__ = ["AutoencoderReconstruction", "LatentIndex", "LatentNearestNeighbours"]
 
@@ -32,12 +32,16 @@ class AutoencoderReconstruction:
         self.internal_batch_size = internal_batch_size
 
     def generate(self, images: Tensor) -> Counterfactuals:
+        """Counterfactuals at the images' own resolution (see :func:`from_autoencoder_size`)."""
         images = check_images(images)
-        check_autoencoder_size(images, self.autoencoder)
         t0 = time.perf_counter()
+        b = self.internal_batch_size
         with torch.no_grad():
-            out = torch.cat([self.autoencoder(images[i:i + self.internal_batch_size]).cpu()
-                             for i in range(0, len(images), self.internal_batch_size)])
+            out = []
+            for i in range(0, len(images), b):
+                small = to_autoencoder_size(images[i:i + b], self.autoencoder)
+                out.append(from_autoencoder_size(self.autoencoder(small), images[i:i + b], small).cpu())
+            out = torch.cat(out)
         seconds = time.perf_counter() - t0
         before = _score(self.target, images, self.internal_batch_size)
         after = _score(self.target, out.to(images.device), self.internal_batch_size)
@@ -62,16 +66,19 @@ class LatentNearestNeighbours:
         self.threshold, self.internal_batch_size = threshold, internal_batch_size
 
     def generate(self, images: Tensor) -> Counterfactuals:
+        """Counterfactuals at the images' own resolution: at another size than the autoencoder's, the change from
+        the image's reconstruction to the neighbour's is carried onto the original (:func:`from_autoencoder_size`)."""
         images = check_images(images)
-        check_autoencoder_size(images, self.autoencoder)
         t0 = time.perf_counter()
         b = self.internal_batch_size
         with torch.no_grad():
-            z = torch.cat([self.autoencoder.encode(images[i:i + b]).cpu() for i in range(0, len(images), b)])
+            small = to_autoencoder_size(images, self.autoencoder)
+            z = torch.cat([self.autoencoder.encode(small[i:i + b]).cpu() for i in range(0, len(images), b)])
             dist, pos = self.index.search(z, 1)
             pos = pos[:, 0]
             stored = self.index.latents_[pos]
-            out = torch.cat([self.autoencoder.decode(stored[i:i + b].to(images.device)).cpu()
+            out = torch.cat([from_autoencoder_size(self.autoencoder.decode(stored[i:i + b].to(images.device)),
+                                                   images[i:i + b], small[i:i + b]).cpu()
                              for i in range(0, len(stored), b)])
         seconds = time.perf_counter() - t0
         before = _score(self.target, images, b)

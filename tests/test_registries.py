@@ -137,3 +137,17 @@ def test_reporters_share_one_verb():
     assert set(REPORTERS.names()) >= {"evidence", "transformers", "openai"}
     with pytest.raises(ValueError, match="unknown reporter"):
         make_reporter("carrier-pigeon")
+
+
+def test_default_scores_cost_no_extra_pass():
+    from cfx.core.models import Classifier
+    from cfx.trust.scores import default_scores
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Dropout(0.1), torch.nn.Linear(4, 5)).eval()
+    clf = Classifier.wrap(net, num_classes=5)
+    assert "mc_dropout" in applicable_scores(clf) and "odin" in applicable_scores(clf)
+    chosen = default_scores(clf)
+    assert {"gradtrust", "gradtrust_topk", "msp", "gradnorm"} <= set(chosen)
+    assert not {"odin", "mc_dropout", "oracle"} & set(chosen)
+    assert all(not SCORES[name].extra_passes for name in chosen)

@@ -15,7 +15,7 @@ from cfx.core.data import ImageSource, iter_batches, open_source
 from cfx.core.models import Classifier, load_classifier
 from cfx.core.runstore import RunStore
 from cfx.trust.fitted import Fitted
-from cfx.trust.scores import SCORES, applicable_scores, score_batch
+from cfx.trust.scores import SCORES, applicable_scores, default_scores, score_batch
 from cfx.trust.threshold import Threshold, flag, resolve_threshold
 
 __all__ = ["AuditResult", "ExplainResult", "JobInputs", "open_job_inputs", "score_into_store"]
@@ -51,7 +51,9 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
     threshold = resolve_threshold(flag_score, flag_below, flag_percentile, calibration=fitted.threshold,
                                   default_percentile=DEFAULT_FLAG_PERCENTILE)
     source = open_source(data, classifier.class_names) if not isinstance(data, ImageSource) else data
-    methods = applicable_scores(classifier, fitted)
+    methods = default_scores(classifier, fitted)
+    if flag_score not in methods and flag_score in applicable_scores(classifier, fitted):
+        methods.append(flag_score)  # an expensive flag score is computed because it was asked for
     data_name = data_spec or (data if isinstance(data, str) else f"{type(source).__name__} of {len(source)} images")
     model_name = model_spec or (model if isinstance(model, str) else type(classifier.model).__name__)
     return JobInputs(classifier, fitted, source, threshold, methods, data_name, model_name)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the fitted folder is a sibling module; only its type is nam
     from .fitted import Fitted
 
 __all__ = ["BatchScores", "LogitScore", "SCORES", "ScoreInputs", "ScoreOptions", "TrustScore", "applicable_scores",
-           "score_batch"]
+           "default_scores", "score_batch"]
 
 NEEDS = ("logits", "features", "model", "fitted")
 
@@ -62,6 +62,7 @@ class TrustScore:
     description: str = ""
     needs: frozenset[str] = frozenset({"logits"})
     reference: str = ""  # the paper it comes from, or the docs section that defines it
+    extra_passes: bool = False  # costs more passes through a network than the shared forward pass (on request)
 
     @property
     def needs_fit(self) -> bool:
@@ -92,7 +93,7 @@ class TrustScore:
     def to_dict(self) -> dict:
         needs = sorted(self.needs - {"fitted"}, key=NEEDS.index)
         return {"name": self.name, "description": self.description, "needs": needs[-1] if needs else "logits",
-                "needs_fit": self.needs_fit, "reference": self.reference}
+                "needs_fit": self.needs_fit, "extra_passes": self.extra_passes, "reference": self.reference}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -123,6 +124,7 @@ class OdinScore(TrustScore):
     description = "max softmax at temperature 1000 after an input perturbation of 0.0014"
     needs = frozenset({"logits", "model"})
     reference = "Liang et al. 2018"
+    extra_passes = True
 
     def score(self, inputs: ScoreInputs) -> Tensor:
         o = inputs.options
@@ -134,6 +136,7 @@ class MCDropoutScore(TrustScore):
     description = "negative entropy of the mean softmax over 10 dropout passes"
     needs = frozenset({"logits", "model"})
     reference = "Gal & Ghahramani 2016"
+    extra_passes = True
 
     def applies_to(self, classifier: Classifier, fitted: "Fitted | None" = None) -> bool:
         return bool(dropout_modules(classifier.model))
@@ -171,6 +174,7 @@ class OracleScore(TrustScore):
     description = "learned trust oracle trained with the steep slope loss (cfx fit --oracle)"
     needs = frozenset({"logits", "model", "fitted"})
     reference = "Luo et al. 2021 (docs/methods.md#trust-oracle-steep-slope-loss)"
+    extra_passes = True
 
     def score(self, inputs: ScoreInputs) -> Tensor:
         return inputs.fitted.oracle.score(inputs.images)
@@ -197,6 +201,13 @@ for _score in (
 def has_features(classifier: Classifier) -> bool:
     """Whether the classifier can return its penultimate features (see :meth:`Classifier.has_features`)."""
     return classifier.has_features()
+
+
+def default_scores(classifier: Classifier, fitted: "Fitted | None" = None) -> list[str]:
+    """The scores computed when none are named: every applicable score that costs no pass beyond the shared forward
+    pass (and the autoencoder): the logit scores, both GradTrust variants, GradNorm, PaRCE and Mahalanobis. ODIN,
+    MC dropout and the oracle (a second backbone) are computed on request."""
+    return [name for name in applicable_scores(classifier, fitted) if not SCORES.get(name).extra_passes]
 
 
 def applicable_scores(classifier: Classifier, fitted: "Fitted | None" = None) -> list[str]:
