@@ -28,11 +28,12 @@ def _seed():
     torch.manual_seed(0)
 
 
-DEMO_FIXTURES = {"shapes_models", "digits_models"}
+DEMO_FIXTURES = {"shapes_models", "digits_models", "tiny_fitted"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test that uses a demo model trains it on a fresh machine: it is slow (the fast lane skips it)."""
+    """Every test that uses a demo model (trained on a fresh machine) or a fitted folder (cfx fit trains an
+    autoencoder) is slow: the fast lane, -m "not slow", trains nothing."""
     for item in items:
         if DEMO_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

@@ -157,6 +157,7 @@ def test_unknown_cause():
 
 # ---------------------------------------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_training_is_deterministic_given_seed(small_world):
     x, y = small_world.split("train")
     weights = []

@@ -168,6 +168,7 @@ def test_fit_needs_labels(tmp_path):
         fit(clf, TensorSource(torch.rand(10, 3, 16, 16)), tmp_path, ae_epochs=1, progress=False)
 
 
+@pytest.mark.slow
 def test_cli_fit_then_trust_with_fitted_scores(tmp_path):
     data = tmp_path / "data"
     rng = np.random.default_rng(0)

