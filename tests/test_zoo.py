@@ -63,6 +63,30 @@ class PlainBNCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features_(x)), 1))
 
 
+class ConvHeadCNN(nn.Module):
+    """A SqueezeNet-style head: a 1×1 convolution to the classes, then global average pooling."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features_ = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                       nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Conv2d(32, classes, 1), nn.AdaptiveAvgPool2d(1),
+                                        nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features_(x))
+
+
+def tiny_vit(classes: int = 10) -> nn.Module:
+    """A ViT from transformers, built in-process with random weights (nothing downloaded)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=classes)
+    return ViTForImageClassification(config).eval()
+
+
 @pytest.fixture(scope="module")
 def digits():
     x, y = colour_digits()
@@ -83,6 +107,24 @@ def test_fingerprint_covers_batchnorm_buffers(digits):
     assert model_fingerprint(clf) != before
 
 
+def test_a_1x1_convolution_head_is_a_linear_head_on_the_pooled_features():
+    from cfx.trust.functional import gradtrust, gradtrust_reference
+
+    torch.manual_seed(0)
+    net = ConvHeadCNN().eval()
+    clf = Classifier.wrap(net, preprocessing=Preprocessing(size=(32, 32)))
+    assert clf.head_name == "classifier.1" and clf.has_features()
+    x = torch.rand(5, 3, 32, 32)
+    with torch.inference_mode():
+        z, h = clf.logits_and_features(x)
+        torch.testing.assert_close(h, net.features_(x).mean((2, 3)))  # the eager model's pooled activations
+    # GradTrust's closed form from the logits equals the autograd reference through the convolution's weight
+    torch.testing.assert_close(gradtrust(z), gradtrust_reference(clf, x).float(), rtol=1e-4, atol=1e-5)
+    unpooled = nn.Sequential(nn.Conv2d(3, 10, 1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten()).eval()
+    odd = Classifier.wrap(unpooled, preprocessing=Preprocessing(size=(8, 8)))
+    assert not odd.has_features() and "global average pooling" in odd.features_unavailable_reason()
+
+
 def test_torchscript_features_come_from_the_children_when_they_compose():
     net = PlainBNCNN().eval()
     scripted = torch.jit.script(net)
@@ -100,10 +142,14 @@ def test_torchscript_features_come_from_the_children_when_they_compose():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["eager-residual", "script-residual", "script-plain"])
+@pytest.mark.parametrize("kind", ["eager-residual", "script-residual", "script-plain", "conv-head", "hf-vit"])
 def test_zoo_model_goes_through_fit_explain_and_audit(kind, digits, tmp_path):
     x, y = digits
-    net = _trained(BatchNormCNN() if "residual" in kind else PlainBNCNN(), x[:300], y[:300])
+    if kind == "hf-vit":
+        net = tiny_vit()  # random weights: the pipeline, not the accuracy, is under test
+    else:
+        nets = {"residual": BatchNormCNN, "plain": PlainBNCNN, "conv-head": ConvHeadCNN}
+        net = _trained(next(v for k, v in nets.items() if k in kind)(), x[:300], y[:300])
     if kind.startswith("script"):
         path = tmp_path / "model.pt"
         torch.jit.script(net).save(str(path))
@@ -127,6 +173,9 @@ def test_zoo_model_goes_through_fit_explain_and_audit(kind, digits, tmp_path):
     assert all(s["explanation"] for s in summary["samples"] if s["flagged"])
     html = (tmp_path / "review" / "report.html").read_text()
     assert html.count("data:image/") >= 2 * run.counts["flagged"]  # each card: original and a counterfactual
+    if kind == "script-residual":  # what this model cannot give is said in the summary and the report
+        assert set(summary["unavailable"]) >= {"mahalanobis", "gradnorm"}
+        assert "not available for this model" in html and "penultimate features" in html
     audit = cfx.audit(model, source, fitted, tmp_path / "audit", nuisance=["brightness"], sample=12, steps=3,
                       permutations=20, progress=False)
     assert {r["property"] for r in audit.properties} >= {"brightness", "contrast", "hue"}
@@ -216,3 +265,46 @@ def test_real_efficientnet_at_224_px_gets_full_resolution_counterfactuals(tmp_pa
     db = sqlite3.connect(tmp_path / "review" / "run.sqlite")
     sizes = {Image.open(io.BytesIO(png)).size for (png,) in db.execute("SELECT png FROM images WHERE kind = 'reco'")}
     assert sizes == {(224, 224)}
+
+
+@pytest.mark.slow
+def test_bad_inputs_give_one_clear_error_each_and_write_nothing(digits, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cfx.cli import main
+
+    x, y = digits
+    net = _trained(nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 15 * 15, 10)),
+                   x[:200], y[:200])
+    torch.jit.script(net).save(str(tmp_path / "model.pt"))
+    torch.jit.script(_trained(PlainBNCNN(), x[:100], y[:100])).save(str(tmp_path / "other.pt"))
+    cfx.fit(cfx.load_classifier(f"torchscript:{tmp_path / 'model.pt'}", image_size=32), TensorSource(x[:200], y[:200]),
+            tmp_path / "fitted", ae_epochs=1, progress=False)
+    (tmp_path / "good").mkdir()
+    for i in range(4):
+        Image.fromarray((x[i].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "good" / f"{i}.png")
+    (tmp_path / "broken").mkdir()
+    for i in range(3):
+        (tmp_path / "broken" / f"{i}.png").write_bytes(b"not an image")
+    (tmp_path / "notlogits.py").write_text(
+        "import torch\nclass M(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.l = torch.nn.Linear(3, 4)\n    def forward(self, x):\n        return {'scores': self.l(x.mean((2, 3)))}\n")
+    cases = {
+        "not logits": (["--model", f"python:{tmp_path / 'notlogits.py'}:M", "--data", str(tmp_path / "good")],
+                       "not logits"),
+        "no readable image": (["--model", f"torchscript:{tmp_path / 'model.pt'}", "--image-size", "32", "--data",
+                               str(tmp_path / "broken")], "no readable image"),
+        "another model": (["--model", f"torchscript:{tmp_path / 'other.pt'}", "--image-size", "32", "--data",
+                           str(tmp_path / "good")], "fitted for another model"),
+        "wrong size": (["--model", f"torchscript:{tmp_path / 'model.pt'}", "--image-size", "64", "--data",
+                        str(tmp_path / "good")], "--image-size"),
+    }
+    for name, (args, message) in cases.items():
+        out = tmp_path / f"out-{name.replace(' ', '-')}"
+        r = CliRunner().invoke(main, ["explain", *args, "--fitted", str(tmp_path / "fitted"), "--out", str(out),
+                                      "--quiet"])
+        assert r.exit_code == 1, (name, r.output)
+        assert message in r.output and "Traceback" not in r.output, (name, r.output)
+        assert len(r.output.strip().splitlines()) == 1, (name, r.output)  # one clear line
+        assert not out.exists(), name  # nothing half-written

@@ -41,6 +41,7 @@ __all__ = [
     "MODEL_KINDS",
     "ModelOptions",
     "find_head",
+    "head_input_features",
     "head_weight",
     "load_classifier",
     "model_fingerprint",
@@ -109,13 +110,28 @@ def _output_logits(output: object) -> Tensor:
 
 
 def head_weight(module: nn.Module) -> Tensor | None:
-    """The weight matrix of a final linear layer (plain or TorchScript), else None."""
+    """The weight of a final linear layer (plain or TorchScript; ``(C, d)``), or of a 1×1 convolution used as one
+    (``(C, d, 1, 1)``, a classifier head followed by global average pooling); else None."""
     if isinstance(module, nn.Linear):
+        return module.weight
+    if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+            and module.stride == (1, 1) and module.padding in ((0, 0), "valid")):
         return module.weight
     if isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") == "Linear":
         weight = getattr(module, "weight", None)
         return weight if isinstance(weight, Tensor) and weight.dim() == 2 else None
     return None
+
+
+def head_input_features(head: nn.Module, inputs: Tensor) -> Tensor:
+    """The ``(N, d)`` features from what the head received: a 1×1-convolution head's input averaged over its
+    positions (the head is followed by global average pooling, so the logits are linear in that average); a linear
+    head applied to ``(N, tokens, d)`` gives the first token's; ``(N, d)`` passes through."""
+    if isinstance(head, nn.Conv2d):
+        return inputs.mean(dim=(2, 3))
+    if inputs.dim() > 2:
+        return inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])[:, 0]
+    return inputs
 
 
 def find_head(model: nn.Module, num_classes: int, name: str | None = None) -> tuple[str, nn.Module]:
@@ -196,9 +212,11 @@ class Classifier:
             except ClassifierError:
                 raise
             except Exception as exc:  # the model rejects the probe input: say how to give the right size
+                lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+                reason = lines[-1] if lines else type(exc).__name__  # TorchScript puts its traceback first
                 raise ClassifierError(
-                    f"a probe forward pass on a (2, 3, {size[0]}, {size[1]}) batch failed ({type(exc).__name__}: "
-                    f"{exc}); give the model's input size with --image-size H[xW] (image_size=...)") from exc
+                    f"a probe forward pass on a (2, 3, {size[0]}, {size[1]}) batch failed ({reason}); give the "
+                    "model's input size with --image-size H[xW] (image_size=...)") from exc
             if logits.dim() != 2:
                 raise ClassifierError(f"the model returns shape {tuple(logits.shape)}; a classifier must return "
                                       "(N, C) logits")
@@ -261,10 +279,7 @@ class Classifier:
         if len(captured) != 1:
             raise ClassifierError(f"the head {self.head_name!r} ran {len(captured)} times in one forward pass; "
                                   "name the final classification layer with head=NAME")
-        features = captured[0]
-        if features.dim() > 2:  # e.g. a head applied to (N, tokens, d): take what produced the logits
-            features = features.reshape(features.shape[0], -1, features.shape[-1])[:, 0]
-        return logits, features
+        return logits, head_input_features(self.head, captured[0])
 
     def _scripted_logits_and_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
         # TorchScript modules do not support hooks: use an exported features() method when the model has one, else
@@ -319,13 +334,33 @@ class Classifier:
         return self._feature_route or None
 
     def has_features(self) -> bool:
-        """Whether the penultimate features can be had: always with hooks; for TorchScript through an exported
-        ``features()`` or the verified children route."""
+        """Whether the penultimate features can be had: with hooks for a linear head, and for a 1×1-convolution
+        head when the logits are linear in its input's spatial mean (checked once on a probe batch); for
+        TorchScript through an exported ``features()`` or the verified children route."""
+        if isinstance(self.head, nn.Conv2d):
+            return self._conv_head_pooled()
         if not isinstance(self.head, torch.jit.ScriptModule):
             return True
         return self._features_method() is not None or self._children_route() is not None
 
+    def _conv_head_pooled(self) -> bool:
+        if self._feature_route is None:
+            probe = torch.rand(2, 3, *(self.preprocessing.size or self.probe_size), device=self.device)
+            try:
+                with torch.inference_mode():
+                    logits, feats = self.logits_and_features(probe)
+                    weight = self.head.weight.flatten(1)
+                    bias = self.head.bias if self.head.bias is not None else 0.0
+                    self._feature_route = bool(torch.allclose(feats @ weight.T + bias, logits, rtol=1e-4, atol=1e-5))
+            except Exception:  # noqa: BLE001
+                self._feature_route = False
+        return bool(self._feature_route)
+
     def features_unavailable_reason(self) -> str:
+        if isinstance(self.head, nn.Conv2d):
+            return ("the 1x1-convolution head is not followed by global average pooling (the logits are not linear "
+                    "in the mean of its input), so its penultimate features are not defined. Scores that need only "
+                    "logits still work.")
         return ("this TorchScript model does not expose its penultimate features: TorchScript modules do not support "
                 "hooks, it has no features() method, and running its children in order does not reproduce its "
                 "logits. Export a method with @torch.jit.export def features(self, x) returning the input of the "

@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cfx.core.data import ImageSource, iter_batches, open_source
+from cfx.core.data import DataSourceError, ImageSource, iter_batches, open_source
 from cfx.core.models import Classifier, load_classifier
 from cfx.core.runstore import RunStore
 from cfx.trust.fitted import Fitted
@@ -36,6 +36,19 @@ class JobInputs:
     model_name: str
 
 
+def _check_readable(source: ImageSource, name: str) -> None:
+    """Fail before anything is written when the source holds no readable image (reads up to the first good one)."""
+    errors = []
+    for record in source:
+        if record.error is None:
+            return
+        errors.append(f"{record.id}: {record.error}")
+    if not errors:
+        raise DataSourceError(f"the data source {name!r} holds no images")
+    raise DataSourceError(f"the data source {name!r} holds no readable image ({len(errors)} unreadable, e.g. "
+                          f"{'; '.join(errors[:3])}); nothing was written")
+
+
 def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_below: float | None,
                     flag_percentile: float | None, data_spec: str | None, model_spec: str | None,
                     model_options: dict[str, Any]) -> JobInputs:
@@ -51,6 +64,7 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
     threshold = resolve_threshold(flag_score, flag_below, flag_percentile, calibration=fitted.threshold,
                                   default_percentile=DEFAULT_FLAG_PERCENTILE)
     source = open_source(data, classifier.class_names) if not isinstance(data, ImageSource) else data
+    _check_readable(source, data_spec or str(data))
     methods = default_scores(classifier, fitted)
     if flag_score not in methods and flag_score in applicable_scores(classifier, fitted):
         methods.append(flag_score)  # an expensive flag score is computed because it was asked for

@@ -56,7 +56,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
         raise ValueError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
                           model_options)
-    generators = list(generators)
+    requested, generators = list(generators), list(generators)
     if "lnn" in generators and job.fitted.latent_index is None:
         warnings.warn(f"LNN counterfactuals are left out: the fitted folder {job.fitted.path} has no latent index (no "
                       "reference image reached the competency threshold in cfx fit)", RuntimeWarning, stacklevel=2)
@@ -69,8 +69,12 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
               "fitted": job.fitted.manifest.get("config_hash"), "threshold": job.threshold.to_dict(),
               "generators": list(generators), "reporter": reporter_name(reporter), "methods": job.methods}
     store = RunStore(out, config, restart=restart)
-    if store.get_meta("model_name") is None:
-        with store.db:
+    unavailable = dict(job.fitted.unavailable)
+    if "lnn" in requested and "lnn" not in generators:
+        unavailable["lnn"] = "the fitted folder has no latent index (no reference image reached the competency threshold)"
+    with store.db:
+        store.set_meta("unavailable", unavailable)  # shown in summary.json and the report
+        if store.get_meta("model_name") is None:
             store.set_meta("model_name", job.model_name)
     try:
         summary = _run(store, job.classifier, job.fitted, job.source, reporter, job.threshold, job.methods,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cfx.core.images import as_float_images, resize
-from cfx.core.models import Classifier, model_fingerprint
+from cfx.core.models import Classifier, head_input_features, model_fingerprint
 from cfx.core.nets import ConvAutoencoder
 
 from .latent_index import LatentIndex
@@ -226,7 +226,7 @@ class _OracleNet(nn.Module):
             self.backbone(self.preprocessing(images))
         finally:
             handle.remove()
-        h = captured[0]
+        h = head_input_features(self._head, captured[0])
         z = self.out(h).squeeze(1)
         if self.signed_distance:
             z = z / (self.out.weight.norm() + 1e-7)

@@ -143,7 +143,7 @@ def _reference_loop(classifier: Classifier, images: Tensor, labels: Labels, k: i
                 fisher = fisher / len(top)
             else:
                 raise ValueError(f"labels must be 'all' or 'topk', got {labels!r}")
-            row_var = fisher.double().var(dim=1, unbiased=True)  # (C,)
+            row_var = fisher.double().flatten(1).var(dim=1, unbiased=True)  # (C,); a 1x1-conv head's (C, d, 1, 1) too
             scores.append(_gradtrust_ratio(row_var.unsqueeze(0))[0])
     return scores
 
