@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cfx.core.images import luma
+from cfx.core.images import as_float_images, luma, resize
 from cfx.core.models import Classifier
 from cfx.core.shifts import CAUSE_LABELS
 from cfx.generators import (AutoencoderReconstruction, LatentGradientDescent, LatentNearestNeighbours, Occlusion,
@@ -89,7 +89,9 @@ def reference_statistics(reference: Tensor) -> tuple[dict[str, float], dict[str,
     """
     if len(reference) < 2:
         raise ValueError("reference statistics need at least 2 images")
-    stats = image_statistics(reference)
+    # in chunks: a few thousand 224-px images do not fit in memory as float at once
+    parts = [image_statistics(as_float_images(reference[i:i + 256])) for i in range(0, len(reference), 256)]
+    stats = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     mean = {k: float(v.mean()) for k, v in stats.items()}
     std = {k: max(float(v.std()), 0.05 * abs(mean[k]), 0.01) for k, v in stats.items()}
     return mean, std
@@ -218,11 +220,15 @@ def collect_evidence(classifier: Classifier, fitted: Fitted, images: Tensor, ids
     # occlusion probes spatial reliance but restores nothing (see cfx.generators.restoring_editors)
     restoring = restoring_edits(score_fn, images, [e for e in editors if not isinstance(e, Occlusion)], steps=steps)
     curves = [property_curve(classifier, e, images, e.sweep(steps=steps), permutations=200) for e in editors]
-    reference = fitted.latent_index.images_.float() / 255 if fitted.latent_index is not None else None
     orig_stats = image_statistics(images)
     ref_mean = ref_std = None
-    if reference is not None and len(reference) > 1:
-        ref_mean, ref_std = reference_statistics(reference)
+    stored = fitted.manifest.get("reference_statistics")
+    if stored and tuple(stored["image_size"]) == tuple(images.shape[-2:]):
+        # measured by cfx fit on the confident reference images at the classifier's resolution
+        ref_mean, ref_std = stored["mean"], stored["std"]
+    elif fitted.latent_index is not None and len(fitted.latent_index) > 1:
+        reference = fitted.latent_index.images_  # at the autoencoder's size: comparable only when it is the same
+        ref_mean, ref_std = reference_statistics(resize(reference.float() / 255, tuple(images.shape[-2:])))
     cfs: dict[str, Any] = {}
     if with_counterfactuals:
         makers = {"reco": lambda: AutoencoderReconstruction(target, fitted.autoencoder),

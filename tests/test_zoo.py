@@ -171,6 +171,14 @@ def test_zoo_model_goes_through_fit_explain_and_audit(kind, digits, tmp_path):
     assert run.counts["explain_errors"] == 0 and run.counts["errors"] == 0
     summary = json.loads((tmp_path / "review" / "summary.json").read_text())
     assert all(s["explanation"] for s in summary["samples"] if s["flagged"])
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "review" / "run.sqlite")
+    kinds: dict[str, set] = {}
+    for sid, kind in db.execute("SELECT id, kind FROM images"):
+        kinds.setdefault(sid, set()).add(kind)
+    flagged_ids = [s["id"] for s in summary["samples"] if s["flagged"]]
+    assert all(kinds.get(sid, set()) & {"reco", "lgd", "lnn"} for sid in flagged_ids)  # a counterfactual each
     html = (tmp_path / "review" / "report.html").read_text()
     assert html.count("data:image/") >= 2 * run.counts["flagged"]  # each card: original and a counterfactual
     if kind == "script-residual":  # what this model cannot give is said in the summary and the report
@@ -265,6 +273,9 @@ def test_real_efficientnet_at_224_px_gets_full_resolution_counterfactuals(tmp_pa
     db = sqlite3.connect(tmp_path / "review" / "run.sqlite")
     sizes = {Image.open(io.BytesIO(png)).size for (png,) in db.execute("SELECT png FROM images WHERE kind = 'reco'")}
     assert sizes == {(224, 224)}
+    audit = cfx.audit(model, TensorSource(incoming, ids=[f"in-{i}" for i in range(6)]), fitted, tmp_path / "audit",
+                      nuisance=["brightness"], sample=3, steps=3, permutations=20, progress=False)
+    assert audit.counts["property_sample"] == 3 and (tmp_path / "audit" / "audit.html").is_file()
 
 
 @pytest.mark.slow

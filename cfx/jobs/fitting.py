@@ -27,6 +27,7 @@ from cfx.core.models import Classifier, model_fingerprint
 from cfx.core.nets import ConvAutoencoder
 from cfx.core.shifts import CAUSES, apply_shift
 from cfx.core.training import train_model
+from cfx.evidence import reference_statistics
 from cfx.generators.diffusion import train_ddpm
 from cfx.trust.fitted import (FORMAT_VERSION, Fitted, Mahalanobis, OracleLoss, PaRCE, TrustOracle, file_sha256)
 from cfx.trust.latent_index import LatentIndex
@@ -205,6 +206,18 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
                                  for i in range(0, len(ae_images), 256)])
         latent_index = LatentIndex(index_metric).build(latents, [cal["ids"][i] for i in confident.tolist()],
                                                        cal["labels"][confident], ae_images)
+    # Image statistics of the same confident images at the classifier's resolution: the reference the evidence
+    # compares a flagged image with (the index keeps them only at the autoencoder's size).
+    # When fewer than 10 calibration images clear the competency threshold, the most competent half stands in (a
+    # handful of images is no reference for a spread).
+    reference_stats = None
+    trusted = confident
+    if len(trusted) < 10:
+        trusted = cal_scores["parce"].argsort(descending=True)[:max(len(confident), len(cal_float) // 2)]
+    if len(trusted) > 1:
+        ref_mean, ref_std = reference_statistics(cal_float[trusted])
+        reference_stats = {"mean": ref_mean, "std": ref_std, "images": int(len(trusted)),
+                           "confident": int(len(confident)), "image_size": list(cal_float.shape[-2:])}
     if trained_oracle is not None:
         cal_scores["oracle"] = trained_oracle.score(cal["images"])
     cal_scores["correct"] = (cal["logits"].argmax(1) == cal["labels"]).float()
@@ -254,6 +267,7 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
                                                                    "calibration_gap", "threshold")},
         "calibration_percentiles": percentiles,
         "unavailable": unavailable,
+        "reference_statistics": reference_stats,
         "seconds": round(time.perf_counter() - t0, 1),
         "files": {name: file_sha256(out / name) for name in files},
     }
