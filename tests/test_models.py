@@ -66,9 +66,11 @@ def test_ambiguous_head_is_refused_and_can_be_named():
 
 
 def test_model_without_linear_head_gives_clear_error():
-    net = nn.Sequential(nn.Conv2d(3, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # a 3x3 convolution is no head
     with pytest.raises(ClassifierError, match="no linear layer with 5 outputs"):
         Classifier.wrap(net)
+    head = Classifier.wrap(nn.Sequential(nn.Conv2d(3, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    assert head.head_name == "0"  # a 1x1 convolution before global average pooling is a linear head
 
 
 def test_probe_failure_asks_for_image_size():

@@ -159,7 +159,8 @@ def find_head(model: nn.Module, num_classes: int, name: str | None = None) -> tu
         linears = {n: tuple(w.shape) for n, m in modules.items() if (w := head_weight(m)) is not None}
         raise ClassifierError(
             f"no linear layer with {num_classes} outputs (the number of logits) was found; linear layers: "
-            f"{linears or 'none'}. cfx needs the final layer to be an nn.Linear; wrap the model or pass head=NAME")
+            f"{linears or 'none'}. cfx needs the final layer to be an nn.Linear (or a 1x1 convolution before global "
+            "average pooling); wrap the model or pass head=NAME")
     if len(candidates) > 1:
         raise ClassifierError(
             f"{len(candidates)} linear layers have {num_classes} outputs: {[n for n, _ in candidates]}; "
