@@ -155,7 +155,8 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
             "metrics": metrics, "plots": _plots(samples, score, threshold["value"]), "cards": cards,
             "hidden": max(0, len(flagged) - max_cards), "errors": errors, "thumb": THUMB,
             "causes": sorted(counts["causes"].items(), key=lambda kv: -kv[1]),
-            "timing": summary["timing"], "unavailable": summary.get("unavailable") or {}, "finished": store.get_meta("finished"), "created": store.get_meta("created")}
+            "timing": summary["timing"], "unavailable": summary.get("unavailable") or {},
+            "finished": store.get_meta("finished"), "created": store.get_meta("created")}
 
 
 def render_review(store_or_dir, path: str | Path | None = None, max_cards: int = 200,

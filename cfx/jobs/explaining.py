@@ -71,7 +71,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     store = RunStore(out, config, restart=restart)
     unavailable = dict(job.fitted.unavailable)
     if "lnn" in requested and "lnn" not in generators:
-        unavailable["lnn"] = "the fitted folder has no latent index (no reference image reached the competency threshold)"
+        unavailable["lnn"] = ("the fitted folder has no latent index (no reference image reached the competency "
+                              "threshold)")
     with store.db:
         store.set_meta("unavailable", unavailable)  # shown in summary.json and the report
         if store.get_meta("model_name") is None:

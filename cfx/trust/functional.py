@@ -1,8 +1,8 @@
 """Trust scores as plain functions: GradTrust and the baselines people compare it with (higher = more trusted).
 
-GradTrust (Prabhushankar & AlRegib 2024, see ``docs/methods.md``) is the headline score, in two forms with the same numbers:
-:func:`gradtrust_reference` (per image, with autograd, the way the authors' code computes it) and :func:`gradtrust`
-(the closed form: one ordinary forward pass, logits only, any batch size).
+GradTrust (Prabhushankar & AlRegib 2024, see ``docs/methods.md``) is the headline score, in two forms with the same
+numbers: :func:`gradtrust_reference` (per image, with autograd, the way the authors' code computes it) and
+:func:`gradtrust` (the closed form: one ordinary forward pass, logits only, any batch size).
 
 Baselines, each as its original paper defines it: maximum softmax probability, maximum logit, log-probability of
 the predicted class (log-softmax, not raw logits), top-two probability margin, negative entropy, energy, ODIN, MC
