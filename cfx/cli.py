@@ -306,7 +306,8 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 @main.command(context_settings=CONTEXT)
 @model_options
 @click.option("--train", "train_spec", required=True, metavar="SOURCE",
-              help="Labelled reference data (ideally not the classifier's own training set).")
+              help="Reference data, ideally not the classifier's own training set. Labelled: everything is fitted; "
+                   "unlabelled: what needs no labels (PaRCE uncalibrated, no Mahalanobis or oracle).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="The fitted folder to write.")
 @click.option("--calibration", "calibration_spec", default=None, metavar="SOURCE",
               help="Held-out labelled calibration data (default: split --calibration-fraction off --train).")
@@ -368,6 +369,8 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
     if "ddpm" in m:
         click.echo(f"DDPM: {m['ddpm']['steps']} steps at {m['ddpm']['image_size']} px, final loss "
                    f"{m['ddpm']['final_loss']:.3f}")
+    for name, reason in (m.get("uncalibrated") or {}).items():
+        click.echo(f"uncalibrated: {name}: {reason}")
     for name, reason in (m.get("unavailable") or {}).items():
         click.echo(f"not available: {name}: {reason}")
     summary = {"command": "fit", "fitted": str(Path(out).resolve()),

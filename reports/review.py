@@ -156,6 +156,7 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
             "hidden": max(0, len(flagged) - max_cards), "errors": errors, "thumb": THUMB,
             "causes": sorted(counts["causes"].items(), key=lambda kv: -kv[1]),
             "timing": summary["timing"], "unavailable": summary.get("unavailable") or {},
+            "uncalibrated": summary.get("uncalibrated") or {},
             "finished": store.get_meta("finished"), "created": store.get_meta("created")}
 
 

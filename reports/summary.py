@@ -50,6 +50,7 @@ def write_summary(store: RunStore) -> dict[str, Any]:
                    "explain_errors": sum(1 for e in explained.values() if e.get("error")), "causes": causes},
         "timing": {"score_seconds": store.get_meta("score_seconds"), "explain_seconds": store.get_meta("explain_seconds")},
         "unavailable": store.get_meta("unavailable") or {},
+        "uncalibrated": store.get_meta("uncalibrated") or {},
         "metrics": metrics,
         "samples": rows,
     }

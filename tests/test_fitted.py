@@ -162,10 +162,11 @@ def test_fitted_folder_round_trip_and_integrity_errors(tiny_fitted, tmp_path):
         Fitted.load(tmp_path / "nope", clf)
 
 
-def test_fit_needs_labels(tmp_path):
+def test_fit_wants_every_label_or_none(tmp_path):
     clf = load_classifier(f"python:{FACTORIES}:tiny_cnn")
-    with pytest.raises(ValueError, match="labelled"):
-        fit(clf, TensorSource(torch.rand(10, 3, 16, 16)), tmp_path, ae_epochs=1, progress=False)
+    with pytest.raises(ValueError, match="3 of 10 reference images have no label; give every image a label, or none"):
+        fit(clf, TensorSource(torch.rand(10, 3, 16, 16), [0, 1, 0, 1, 0, 1, 0, -1, -1, -1]), tmp_path, ae_epochs=1,
+            progress=False)
 
 
 @pytest.mark.slow

@@ -319,3 +319,33 @@ def test_bad_inputs_give_one_clear_error_each_and_write_nothing(digits, tmp_path
         assert message in r.output and "Traceback" not in r.output, (name, r.output)
         assert len(r.output.strip().splitlines()) == 1, (name, r.output)  # one clear line
         assert not out.exists(), name  # nothing half-written
+
+
+@pytest.mark.slow
+def test_fit_without_labels_fits_what_needs_none_and_explain_runs_on_it(digits, tmp_path):
+    from scipy.stats import spearmanr
+
+    x, y = digits
+    model = Classifier.wrap(_trained(PlainBNCNN(), x[:300], y[:300]), preprocessing=Preprocessing(size=(32, 32)))
+    unlabelled = cfx.fit(model, TensorSource(x[:300]), tmp_path / "unlabelled", ae_epochs=3, progress=False)
+    labelled = cfx.fit(model, TensorSource(x[:300], y[:300]), tmp_path / "labelled", ae_epochs=3, progress=False)
+    assert unlabelled.manifest["labelled"] is False and labelled.manifest["labelled"] is True
+    assert set(unlabelled.uncalibrated) == {"parce"} and labelled.uncalibrated == {}
+    assert {"mahalanobis", "oracle"} <= set(unlabelled.unavailable) and unlabelled.score_names == ["parce"]
+    assert {"gradtrust", "gradtrust_topk", "msp", "parce"} <= set(unlabelled.calibration_scores)
+    assert "correct" not in unlabelled.calibration_scores and unlabelled.latent_index is not None
+    # without labels the competency still ranks images nearly as the labelled calibration does
+    held_out = x[300:400]
+    with torch.inference_mode():
+        z = model.logits(held_out)
+        a = unlabelled.parce.competency_from(z, held_out)
+        b = labelled.parce.competency_from(z, held_out)
+    assert spearmanr(a.numpy(), b.numpy()).statistic > 0.9
+    prod = held_out[:60].clone()
+    prod[::3] *= 0.3
+    run = cfx.explain(model, TensorSource(prod, ids=[f"p-{i}" for i in range(60)]), unlabelled, tmp_path / "review",
+                      flag_percentile=20, progress=False)
+    assert run.counts["flagged"] > 0 and run.counts["explained"] == run.counts["flagged"]
+    summary = json.loads((tmp_path / "review" / "summary.json").read_text())
+    assert set(summary["uncalibrated"]) == {"parce"} and "mahalanobis" in summary["unavailable"]
+    assert "uncalibrated (fitted without labels)" in (tmp_path / "review" / "report.html").read_text()

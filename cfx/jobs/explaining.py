@@ -75,6 +75,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
                               "threshold)")
     with store.db:
         store.set_meta("unavailable", unavailable)  # shown in summary.json and the report
+        store.set_meta("uncalibrated", job.fitted.uncalibrated)
         if store.get_meta("model_name") is None:
             store.set_meta("model_name", job.model_name)
     try:

@@ -111,7 +111,9 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         ddpm_steps: int = 600, batch_size: int = 64, seed: int = 0, progress: bool = True) -> Fitted:
     """Fit everything the later stages need on reference data and write a fitted folder to ``out``.
 
-    ``train`` is labelled reference data. Give held-out ``calibration`` data, or a ``calibration_fraction`` of
+    ``train`` is reference data, labelled or not: without labels, PaRCE is calibrated on the predicted classes
+    (uncalibrated, listed in the manifest) and Mahalanobis and the oracle are unavailable. Give held-out
+    ``calibration`` data, or a ``calibration_fraction`` of
     ``train`` is split off (seeded). The reference data should not be the classifier's own training set, or the
     calibration accuracy (and so PaRCE) will be over-confident. Steps: train the autoencoder (unless one is given)
     at ``ae_size`` (default: the images' size, capped at 64 px); calibrate PaRCE on the calibration split; fit
@@ -129,12 +131,15 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ref = _collect(classifier, train, batch_size, progress, "reference")
-    if (ref["labels"] < 0).any():
-        raise ValueError("cfx fit needs labelled reference data (ImageFolder or a manifest with a label column)")
+    labelled = bool((ref["labels"] >= 0).all())
+    if not labelled and (ref["labels"] >= 0).any():
+        raise ValueError(f"{int((ref['labels'] < 0).sum())} of {len(ref['labels'])} reference images have no label; "
+                         "give every image a label, or none (cfx fit then fits what needs no labels)")
     if calibration is not None:
         cal = _collect(classifier, calibration, batch_size, progress, "calibration")
-        if (cal["labels"] < 0).any():
-            raise ValueError("the calibration data needs labels")
+        if labelled and (cal["labels"] < 0).any():
+            raise ValueError("the calibration data needs labels when the reference data has them")
+        labelled = labelled and bool((cal["labels"] >= 0).all())
         tr_idx = torch.arange(len(ref["ids"]))
     else:
         perm = torch.randperm(len(ref["ids"]), generator=torch.Generator().manual_seed(seed))
@@ -164,12 +169,25 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     with torch.inference_mode():
         rec = torch.cat([parce.reconstruction_loss(as_float_images(cal_float[i:i + 256]).to(classifier.device))
                          .cpu() for i in range(0, len(cal_float), 256)])
-    parce.fit(torch.softmax(cal["logits"].double(), 1), rec, cal["labels"])
     unavailable: dict[str, str] = {}
-    if ref["features"] is not None:
-        maha = Mahalanobis().fit(ref["features"][tr_idx], ref["labels"][tr_idx])
+    uncalibrated: dict[str, str] = {}
+    cal_probs = torch.softmax(cal["logits"].double(), 1)
+    if labelled:
+        parce.fit(cal_probs, rec, cal["labels"])
     else:
-        maha = None
+        # Without labels: per-class reconstruction statistics by predicted class, and z* matched to the model's own
+        # mean top probability instead of its (unknown) accuracy. The ranking holds; the values are not
+        # probabilities of being right.
+        parce.fit(cal_probs, rec, cal_probs.argmax(1), target_accuracy=float(cal_probs.max(1).values.mean()))
+        uncalibrated["parce"] = ("no labels: z* matches the model's mean top probability, not its accuracy, so "
+                                 "competency ranks images but is not a calibrated probability of being right")
+        for name in ("mahalanobis", "oracle"):
+            unavailable[name] = "needs labelled reference data (class means / the classifier's errors)"
+        if oracle:
+            warnings.warn("the trust oracle is not trained: it needs labelled reference data", RuntimeWarning,
+                          stacklevel=2)
+            oracle = False
+    if ref["features"] is None:
         reason = ("needs the penultimate features, which this model does not expose (" +
                   classifier.features_unavailable_reason().split(":")[0] + ")")
         unavailable.update({"mahalanobis": reason, "gradnorm": reason})
@@ -177,6 +195,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
             unavailable["oracle"] = reason
             warnings.warn(f"the trust oracle is not trained: it {reason}", RuntimeWarning, stacklevel=2)
             oracle = False
+    maha = (Mahalanobis().fit(ref["features"][tr_idx], ref["labels"][tr_idx])
+            if labelled and ref["features"] is not None else None)
 
     trained_oracle = None
     if oracle:
@@ -197,6 +217,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         cal_scores["mahalanobis"] = maha.score(cal["features"])
     # The latent index of LNN counterfactuals: high-competency calibration images.
     confident = torch.nonzero(cal_scores["parce"] > competency_threshold).flatten()
+    if not labelled and len(confident) < 10:  # uncalibrated competency: the most competent half stands in
+        confident = cal_scores["parce"].argsort(descending=True)[:max(2, len(cal_float) // 2)]
     latent_index = None
     if len(confident):
         ae_images = torch.cat([resize(as_float_images(cal_float[confident[i:i + 256]]), autoencoder.image_size)
@@ -220,7 +242,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
                            "confident": int(len(confident)), "image_size": list(cal_float.shape[-2:])}
     if trained_oracle is not None:
         cal_scores["oracle"] = trained_oracle.score(cal["images"])
-    cal_scores["correct"] = (cal["logits"].argmax(1) == cal["labels"]).float()
+    if labelled:
+        cal_scores["correct"] = (cal["logits"].argmax(1) == cal["labels"]).float()
 
     # Write the folder: weights as state dicts (loaded back with weights_only=True), then the manifest last.
     torch.save(autoencoder.state_dict(), out / "autoencoder.pt")
@@ -266,7 +289,9 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         "parce": {k: v for k, v in parce.state().items() if k in ("z_star", "calibration_accuracy",
                                                                    "calibration_gap", "threshold")},
         "calibration_percentiles": percentiles,
+        "labelled": labelled,
         "unavailable": unavailable,
+        "uncalibrated": uncalibrated,
         "reference_statistics": reference_stats,
         "seconds": round(time.perf_counter() - t0, 1),
         "files": {name: file_sha256(out / name) for name in files},

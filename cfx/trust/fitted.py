@@ -63,8 +63,11 @@ class PaRCE:
         self.threshold = threshold
 
     # fitted: mu_, sigma_, z_star_, calibration_accuracy_, calibration_gap_
-    def fit(self, probs: Tensor, losses: Tensor, labels: Tensor) -> "PaRCE":
-        """Calibrate from calibration-set softmax ``probs (N, C)``, reconstruction ``losses (N,)``, true ``labels``."""
+    def fit(self, probs: Tensor, losses: Tensor, labels: Tensor, target_accuracy: float | None = None) -> "PaRCE":
+        """Calibrate from calibration-set softmax ``probs (N, C)``, reconstruction ``losses (N,)``, true ``labels``.
+
+        ``target_accuracy`` replaces the accuracy that z* is matched to (for data without labels: pass predicted
+        classes as ``labels`` and, for example, the mean top probability here; the result is then uncalibrated)."""
         if probs.dim() != 2 or losses.shape != (probs.shape[0],) or labels.shape != losses.shape:
             raise ValueError(f"probs (N, C), losses (N,) and labels (N,) must agree; got {tuple(probs.shape)}, "
                              f"{tuple(losses.shape)}, {tuple(labels.shape)}")
@@ -84,7 +87,8 @@ class PaRCE:
                 mu[k], sigma[k] = overall_mu, overall_sigma
                 self.missing_classes_.append(k)
         self.mu_, self.sigma_ = mu, sigma
-        accuracy = float((probs.argmax(1) == labels).double().mean())
+        accuracy = (float((probs.argmax(1) == labels).double().mean()) if target_accuracy is None
+                    else float(target_accuracy))
         grid = np.round(np.arange(0.0, 5.0, 0.05), 2)
         gaps = [abs(float(self._competency(probs.double(), losses, z).mean()) - accuracy) for z in grid]
         best = int(np.argmin(gaps))
@@ -368,6 +372,11 @@ class Fitted:
     def score_names(self) -> list[str]:
         return (["parce"] + (["mahalanobis"] if self.mahalanobis is not None else [])
                 + (["oracle"] if self.oracle is not None else []))
+
+    @property
+    def uncalibrated(self) -> dict[str, str]:
+        """Scores fitted without labels, with what that means for their values."""
+        return dict(self.manifest.get("uncalibrated") or {})
 
     @property
     def unavailable(self) -> dict[str, str]:
