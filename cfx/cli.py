@@ -502,6 +502,9 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @click.option("--flag-below", type=float, default=None, help="Flag samples whose flag score is below this number.")
 @click.option("--flag-percentile", type=float, default=None,
               help="Flag below this percentile of the calibration scores stored by cfx fit (default 10).")
+@click.option("--flag-share", type=float, default=None,
+              help="Flag the P percent least trusted samples of this run (fixed once all are scored; a resumed run "
+                   "flags the same).")
 @click.option("--dataset-description", default=None, help="One sentence about the data, for LLM prompts.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--restart", is_flag=True, help="Discard the run in --out and start over.")
@@ -510,7 +513,8 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 def explain(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
             head: str | None, device: str, data_spec: str, fitted_dir: str, out: str, reporter: str,
             generators: str, flag_score: str, flag_below: float | None, flag_percentile: float | None,
-            dataset_description: str | None, batch_size: int, restart: bool, quiet: bool) -> None:
+            flag_share: float | None, dataset_description: str | None, batch_size: int, restart: bool,
+            quiet: bool) -> None:
     """Explain why predictions are untrusted, and write a review report.
 
     \b
@@ -530,7 +534,7 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
     try:
         run = run_explain(classifier, source, fitted_dir, out, reporter=reporter, generators=gens,
                               flag_score=flag_score, flag_below=flag_below, flag_percentile=flag_percentile,
-                              batch_size=batch_size, restart=restart, progress=not quiet,
+                              flag_share=flag_share, batch_size=batch_size, restart=restart, progress=not quiet,
                               dataset_description=dataset_description, data_spec=data_spec,
                               model_spec=model_spec)
     except ValueError as exc:
@@ -570,6 +574,7 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
 @click.option("--flag-below", type=float, default=None, help="Flag samples whose flag score is below this number.")
 @click.option("--flag-percentile", type=float, default=None,
               help="Flag below this percentile of the stored calibration scores (default 10).")
+@click.option("--flag-share", type=float, default=None, help="Flag the P percent least trusted images of this run.")
 @click.option("--steps", default=8, show_default=True, help="Edit steps per property and direction.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the property sample.")
 @click.option("--batch-size", default=64, show_default=True)
@@ -579,7 +584,8 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
 def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
           head: str | None, device: str, data_spec: str, fitted_dir: str, out: str, nuisance: tuple[str, ...],
           sample: int, properties: str | None, flag_score: str, flag_below: float | None,
-          flag_percentile: float | None, steps: int, seed: int, batch_size: int, restart: bool, quiet: bool) -> None:
+          flag_percentile: float | None, flag_share: float | None, steps: int, seed: int, batch_size: int,
+          restart: bool, quiet: bool) -> None:
     """Audit a data set and a model for bias: properties it leans on, slices it fails on, and where trust is low.
 
     \b
@@ -602,7 +608,8 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         result: AuditResult = run_audit(classifier, source, fitted_dir, out, nuisance=names, sample=sample or None,
                            properties=[p.strip() for p in properties.split(",")] if properties else None,
                            flag_score=flag_score, flag_below=flag_below, flag_percentile=flag_percentile,
-                           steps=steps, batch_size=batch_size, restart=restart, progress=not quiet, seed=seed,
+                           flag_share=flag_share, steps=steps, batch_size=batch_size, restart=restart,
+                           progress=not quiet, seed=seed,
                            data_spec=data_spec, model_spec=model_spec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -83,7 +83,7 @@ def render_audit(store, result: dict[str, Any], path: str | Path | None = None) 
                                     for c in dict.fromkeys(r["column"] for r in flagged_slices)) if p][:6]}
     context = {
         "title": "cfx audit", "model": f"{store.get_meta('model_name') or 'model'} ({cfg.get('model')})",
-        "data": cfg.get("data"), "counts": result["counts"], "threshold": cfg["threshold"],
+        "data": cfg.get("data"), "counts": result["counts"], "threshold": store.get_meta("flag_threshold") or cfg["threshold"],
         "nuisance": sorted(nuisance), "plots": plots, "examples": examples,
         "properties": [{**r, "mean": fmt(r["mean_epgm"], 4), "std": fmt(r["std_epgm"], 4),
                         "sig": fmt(r["share_significant"], 2), "flips": fmt(r["share_flips"], 2),

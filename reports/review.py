@@ -97,7 +97,7 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
     summary = summary if summary is not None else write_summary(store)
     samples = store.samples()
     explained = store.explanations()
-    threshold = config["threshold"]
+    threshold = store.get_meta("flag_threshold") or config["threshold"]  # a share of the run: fixed after scoring
     score = threshold["score"]
     class_names = (store.get_meta("class_names") or None)
 

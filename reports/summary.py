@@ -49,6 +49,7 @@ def write_summary(store: RunStore) -> dict[str, Any]:
                    "explained": sum(1 for e in explained.values() if e.get("explanation")),
                    "explain_errors": sum(1 for e in explained.values() if e.get("error")), "causes": causes},
         "timing": {"score_seconds": store.get_meta("score_seconds"), "explain_seconds": store.get_meta("explain_seconds")},
+        "threshold": store.get_meta("flag_threshold") or store.config.get("threshold"),
         "unavailable": store.get_meta("unavailable") or {},
         "uncalibrated": store.get_meta("uncalibrated") or {},
         "metrics": metrics,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,7 +95,7 @@ def test_one_threshold_rule():
     assert t.percentile == 10 and abs(t.value - 9.9) < 1e-6
     assert resolve_threshold("msp", default_percentile=20, calibration=cal).percentile == 20
     assert resolve_threshold("msp") is None
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="not several"):
         resolve_threshold("msp", 0.3, 10, calibration=cal)
     with pytest.raises(ValueError, match="between 0 and 100"):
         resolve_threshold("msp", percentile=100, calibration=cal)
@@ -151,3 +152,20 @@ def test_default_scores_cost_no_extra_pass():
     assert {"gradtrust", "gradtrust_topk", "msp", "gradnorm"} <= set(chosen)
     assert not {"odin", "mc_dropout", "oracle"} & set(chosen)
     assert all(not SCORES[name].extra_passes for name in chosen)
+
+
+def test_a_share_of_the_run_is_fixed_on_the_run_scores():
+    pending = resolve_threshold("msp", share=20)
+    assert pending.pending and pending.value is None and pending.to_dict()["share"] == 20
+    with pytest.raises(ValueError, match="fix it on the run's scores first"):
+        from cfx.trust.threshold import flag
+
+        flag(torch.rand(5), pending)
+    scores = torch.arange(50, dtype=torch.float32)
+    fixed = pending.fixed_on(scores)
+    assert not fixed.pending and fixed.share == 20
+    assert abs(fixed.value - float(np.percentile(scores.double().numpy(), 20))) < 1e-9
+    with pytest.raises(ValueError, match="not several"):
+        resolve_threshold("msp", percentile=10, share=20, calibration=scores)
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        resolve_threshold("msp", share=0)

@@ -38,7 +38,7 @@ from cfx.core.runstore import RunStore
 from cfx.generators import WORLDS, AttributeEditor, parametric_editors, property_curve
 from cfx.reports import render_audit
 
-from .common import AuditResult, open_job_inputs, score_into_store
+from .common import AuditResult, fix_share_threshold, open_job_inputs, score_into_store
 
 __all__ = ["PropertyEffect", "audit", "property_sensitivity", "rank_properties", "rendering_world",
            "slice_analysis"]
@@ -288,7 +288,7 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
           properties: Sequence[str] | None = None, flag_score: str = "parce", flag_below: float | None = None,
           flag_percentile: float | None = None, steps: int = 8, permutations: int = 200, batch_size: int = 64,
           restart: bool = False, progress: bool = True, seed: int = 0, data_spec: str | None = None,
-          model_spec: str | None = None, **model_options: Any) -> AuditResult:
+          model_spec: str | None = None, flag_share: float | None = None, **model_options: Any) -> AuditResult:
     """Audit ``data`` and ``model`` for bias; writes OUT/audit.json, OUT/audit.html and OUT/run.sqlite and returns
     an :class:`AuditResult` (the content of audit.json). ``sample`` images (drawn at random with ``seed``; ``None``
     = all) get the property edits; every image gets scores, flags and slices. ``nuisance`` names the properties
@@ -297,7 +297,7 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
     if sample is not None and sample < 1:
         raise ValueError(f"sample must be a positive number of images (or None for all), got {sample}")
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
-                          model_options)
+                          model_options, flag_share)
     config = {"job": "audit", "model": model_fingerprint(job.classifier), "data": job.data_name,
               "fitted": job.fitted.manifest.get("config_hash"), "threshold": job.threshold.to_dict(),
               "methods": job.methods, "nuisance": sorted(nuisance), "sample": sample,
@@ -321,6 +321,8 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
     # ---- every image: scores, flags, image statistics (resumable by id)
     score_into_store(store, classifier, fitted, source, threshold, methods, batch_size, progress,
                      annotate=_basic_statistics)
+    threshold = fix_share_threshold(store, threshold, source, classifier.preprocessing.size, batch_size,
+                                    keep_flagged_images=False)
     size = classifier.preprocessing.size
     samples = store.samples()
     good = [s for s in samples if s["error"] is None]

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from cfx.core.data import DataSourceError, ImageSource, iter_batches, open_source
@@ -51,7 +52,7 @@ def _check_readable(source: ImageSource, name: str) -> None:
 
 def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_below: float | None,
                     flag_percentile: float | None, data_spec: str | None, model_spec: str | None,
-                    model_options: dict[str, Any]) -> JobInputs:
+                    model_options: dict[str, Any], flag_share: float | None = None) -> JobInputs:
     """Load what ``cfx explain`` and ``cfx audit`` both need, validating it with messages that say what to do.
 
     The flag threshold follows the one rule of :func:`cfx.trust.threshold.resolve_threshold`: a number, or a
@@ -62,7 +63,7 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
     if flag_score not in SCORES:
         raise ValueError(f"unknown flag score {flag_score!r}; choose from {', '.join(SCORES)}")
     threshold = resolve_threshold(flag_score, flag_below, flag_percentile, calibration=fitted.threshold,
-                                  default_percentile=DEFAULT_FLAG_PERCENTILE)
+                                  default_percentile=DEFAULT_FLAG_PERCENTILE, share=flag_share)
     source = open_source(data, classifier.class_names) if not isinstance(data, ImageSource) else data
     _check_readable(source, data_spec or str(data))
     methods = default_scores(classifier, fitted)
@@ -96,7 +97,8 @@ def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted, so
         if len(batch):
             result = score_batch(classifier, batch.images, methods, fitted=fitted)
             pred = result.logits.argmax(1)
-            flags = flag(result.scores[threshold.score], threshold)
+            flags = (torch.zeros(len(batch), dtype=torch.bool) if threshold.pending  # flagged once all are scored
+                     else flag(result.scores[threshold.score], threshold))
             extra = annotate(batch.images) if annotate is not None else None
             for i, sid in enumerate(batch.ids):
                 err = result.errors[i]
@@ -117,6 +119,31 @@ def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted, so
     if n_scored:
         with store.db:
             store.set_meta("score_seconds", time.perf_counter() - t0 + store.get_meta("score_seconds", 0.0))
+
+
+def fix_share_threshold(store: RunStore, threshold: Threshold, source: ImageSource, size, batch_size: int,
+                        keep_flagged_images: bool) -> Threshold:
+    """For a share of the run: once every sample is scored, fix the threshold on the run's own scores (once: a
+    resumed run reads it back), flag the samples below it and, for the explanations, store their images (read
+    again from the source). Any other threshold passes through."""
+    if not threshold.pending:
+        return threshold
+    stored = store.get_meta("flag_threshold")
+    if stored is None:
+        samples = [s for s in store.samples() if s["error"] is None]
+        values = [s["scores"].get(threshold.score) for s in samples]
+        fixed = threshold.fixed_on([v for v in values if v is not None])
+        flags = {s["id"]: bool(v is None or v < fixed.value) for s, v in zip(samples, values)}
+        with store.db:
+            store.db.executemany("UPDATE samples SET flagged = ? WHERE id = ?",
+                                 [(int(f), sid) for sid, f in flags.items()])
+            store.set_meta("flag_threshold", fixed.to_dict())
+        stored = fixed.to_dict()
+    if keep_flagged_images:
+        missing = {sid for sid in store.flagged_ids() if store.image(sid, "original") is None}
+        for batch in iter_batches((r for r in source if r.id in missing), batch_size, size=size):
+            store.add_explanations([], {(sid, "original"): batch.images[i] for i, sid in enumerate(batch.ids)})
+    return Threshold.from_dict(stored)
 
 
 class _Result:

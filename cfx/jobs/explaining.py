@@ -26,7 +26,7 @@ from cfx.reports import render_review, write_summary
 from cfx.trust.fitted import Fitted
 from cfx.trust.threshold import Threshold
 
-from .common import ExplainResult, open_job_inputs, score_into_store
+from .common import ExplainResult, fix_share_threshold, open_job_inputs, score_into_store
 
 __all__ = ["GENERATORS", "ExplainConfigError", "explain"]
 
@@ -38,14 +38,16 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
             flag_score: str = "parce", flag_below: float | None = None, flag_percentile: float | None = None,
             batch_size: int = 64, explain_batch_size: int = 32, restart: bool = False, progress: bool = True,
             dataset_description: str | None = None, report: bool = True, data_spec: str | None = None,
-            model_spec: str | None = None, **model_options: Any) -> ExplainResult:
+            model_spec: str | None = None, flag_share: float | None = None, **model_options: Any) -> ExplainResult:
     """Explain why predictions are untrusted, resumably; returns an :class:`ExplainResult` (the same content as
     OUT/summary.json).
 
     ``model``: a spec (see :func:`cfx.core.models.load_classifier`; ``model_options`` go there), a module or a
     :class:`~cfx.core.models.Classifier`. ``data``: a source spec or :class:`~cfx.core.data.ImageSource`. ``fitted``:
     the folder written by ``cfx fit`` (or a loaded :class:`~cfx.trust.fitted.Fitted`). Flags are
-    ``flag_score < flag_below``, or below ``flag_percentile`` (default 10) of the stored calibration scores.
+    ``flag_score < flag_below``, below ``flag_percentile`` (default 10) of the stored calibration scores, or the
+    ``flag_share`` percent least trusted samples of this run (the threshold is fixed once every sample is scored and
+    stored, so a resumed run flags identically).
     ``reporter``: see :func:`cfx.prompts.make_reporter`. ``data_spec`` / ``model_spec`` name the data and model in
     the report when they are passed as objects. Writes OUT/run.sqlite, OUT/summary.json and (``report=True``)
     OUT/report.html.
@@ -55,7 +57,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     if unknown:
         raise ValueError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
-                          model_options)
+                          model_options, flag_share)
     requested, generators = list(generators), list(generators)
     if "lnn" in generators and job.fitted.latent_index is None:
         warnings.warn(f"LNN counterfactuals are left out: the fitted folder {job.fitted.path} has no latent index (no "
@@ -95,6 +97,8 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageS
     # ---- stage 1: score and flag every input (skipping what the store already has)
     score_into_store(store, classifier, fitted, source, threshold, methods, batch_size, progress,
                      keep_flagged_images=True)
+    threshold = fix_share_threshold(store, threshold, source, classifier.preprocessing.size, batch_size,
+                                    keep_flagged_images=True)
     # ---- stage 2: explain the flagged samples not explained yet
     flagged, explained = store.flagged_ids(), store.explained_ids()
     todo = [sid for sid in flagged if sid not in explained]

@@ -28,9 +28,27 @@ class Threshold:
     """
 
     score: str
-    value: float
+    value: float | None
     percentile: float | None = None
     calibration_size: int | None = None
+    share: float | None = None  # flag this percent of the run's own samples: value fixed once they are all scored
+
+    @property
+    def pending(self) -> bool:
+        """A share of the run whose value is not fixed yet (it is, once every sample of the run is scored)."""
+        return self.value is None
+
+    @classmethod
+    def of_run_share(cls, score: str, share: float) -> "Threshold":
+        """Flag the ``share`` percent least trusted samples of this run (value fixed after scoring them all)."""
+        if not 0 < share < 100:
+            raise ValueError(f"flag_share must be between 0 and 100, got {share}")
+        return cls(score, None, share=float(share))
+
+    def fixed_on(self, run_scores: Tensor | np.ndarray | Sequence[float]) -> "Threshold":
+        """The pending share fixed on the run's scores: their ``share``-th percentile."""
+        t = Threshold.from_percentile(self.score, run_scores, self.share)
+        return Threshold(self.score, t.value, t.percentile, t.calibration_size, self.share)
 
     @classmethod
     def fixed(cls, score: str, value: float) -> "Threshold":
@@ -60,17 +78,21 @@ class Threshold:
 
 def resolve_threshold(score: str, below: float | None = None, percentile: float | None = None, *,
                       calibration: Callable[[str, float], Threshold] | Tensor | np.ndarray | None = None,
-                      default_percentile: float | None = None) -> Threshold | None:
-    """The one threshold rule: ``below`` (a number) or ``percentile`` (0 < p < 100 of the flag score on
-    calibration data), not both; with neither, ``default_percentile`` (or no threshold at all when that is None).
+                      default_percentile: float | None = None, share: float | None = None) -> Threshold | None:
+    """The one threshold rule: ``below`` (a number), ``percentile`` (0 < p < 100 of the flag score on calibration
+    data) or ``share`` (the p percent least trusted of the run itself, fixed once the run is scored), one of them;
+    with none, ``default_percentile`` (or no threshold at all when that is None).
 
     ``calibration`` is where a percentile is taken: a tensor of calibration scores of ``score``, or a callable
     ``(score, percentile) -> Threshold`` such as :meth:`cfx.trust.fitted.Fitted.threshold` (the calibration split
     stored by ``cfx fit``).
     """
-    if below is not None and percentile is not None:
-        raise ValueError("give either a flag threshold (flag_below / --flag-below) or a percentile "
-                         "(flag_percentile / --flag-percentile), not both")
+    if sum(v is not None for v in (below, percentile, share)) > 1:
+        raise ValueError("give one of a flag threshold (flag_below / --flag-below), a percentile of the calibration "
+                         "scores (flag_percentile / --flag-percentile) or a share of the run (flag_share / "
+                         "--flag-share), not several")
+    if share is not None:
+        return Threshold.of_run_share(score, share)
     if below is not None:
         if not math.isfinite(below):
             raise ValueError(f"flag_below must be a finite number, got {below}")
@@ -92,6 +114,8 @@ def resolve_threshold(score: str, below: float | None = None, percentile: float 
 
 def flag(scores: Tensor | np.ndarray, threshold: Threshold | float) -> Tensor:
     """Boolean flags ``scores < threshold``: True = do not trust. NaN scores (failed samples) are flagged."""
+    if isinstance(threshold, Threshold) and threshold.pending:
+        raise ValueError("this threshold is a share of the run: fix it on the run's scores first (fixed_on)")
     s = torch.as_tensor(scores, dtype=torch.float64)
     value = threshold.value if isinstance(threshold, Threshold) else float(threshold)
     return ~(s >= value)
