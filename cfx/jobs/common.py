@@ -141,7 +141,7 @@ def fix_share_threshold(store: RunStore, threshold: Threshold, source: ImageSour
         stored = fixed.to_dict()
     if keep_flagged_images:
         missing = {sid for sid in store.flagged_ids() if store.image(sid, "original") is None}
-        for batch in iter_batches((r for r in source if r.id in missing), batch_size, size=size):
+        for batch in [] if not missing else iter_batches((r for r in source if r.id in missing), batch_size, size=size):
             store.add_explanations([], {(sid, "original"): batch.images[i] for i, sid in enumerate(batch.ids)})
     return Threshold.from_dict(stored)
 
