@@ -184,7 +184,9 @@ class Classifier:
     class_names: list[str] | None = None
     source: str = "module"
     probe_size: tuple[int, int] = (32, 32)  # the (H, W) a probe forward pass uses when preprocessing has no size
-    _feature_route: object = field(default=None, init=False, repr=False, compare=False)  # scripted models only
+    # cached once per classifier: the verified children route of a scripted model (a list, or False), or whether a
+    # 1x1-convolution head checked out as linear in its pooled input (a bool)
+    _feature_route: object = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -38,7 +38,7 @@ from cfx.core.runstore import RunStore
 from cfx.generators import WORLDS, AttributeEditor, parametric_editors, property_curve
 from cfx.reports import render_audit
 
-from .common import AuditResult, fix_share_threshold, open_job_inputs, score_into_store
+from .common import AuditResult, fix_share_threshold, json_default, open_job_inputs, score_into_store
 
 __all__ = ["PropertyEffect", "audit", "property_sensitivity", "rank_properties", "rendering_world",
            "slice_analysis"]
@@ -396,7 +396,7 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
     }
     path = store.out / "audit.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=_plain))
+    tmp.write_text(json.dumps(result, indent=1, default=json_default))
     tmp.replace(path)
     render_audit(store, result)
     return result
@@ -408,14 +408,6 @@ def _basic_statistics(images: Tensor) -> dict[str, Tensor]:
     y = luma(images)
     return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)),
             "saturation": (images.amax(1) - images.amin(1)).mean((1, 2))}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    return str(value)
 
 
 def _store_examples(store, effects_json, ids, x, world, attributes, per_property: int = 3) -> None:

@@ -19,7 +19,8 @@ from cfx.trust.fitted import Fitted
 from cfx.trust.scores import SCORES, applicable_scores, default_scores, score_batch
 from cfx.trust.threshold import Threshold, flag, resolve_threshold
 
-__all__ = ["AuditResult", "ExplainResult", "JobInputs", "open_job_inputs", "score_into_store"]
+__all__ = ["AuditResult", "ExplainResult", "JobInputs", "fix_share_threshold", "json_default", "open_job_inputs",
+           "score_into_store"]
 
 DEFAULT_FLAG_PERCENTILE = 10.0
 
@@ -155,13 +156,15 @@ class _Result:
         return out
 
     def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=_plain)
+        return json.dumps(self.to_dict(), indent=indent, default=json_default)
 
     def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
+        if key == "out" or key not in self.__dataclass_fields__:  # the same keys as to_dict(), without copying
+            raise KeyError(key)
+        return getattr(self, key)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.to_dict()
+        return key != "out" and key in self.__dataclass_fields__
 
 
 @dataclass
@@ -206,7 +209,8 @@ class AuditResult(_Result):
         return None if self.out is None else self.out / "audit.html"
 
 
-def _plain(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for job results: numpy and torch scalars as numbers, tuples and sets as lists."""
     if hasattr(value, "item"):
         return value.item()
     if isinstance(value, (tuple, set)):

@@ -83,7 +83,7 @@ class TrustScore:
         """Whether this score can be computed for ``classifier`` (and ``fitted``)."""
         if self.needs_fit and (fitted is None or self.name not in fitted.score_names):
             return False
-        if "features" in self.needs and not has_features(classifier):
+        if "features" in self.needs and not classifier.has_features():
             return False
         return True
 
@@ -196,11 +196,6 @@ for _score in (
     GradNormScore(), OdinScore(), MCDropoutScore(), ParceScore(), MahalanobisScore(), OracleScore(),
 ):
     SCORES.register(_score.name, _score)
-
-
-def has_features(classifier: Classifier) -> bool:
-    """Whether the classifier can return its penultimate features (see :meth:`Classifier.has_features`)."""
-    return classifier.has_features()
 
 
 def default_scores(classifier: Classifier, fitted: "Fitted | None" = None) -> list[str]:
