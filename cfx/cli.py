@@ -489,30 +489,35 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @model_options
 @click.option("--data", "data_spec", required=True, metavar="SOURCE",
               help="Images: a folder (ImageFolder or flat), a CSV/JSONL manifest, or demo:shapes[:split].")
-@click.option("--fitted", "fitted_dir", required=True, type=click.Path(file_okay=False),
-              help="The folder written by cfx fit for this model.")
+@click.option("--fitted", "fitted_dir", default=None, type=click.Path(file_okay=False),
+              help="The folder written by cfx fit for this model. Without it the run is its own reference: flags "
+                   "from a share of the run (10 %), counterfactuals from IGD and the nearest trusted image (NN).")
 @click.option("--out", type=click.Path(file_okay=False), default="cfx-explain", show_default=True,
               help="Output folder: run.sqlite, summary.json, report.html.")
 @click.option("--reporter", default="evidence", show_default=True,
               help="evidence (offline), transformers:PATH (local multimodal model) or openai:URL (endpoint; model "
                    "from $CFX_OPENAI_MODEL, key from $CFX_OPENAI_API_KEY).")
-@click.option("--generators", default="reco,lgd,lnn", show_default=True,
-              help="Counterfactual generators: any of reco, lgd, lnn.")
-@click.option("--flag-score", default="parce", show_default=True, help="Score that decides the flags.")
+@click.option("--generators", default=None,
+              help="Counterfactual generators, any of reco, lgd, lnn (these need --fitted), igd, nn. Default: "
+                   "reco,lgd,lnn with --fitted, igd,nn without. Those that cannot run here are listed in the report.")
+@click.option("--flag-score", default="auto", show_default=True,
+              help="Score that decides the flags. auto: the best on the fitted folder's labelled calibration data "
+                   "(with at least 30 errors), else gradtrust_topk.")
 @click.option("--flag-below", type=float, default=None, help="Flag samples whose flag score is below this number.")
 @click.option("--flag-percentile", type=float, default=None,
-              help="Flag below this percentile of the calibration scores stored by cfx fit (default 10).")
+              help="Flag below this percentile of the calibration scores stored by cfx fit (default 10 with "
+                   "--fitted).")
 @click.option("--flag-share", type=float, default=None,
               help="Flag the P percent least trusted samples of this run (fixed once all are scored; a resumed run "
-                   "flags the same).")
+                   "flags the same). Default 10 without --fitted.")
 @click.option("--dataset-description", default=None, help="One sentence about the data, for LLM prompts.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--restart", is_flag=True, help="Discard the run in --out and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def explain(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
-            head: str | None, device: str, data_spec: str, fitted_dir: str, out: str, reporter: str,
-            generators: str, flag_score: str, flag_below: float | None, flag_percentile: float | None,
+            head: str | None, device: str, data_spec: str, fitted_dir: str | None, out: str, reporter: str,
+            generators: str | None, flag_score: str, flag_below: float | None, flag_percentile: float | None,
             flag_share: float | None, dataset_description: str | None, batch_size: int, restart: bool,
             quiet: bool) -> None:
     """Explain why predictions are untrusted, and write a review report.
@@ -525,12 +530,13 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
     \b
     Example:
         cfx explain --model demo:shapes --data demo:shapes:test --fitted fitted/ --out review/
+        cfx explain --model python:mymodels:net --data photos/ --flag-share 20 --out review/
     """
     if flag_below is not None and flag_percentile is not None:
         raise click.UsageError("give either --flag-below or --flag-percentile, not both")
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     source = _open_data(data_spec, classifier)
-    gens = [g.strip() for g in generators.split(",") if g.strip()]
+    gens = [g.strip() for g in generators.split(",") if g.strip()] if generators else None
     try:
         run = run_explain(classifier, source, fitted_dir, out, reporter=reporter, generators=gens,
                               flag_score=flag_score, flag_below=flag_below, flag_percentile=flag_percentile,
@@ -545,6 +551,8 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
 def _print_explain_summary(result: ExplainResult, out: Path) -> None:
     c = result.counts
     t = result.timing
+    if result.flag_score:
+        click.echo(f"flag score {result.flag_score['score']}: {result.flag_score['reason']}")
     click.echo(f"scored {c['samples']} inputs ({c['errors']} unreadable), flagged {c['flagged']}, "
                f"explained {c['explained']}" + (f" ({c['explain_errors']} failed)" if c["explain_errors"] else ""))
     if t.get("score_seconds") and t.get("explain_seconds"):
@@ -560,8 +568,9 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
 @click.option("--data", "data_spec", required=True, metavar="SOURCE",
               help="Images with metadata: a folder, a CSV/JSONL manifest (extra columns become slices), or demo data "
                    "such as demo:shapes-biased:test.")
-@click.option("--fitted", "fitted_dir", required=True, type=click.Path(file_okay=False),
-              help="The folder written by cfx fit for this model.")
+@click.option("--fitted", "fitted_dir", default=None, type=click.Path(file_okay=False),
+              help="The folder written by cfx fit for this model (optional: without it, flags come from a share of "
+                   "the run, 10 % by default).")
 @click.option("--out", type=click.Path(file_okay=False), default="cfx-audit", show_default=True,
               help="Output folder: audit.html, audit.json, run.sqlite.")
 @click.option("--nuisance", multiple=True, metavar="PROPERTY",
@@ -570,7 +579,8 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
                    "attribute such as background_hue.")
 @click.option("--sample", default=2000, show_default=True, help="Images that get the property edits (0 = all).")
 @click.option("--properties", default=None, help="Only these properties (comma-separated); default all.")
-@click.option("--flag-score", default="parce", show_default=True, help="Trust score that decides the flags.")
+@click.option("--flag-score", default="auto", show_default=True,
+              help="Trust score that decides the flags (auto: as for cfx explain).")
 @click.option("--flag-below", type=float, default=None, help="Flag samples whose flag score is below this number.")
 @click.option("--flag-percentile", type=float, default=None,
               help="Flag below this percentile of the stored calibration scores (default 10).")
@@ -582,7 +592,7 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
-          head: str | None, device: str, data_spec: str, fitted_dir: str, out: str, nuisance: tuple[str, ...],
+          head: str | None, device: str, data_spec: str, fitted_dir: str | None, out: str, nuisance: tuple[str, ...],
           sample: int, properties: str | None, flag_score: str, flag_below: float | None,
           flag_percentile: float | None, flag_share: float | None, steps: int, seed: int, batch_size: int,
           restart: bool, quiet: bool) -> None:

@@ -19,13 +19,24 @@ from torch import Tensor
 from cfx.core.images import as_float_images, luma, resize
 from cfx.core.models import Classifier
 from cfx.core.shifts import CAUSE_LABELS
-from cfx.generators import (AutoencoderReconstruction, LatentGradientDescent, LatentNearestNeighbours, Occlusion,
-                            competency_target, parametric_editors, property_curve, restoring_edits)
+from cfx.generators import (
+    AutoencoderReconstruction,
+    ImageGradientDescent,
+    LatentGradientDescent,
+    LatentNearestNeighbours,
+    NearestTrustedImage,
+    Occlusion,
+    TrustTarget,
+    parametric_editors,
+    property_curve,
+    restoring_edits,
+)
 from cfx.trust.fitted import Fitted
+from cfx.trust.latent_index import LatentIndex
 from cfx.trust.scores import default_scores, score_batch
 
-__all__ = ["CAUSE_LABELS", "STATISTICS", "Evidence", "blockiness", "collect_evidence", "difference_mass",
-           "image_statistics", "reference_statistics"]
+__all__ = ["CAUSE_LABELS", "GENERATORS", "STATISTICS", "Evidence", "RunReference", "blockiness", "collect_evidence",
+           "difference_mass", "generator_availability", "image_statistics", "reference_statistics"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
@@ -154,6 +165,8 @@ class Evidence:
     difference_mass: float | None = None
     neighbour: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None       # the trust score the counterfactuals and restoring edits raise
+    reference: str | None = None    # what the statistics' z-scores and the nearest trusted image compare against
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,7 +183,7 @@ class Evidence:
         data["counterfactuals"] = keep
         data["statistics"].pop("counterfactual", None)
         data["difference_mass"] = None
-        if not any(c["method"] == "lnn" for c in keep):
+        if not any(c["method"] in ("lnn", "nn") for c in keep):
             data["neighbour"] = None
         main = next((c for g in _PRIMARY for c in keep if c["method"] == g), None)
         if main is not None:
@@ -188,26 +201,102 @@ class Evidence:
         return cls.from_dict(json.loads(text))
 
 
-_PRIMARY = ("lgd", "reco", "lnn")  # the counterfactual whose statistics stand for the sample, first present wins
+_PRIMARY = ("lgd", "reco", "lnn", "igd", "nn")  # the counterfactual whose statistics stand for the sample: first wins
+
+#: Every counterfactual generator the evidence can use, with what it needs: ``fitted`` (the autoencoder and latent
+#: index of a fitted folder), ``target`` (a differentiable trust target) or ``reference`` (trusted images to search).
+GENERATORS: dict[str, str] = {"reco": "fitted", "lgd": "fitted", "lnn": "fitted", "igd": "target",
+                              "nn": "reference"}
+
+
+def generator_availability(generators: Sequence[str], fitted: Fitted | None,
+                           reference: "RunReference | bool | None" = None) -> tuple[list[str], dict[str, str]]:
+    """Which of ``generators`` this situation allows, and why each other one cannot run; unknown names raise.
+    ``reference``: the :class:`RunReference` (or whether there will be one)."""
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown:
+        raise ValueError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
+    usable, reasons = [], {}
+    for g in generators:
+        if GENERATORS[g] == "fitted" and fitted is None:
+            reasons[g] = "needs the autoencoder of a fitted folder (cfx fit, then --fitted DIR)"
+        elif g == "lnn" and fitted is not None and fitted.latent_index is None:
+            reasons[g] = ("the fitted folder has no latent index (no reference image reached the competency "
+                          "threshold)")
+        elif GENERATORS[g] == "reference" and (reference is None or reference is False):
+            reasons[g] = "needs trusted images to search: fewer than 2 images of the run are trusted"
+        else:
+            usable.append(g)
+    return usable, reasons
+
+
+class RunReference:
+    """Trusted reference images from the run itself, for when there is no fitted folder (or for NN).
+
+    Holds the images (uint8), their ids and predicted classes, a FAISS index over their final-layer features (cosine;
+    without features: 16×16 downsampled pixels, L2), and their :func:`reference_statistics` for z-scores.
+    ``description`` says in words which images they are (shown in the report).
+    """
+
+    PIXEL_SIZE = 16
+
+    def __init__(self, classifier: Classifier, images: Tensor, ids: Sequence[str], predictions: Tensor | Sequence[int],
+                 description: str, batch_size: int = 64):
+        if len(images) < 2 or len(images) != len(ids) or len(ids) != len(predictions):
+            raise ValueError(f"a run reference needs at least 2 images with one id and prediction each; got "
+                             f"{len(images)} images, {len(ids)} ids, {len(predictions)} predictions")
+        self.classifier, self.description, self.batch_size = classifier, description, batch_size
+        self.embedding = "features" if classifier.has_features() else "pixels"
+        images = as_float_images(images)
+        vectors = torch.cat([self.embed(images[i:i + batch_size]).float().cpu()
+                             for i in range(0, len(images), batch_size)])
+        self.index = LatentIndex("cos" if self.embedding == "features" else "l2").build(
+            vectors, list(ids), torch.as_tensor(predictions), images)
+        self.mean, self.std = reference_statistics(images)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """The space the nearest trusted image is searched in: final-layer features, else downsampled pixels."""
+        with torch.inference_mode():
+            if self.embedding == "features":
+                return self.classifier.features(images.to(self.classifier.device))
+            return resize(images, (self.PIXEL_SIZE, self.PIXEL_SIZE)).flatten(1)
+
+    def to_dict(self) -> dict[str, Any]:
+        space = ("the classifier's final-layer features (cosine)" if self.embedding == "features" else
+                 f"{self.PIXEL_SIZE}×{self.PIXEL_SIZE} downsampled pixels (the model does not expose its features)")
+        return {"kind": "run", "images": len(self), "description": self.description, "search_space": space}
 
 
 def _row(stats: dict[str, Tensor], i: int) -> dict[str, float]:
     return {k: float(v[i]) for k, v in stats.items()}
 
 
-def collect_evidence(classifier: Classifier, fitted: Fitted, images: Tensor, ids: Sequence[str] | None = None,
+def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tensor, ids: Sequence[str] | None = None,
                      labels: Sequence[int] | Tensor | None = None, editors: Sequence | None = None,
                      generators: Sequence[str] = ("reco", "lgd", "lnn"), steps: int = 8,
-                     with_counterfactuals: bool = True, return_images: bool = False):
+                     with_counterfactuals: bool = True, return_images: bool = False,
+                     target: TrustTarget | None = None, reference: RunReference | None = None):
     """Build one :class:`Evidence` per image (images ``(N, 3, H, W)`` in [0, 1] at the classifier's input size).
 
-    ``with_counterfactuals=False`` leaves out the counterfactual evidence (for ablations). ``return_images=True``
-    returns ``(evidence, images)`` with ``images`` mapping each generator name (and ``"neighbour"`` for the nearest
-    confident image of LNN) to its ``(N, 3, h, w)`` images, for reports.
+    With a fitted folder the trust target is PaRCE competency and the statistics compare with its confident
+    reference images. Without one (``fitted=None``) pass ``target`` (e.g. :class:`cfx.generators.RunRankTarget`)
+    and ``reference`` (a :class:`RunReference` of the run's most trusted images); ``generators`` then come from
+    igd and nn (see :data:`GENERATORS`). ``with_counterfactuals=False`` leaves out the counterfactual evidence (for
+    ablations). ``return_images=True`` returns ``(evidence, images)`` with ``images`` mapping each generator name
+    (and ``"neighbour"`` for the nearest trusted image of LNN or NN) to its ``(N, 3, h, w)`` images, for reports.
     """
     n = len(images)
     if n == 0:
         raise ValueError("no images to collect evidence for")
+    if fitted is None and target is None:
+        raise ValueError("without a fitted folder, pass the trust target to raise (target=RunRankTarget(...)); "
+                         "or fit one with cfx fit")
+    usable, reasons = generator_availability(generators if with_counterfactuals else [], fitted, reference)
+    if reasons:
+        raise ValueError("generator(s) not available here: " + "; ".join(f"{g}: {r}" for g, r in reasons.items()))
     ids = list(ids) if ids is not None else [str(i) for i in range(n)]
     labels_list = [None if labels is None or int(v) < 0 else int(v) for v in
                    (labels if labels is not None else [-1] * n)]
@@ -215,29 +304,36 @@ def collect_evidence(classifier: Classifier, fitted: Fitted, images: Tensor, ids
     names = classifier.class_names
     batch = score_batch(classifier, images, default_scores(classifier, fitted), fitted=fitted)
     pred = batch.logits.argmax(1)
-    target = competency_target(classifier, fitted)
-    score_fn = lambda x: fitted.parce.competency_from(classifier.logits(x), x)  # noqa: E731
+    if target is None:
+        target = TrustTarget.competency(classifier, fitted)
+        score_fn = lambda x: fitted.parce.competency_from(classifier.logits(x), x)  # noqa: E731
+    else:
+        score_fn = target
     # occlusion probes spatial reliance but restores nothing (see cfx.generators.restoring_editors)
     restoring = restoring_edits(score_fn, images, [e for e in editors if not isinstance(e, Occlusion)], steps=steps)
     curves = [property_curve(classifier, e, images, e.sweep(steps=steps), permutations=200) for e in editors]
     orig_stats = image_statistics(images)
-    ref_mean = ref_std = None
-    stored = fitted.manifest.get("reference_statistics")
+    ref_mean = ref_std = reference_name = None
+    stored = fitted.manifest.get("reference_statistics") if fitted is not None else None
     if stored and tuple(stored["image_size"]) == tuple(images.shape[-2:]):
         # measured by cfx fit on the confident reference images at the classifier's resolution
         ref_mean, ref_std = stored["mean"], stored["std"]
-    elif fitted.latent_index is not None and len(fitted.latent_index) > 1:
-        reference = fitted.latent_index.images_  # at the autoencoder's size: comparable only when it is the same
-        ref_mean, ref_std = reference_statistics(resize(reference.float() / 255, tuple(images.shape[-2:])))
+    elif fitted is not None and fitted.latent_index is not None and len(fitted.latent_index) > 1:
+        ref_images = fitted.latent_index.images_  # at the autoencoder's size: comparable only when it is the same
+        ref_mean, ref_std = reference_statistics(resize(ref_images.float() / 255, tuple(images.shape[-2:])))
+    elif reference is not None:
+        ref_mean, ref_std, reference_name = reference.mean, reference.std, reference.description
+    if ref_mean is not None and reference_name is None:
+        reference_name = "the fitted folder's confident calibration images"
     cfs: dict[str, Any] = {}
-    if with_counterfactuals:
-        makers = {"reco": lambda: AutoencoderReconstruction(target, fitted.autoencoder),
-                  "lgd": lambda: LatentGradientDescent(target, fitted.autoencoder),
-                  "lnn": lambda: LatentNearestNeighbours(target, fitted.autoencoder, fitted.latent_index)}
-        for name in generators:
-            if name not in makers:
-                raise ValueError(f"unknown generator {name!r}; use reco, lgd or lnn")
-            cfs[name] = makers[name]().generate(images)
+    level = target.threshold
+    makers = {"reco": lambda: AutoencoderReconstruction(target, fitted.autoencoder, threshold=level),
+              "lgd": lambda: LatentGradientDescent(target, fitted.autoencoder, threshold=level),
+              "lnn": lambda: LatentNearestNeighbours(target, fitted.autoencoder, fitted.latent_index, threshold=level),
+              "igd": lambda: ImageGradientDescent(target, threshold=level),
+              "nn": lambda: NearestTrustedImage(target, reference.embed, reference.index, threshold=level)}
+    for name in usable:
+        cfs[name] = makers[name]().generate(images)
     main_name = next((g for g in _PRIMARY if g in cfs), None)
     cf_stats = {name: image_statistics(cf.images.to(images.device)) for name, cf in cfs.items()}
     masses = {name: difference_mass(images, cf.images.to(images.device)) for name, cf in cfs.items()}
@@ -247,16 +343,18 @@ def collect_evidence(classifier: Classifier, fitted: Fitted, images: Tensor, ids
                       prediction_name=names[int(pred[i])] if names else None, label=labels_list[i],
                       label_name=names[labels_list[i]] if names and labels_list[i] is not None else None,
                       scores={k: float(v[i]) for k, v in batch.scores.items()},
-                      competency=float(batch.scores["parce"][i]) if "parce" in batch.scores else None)
+                      competency=float(batch.scores["parce"][i]) if "parce" in batch.scores else None,
+                      target=target.name, reference=reference_name)
         for name, cf in cfs.items():
             entry = {"method": name, "score_before": float(cf.score_before[i]), "score_after": float(cf.score_after[i]),
                      "success": bool(cf.success[i]), "steps": int(cf.steps[i]),
                      "difference_mass": float(masses[name][i]), "statistics": _row(cf_stats[name], i)}
-            if name == "lnn":
+            if name in ("lnn", "nn"):
                 entry.update({"neighbour_id": cf.extra["neighbour_ids"][i],
                               "neighbour_label": int(cf.extra["neighbour_labels"][i]),
                               "neighbour_distance": float(cf.extra["neighbour_distance"][i])})
-                ev.neighbour = {k: entry[k] for k in ("neighbour_id", "neighbour_label", "neighbour_distance")}
+                if ev.neighbour is None:  # LNN's when both ran
+                    ev.neighbour = {k: entry[k] for k in ("neighbour_id", "neighbour_label", "neighbour_distance")}
             ev.counterfactuals.append(entry)
         r = restoring[i]
         ev.restoring_edit = {"property": r.property, "direction": r.direction, "strength": r.strength,
@@ -276,7 +374,8 @@ def collect_evidence(classifier: Classifier, fitted: Fitted, images: Tensor, ids
         out.append(ev)
     if return_images:
         pictures = {name: cf.images.detach().cpu() for name, cf in cfs.items()}
-        if "lnn" in cfs and "neighbour_images" in cfs["lnn"].extra:
-            pictures["neighbour"] = cfs["lnn"].extra["neighbour_images"].detach().cpu()
+        for name in ("lnn", "nn"):  # the nearest trusted image itself, LNN's first
+            if name in cfs and "neighbour_images" in cfs[name].extra and "neighbour" not in pictures:
+                pictures["neighbour"] = cfs[name].extra["neighbour_images"].detach().cpu()
         return out, pictures
     return out

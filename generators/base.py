@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +13,10 @@ from cfx.core.images import resize
 from cfx.core.models import Classifier
 from cfx.trust.fitted import Fitted
 from cfx.trust.functional import gradtrust
+from cfx.trust.scores import SCORES, LogitScore
 
-__all__ = ["Counterfactuals", "TargetScore", "competency_target", "from_autoencoder_size", "gradtrust_target", "ssim",
-           "ssim_distance", "to_autoencoder_size"]
+__all__ = ["Counterfactuals", "RunRankTarget", "TargetScore", "TrustTarget", "competency_target",
+           "from_autoencoder_size", "gradtrust_target", "ssim", "ssim_distance", "to_autoencoder_size"]
 
 
 class TargetScore(Protocol):
@@ -56,6 +57,71 @@ class Counterfactuals:
 def competency_target(classifier: Classifier, fitted: Fitted) -> Callable[[Tensor], Tensor]:
     """PaRCE competency as the target: the generators' default."""
     return lambda images: fitted.parce.score_torch(classifier, images)
+
+
+@dataclass
+class TrustTarget:
+    """A differentiable trust score to raise, with the level that counts as trusted and what it is.
+
+    ``name`` is what the evidence and the report call it (``parce``, or e.g. ``gradtrust_topk rank in this run``);
+    calling the target scores images ``(N, 3, H, W)`` in [0, 1] → ``(N,)``.
+    """
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    threshold: float
+    description: str = ""
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.fn(images)
+
+    @classmethod
+    def competency(cls, classifier: Classifier, fitted: Fitted) -> "TrustTarget":
+        """PaRCE competency of the fitted folder, trusted from its threshold (0.9 by default)."""
+        return cls("parce", competency_target(classifier, fitted), float(fitted.parce.threshold),
+                   "PaRCE competency: the estimated probability that the prediction is right")
+
+
+class RunRankTarget(TrustTarget):
+    """Trust without a fitted folder: a logit score's smoothed rank among the scores of this run, in (0, 1).
+
+    ``rank(x) = mean_j Φ((s(x) − s_j) / h)`` over the run's scores ``s_j`` (at most ``max_points`` of their quantiles)
+    with Silverman's bandwidth ``h``: a kernel-smoothed empirical CDF, so it is differentiable and strictly
+    increasing in the score, reads the same for every score (0.5 = as trusted as the run's median image) and a gain
+    of 0.3 means passing 30 % of the run. ``score`` must be a function of the logits (see
+    :data:`cfx.trust.scores.SCORES`); trusted from ``threshold`` (the run's median by default).
+    """
+
+    def __init__(self, classifier: Classifier, score: str, run_scores: Tensor | Sequence[float],
+                 threshold: float = 0.5, max_points: int = 2048):
+        entry = SCORES.get(score) if score in SCORES else None
+        if not isinstance(entry, LogitScore):
+            logit_scores = [k for k, v in SCORES.items() if isinstance(v, LogitScore)]
+            raise ValueError(f"a run-rank target needs a score computed from the logits alone, not {score!r}; "
+                             f"choose from {', '.join(logit_scores)}")
+        values = torch.as_tensor(run_scores, dtype=torch.float64).flatten()
+        values = values[torch.isfinite(values)]
+        if len(values) < 2:
+            raise ValueError(f"a run-rank target needs the {score} scores of at least 2 images of the run, "
+                             f"got {len(values)}")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        values = values.sort().values
+        if len(values) > max_points:
+            values = torch.quantile(values, torch.linspace(0, 1, max_points, dtype=torch.float64))
+        spread = float(values.std())
+        iqr = float(values[int(0.75 * (len(values) - 1))] - values[int(0.25 * (len(values) - 1))]) / 1.349
+        scale = min(spread, iqr) if iqr > 0 else spread
+        self.bandwidth = max(0.9 * scale * len(values) ** -0.2, 1e-6 * max(1.0, float(values.abs().max())))
+        self.values, self.classifier, self.score_fn = values.float(), classifier, entry.fn
+        super().__init__(f"{score} rank in this run", self._rank, float(threshold),
+                         f"the share of this run's images that {score} trusts less (smoothed)")
+        self.score = score
+
+    def _rank(self, images: Tensor) -> Tensor:
+        s = self.score_fn(self.classifier.logits(images)).float()
+        v = self.values.to(s.device)
+        return torch.special.ndtr((s.unsqueeze(1) - v.unsqueeze(0)) / self.bandwidth).mean(1)
 
 
 def gradtrust_target(classifier: Classifier, labels: str = "all") -> Callable[[Tensor], Tensor]:

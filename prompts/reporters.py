@@ -170,8 +170,8 @@ class EvidenceReporter(Reporter):
         z = ev.statistics_z or {}
         orig = ev.statistics.get("original", {})
         ref = ev.statistics.get("reference_mean", {})
-        comp = f"{ev.competency:.2f}" if ev.competency is not None else "low"
         what = ev.prediction_name or f"class {ev.prediction}"
+        trust = _trust_name(ev)
 
         def stat(key: str) -> str:
             if key in orig and key in ref and key in z:
@@ -195,6 +195,15 @@ class EvidenceReporter(Reporter):
         r = ev.restoring_edit
         tail = ""
         if r and r.get("gain", 0) > 0.05:
-            tail = (f" Editing {r['property']} ({r['direction']}, strength {r['strength']:.2f}) raises competency "
+            tail = (f" Editing {r['property']} ({r['direction']}, strength {r['strength']:.2f}) raises {trust} "
                     f"from {r['score_before']:.2f} to {r['score_after']:.2f}.")
-        return f"The model predicts {what} with competency {comp}. {lead}{tail}"[:2000]
+        head = (f"The model predicts {what} with competency {ev.competency:.2f}." if ev.competency is not None else
+                f"The model predicts {what}, and the prediction is among the least trusted.")
+        return f"{head} {lead}{tail}"[:2000]
+
+
+def _trust_name(ev: Evidence) -> str:
+    """What the restoring edit raised: competency (PaRCE), or the run-relative trust rank of a score."""
+    if ev.target in (None, "parce"):
+        return "competency"
+    return f"its trust rank ({ev.target})"

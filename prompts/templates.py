@@ -37,10 +37,11 @@ def evidence_facts(ev: Evidence) -> list[str]:
     for key, label in names.items():
         z = (ev.statistics_z or {}).get(key)
         if z is not None and abs(z) >= 2:
-            facts.append(f"{label} is {'far above' if z > 0 else 'far below'} that of confident images (z = {z:+.1f})")
+            facts.append(f"{label} is {'far above' if z > 0 else 'far below'} that of trusted images (z = {z:+.1f})")
     r = ev.restoring_edit
     if r and r.get("gain", 0) > 0.05:
-        facts.append(f"changing {r['property']} ({r['direction']}) raises competency from {r['score_before']:.2f} to "
+        raised = "competency" if ev.target in (None, "parce") else f"the trust rank among this data set ({ev.target})"
+        facts.append(f"changing {r['property']} ({r['direction']}) raises {raised} from {r['score_before']:.2f} to "
                      f"{r['score_after']:.2f}")
     if ev.difference_mass is not None:
         facts.append(f"{'the change to the confident image is concentrated in one region' if ev.difference_mass >= 0.27 else 'the change to the confident image is spread over the whole image'}")

@@ -157,6 +157,8 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
             "causes": sorted(counts["causes"].items(), key=lambda kv: -kv[1]),
             "timing": summary["timing"], "unavailable": summary.get("unavailable") or {},
             "uncalibrated": summary.get("uncalibrated") or {},
+            "flag_score": summary.get("flag_score") or {}, "reference": summary.get("reference") or {},
+            "target": (summary.get("reference") or {}).get("trust_target") or "parce",
             "finished": store.get_meta("finished"), "created": store.get_meta("created")}
 
 

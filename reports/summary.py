@@ -52,6 +52,8 @@ def write_summary(store: RunStore) -> dict[str, Any]:
         "threshold": store.get_meta("flag_threshold") or store.config.get("threshold"),
         "unavailable": store.get_meta("unavailable") or {},
         "uncalibrated": store.get_meta("uncalibrated") or {},
+        "flag_score": store.get_meta("flag_score"),    # which score flagged, and why
+        "reference": store.get_meta("reference"),      # what the evidence compares with
         "metrics": metrics,
         "samples": rows,
     }

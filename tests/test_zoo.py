@@ -357,7 +357,7 @@ def test_flag_share_flags_that_share_of_the_run_and_resumes_identically(digits, 
     model = Classifier.wrap(_trained(PlainBNCNN(), x[:300], y[:300]), preprocessing=Preprocessing(size=(32, 32)))
     fitted = cfx.fit(model, TensorSource(x[:300], y[:300]), tmp_path / "fitted", ae_epochs=2, progress=False)
     source = TensorSource(x[300:360], ids=[f"p-{i}" for i in range(60)])
-    run = cfx.explain(model, source, fitted, tmp_path / "review", flag_share=20, progress=False)
+    run = cfx.explain(model, source, fitted, tmp_path / "review", flag_score="parce", flag_share=20, progress=False)
     summary = json.loads((tmp_path / "review" / "summary.json").read_text())
     parce = np.array([s["scores"]["parce"] for s in summary["samples"]])
     cut = np.percentile(parce, 20)  # independent reference: numpy on the stored scores
@@ -365,10 +365,11 @@ def test_flag_share_flags_that_share_of_the_run_and_resumes_identically(digits, 
     assert [s["flagged"] for s in summary["samples"]] == (parce < cut).tolist()
     assert run.counts["flagged"] == int((parce < cut).sum()) == 12
     assert run.counts["explained"] == run.counts["flagged"]  # their images were read again from the source
-    again = cfx.explain(model, source, fitted, tmp_path / "review", flag_share=20, progress=False)
+    again = cfx.explain(model, source, fitted, tmp_path / "review", flag_score="parce", flag_share=20,
+                        progress=False)
     assert [s["flagged"] for s in again.samples] == [s["flagged"] for s in run.samples]
     with pytest.raises(ValueError, match="not several"):
         cfx.explain(model, source, fitted, tmp_path / "other", flag_share=20, flag_below=0.5, progress=False)
-    audit = cfx.audit(model, source, fitted, tmp_path / "audit", flag_share=20, sample=8, steps=3, permutations=20,
+    audit = cfx.audit(model, source, fitted, tmp_path / "audit", flag_score="parce", flag_share=20, sample=8, steps=3, permutations=20,
                       progress=False)
     assert audit.counts["flagged"] == 12

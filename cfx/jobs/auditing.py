@@ -37,8 +37,9 @@ from cfx.core.models import model_fingerprint
 from cfx.core.runstore import RunStore
 from cfx.generators import WORLDS, AttributeEditor, parametric_editors, property_curve
 from cfx.reports import render_audit
+from cfx.trust.threshold import AUTO
 
-from .common import AuditResult, fix_share_threshold, json_default, open_job_inputs, score_into_store
+from .common import AuditResult, fix_share_threshold, json_default, open_job_inputs, run_reference, score_into_store
 
 __all__ = ["PropertyEffect", "audit", "property_sensitivity", "rank_properties", "rendering_world",
            "slice_analysis"]
@@ -285,25 +286,29 @@ def _flag_link(effect: PropertyEffect, flagged: np.ndarray) -> float | None:
 # ---------------------------------------------------------------------------------------------- the job
 
 def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sample: int | None = 2000,
-          properties: Sequence[str] | None = None, flag_score: str = "parce", flag_below: float | None = None,
+          properties: Sequence[str] | None = None, flag_score: str = AUTO, flag_below: float | None = None,
           flag_percentile: float | None = None, steps: int = 8, permutations: int = 200, batch_size: int = 64,
           restart: bool = False, progress: bool = True, seed: int = 0, data_spec: str | None = None,
           model_spec: str | None = None, flag_share: float | None = None, **model_options: Any) -> AuditResult:
     """Audit ``data`` and ``model`` for bias; writes OUT/audit.json, OUT/audit.html and OUT/run.sqlite and returns
     an :class:`AuditResult` (the content of audit.json). ``sample`` images (drawn at random with ``seed``; ``None``
     = all) get the property edits; every image gets scores, flags and slices. ``nuisance`` names the properties
-    that should not matter."""
+    that should not matter. ``fitted`` may be None (flags then come from a share of the run, 10 % by default, and
+    the nearest trusted images of flagged samples from the run's most trusted images); ``flag_score="auto"`` is
+    chosen as in :func:`cfx.explain`."""
     t0 = time.perf_counter()
     if sample is not None and sample < 1:
         raise ValueError(f"sample must be a positive number of images (or None for all), got {sample}")
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
                           model_options, flag_share)
     config = {"job": "audit", "model": model_fingerprint(job.classifier), "data": job.data_name,
-              "fitted": job.fitted.manifest.get("config_hash"), "threshold": job.threshold.to_dict(),
+              "fitted": job.fitted.manifest.get("config_hash") if job.fitted is not None else None, "threshold": job.threshold.to_dict(),
               "methods": job.methods, "nuisance": sorted(nuisance), "sample": sample,
               "properties": list(properties) if properties else None, "steps": steps,
               "permutations": permutations, "seed": seed}
     store = RunStore(out, config, restart=restart)
+    with store.db:
+        store.set_meta("flag_score", job.flag_choice.to_dict())
     try:
         result = _audit(store, job.classifier, job.fitted, job.source, job.threshold, job.methods, list(nuisance),
                         sample, properties, steps, permutations, batch_size, progress, seed, job.model_name, t0)
@@ -382,7 +387,8 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
     slices = slice_analysis(meta_rows, correct, [s["scores"].get(threshold.score) for s in good],
                             [s["flagged"] for s in good], stats, seed=seed)
     # ---- trust link: nearest confident neighbours of flagged samples
-    neighbours = _neighbours(store, fitted, source, [s for s in good if s["flagged"]], batch_size, size, names)
+    neighbours = _neighbours(store, classifier, fitted, source, [s for s in good if s["flagged"]], batch_size,
+                             threshold.score)
     result = {
         "config": store.config,
         "counts": {"samples": len(samples), "errors": len(samples) - len(good),
@@ -391,6 +397,7 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
                        c is not None for c in correct) else None},
         "properties": ranking, "slices": slices, "neighbours": neighbours,
         "errors": [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]],
+        "flag_score": store.get_meta("flag_score"),
         "timing": {"property_seconds": store.get_meta("audit_property_seconds"),
                    "total_seconds": round(time.perf_counter() - t0, 2)},
     }
@@ -430,18 +437,30 @@ def _store_examples(store, effects_json, ids, x, world, attributes, per_property
     store.add_explanations([], images)
 
 
-def _neighbours(store, fitted, source, flagged: list[dict], batch_size: int, size, names) -> dict[str, Any]:
-    """For flagged samples: the label of the nearest confident calibration image (LNN index) and whether it
-    agrees with the prediction and with the true label."""
-    index = fitted.latent_index
-    if index is None or not flagged:
-        return {"available": index is not None, "n": 0}
+def _neighbours(store, classifier, fitted, source, flagged: list[dict], batch_size: int, score: str) -> dict[str, Any]:
+    """For flagged samples: the class of the nearest trusted image and whether it agrees with the prediction and
+    with the true label. With a fitted folder, in its latent index (confident calibration images, the label is
+    theirs); without one, among the run's most trusted images in feature space (the class is the model's
+    prediction for them)."""
+    if fitted is not None:
+        index = fitted.latent_index
+        if index is None or not flagged:
+            return {"available": index is not None, "n": 0}
+        size = tuple(fitted.autoencoder.image_size)
+        embed = lambda x: fitted.autoencoder.encode(resize(x, size))  # noqa: E731
+        searched = "the fitted folder's confident calibration images (autoencoder latents)"
+    else:
+        reference = run_reference(store, classifier, source, score, batch_size) if flagged else None
+        if reference is None:
+            return {"available": False, "n": 0}
+        index, embed = reference.index, reference.embed
+        searched = f"{reference.description}, in {reference.to_dict()['search_space']}"
     wanted = {s["id"] for s in flagged[:500]}
     rows = []
     by_id = {s["id"]: s for s in flagged}
-    for batch in iter_batches((r for r in source if r.id in wanted), batch_size, size=size):
+    for batch in iter_batches((r for r in source if r.id in wanted), batch_size, size=classifier.preprocessing.size):
         with torch.inference_mode():
-            z = fitted.autoencoder.encode(resize(batch.images, fitted.autoencoder.image_size))
+            z = embed(batch.images)
         dist, pos = index.search(z, 1)
         for i, sid in enumerate(batch.ids):
             p = int(pos[i, 0])
@@ -451,7 +470,7 @@ def _neighbours(store, fitted, source, flagged: list[dict], batch_size: int, siz
                          "neighbour_label": nl, "distance": float(dist[i, 0])})
     agree_pred = [r["neighbour_label"] == r["prediction"] for r in rows]
     agree_label = [r["neighbour_label"] == r["label"] for r in rows if r["label"] is not None]
-    return {"available": True, "n": len(rows),
+    return {"available": True, "n": len(rows), "searched": searched,
             "share_agreeing_with_prediction": float(np.mean(agree_pred)) if rows else None,
             "share_agreeing_with_label": float(np.mean(agree_label)) if agree_label else None,
             "examples": rows[:50]}

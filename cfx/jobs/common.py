@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,27 +16,38 @@ from tqdm.auto import tqdm
 from cfx.core.data import DataSourceError, ImageSource, iter_batches, open_source
 from cfx.core.models import Classifier, load_classifier
 from cfx.core.runstore import RunStore
+from cfx.evidence import RunReference
 from cfx.trust.fitted import Fitted
 from cfx.trust.scores import SCORES, applicable_scores, default_scores, score_batch
-from cfx.trust.threshold import Threshold, flag, resolve_threshold
+from cfx.trust.threshold import (
+    AUTO,
+    FlagScoreChoice,
+    Threshold,
+    choose_flag_score,
+    flag,
+    resolve_threshold,
+)
 
 __all__ = ["AuditResult", "ExplainResult", "JobInputs", "fix_share_threshold", "json_default", "open_job_inputs",
-           "score_into_store"]
+           "run_reference", "score_into_store"]
 
-DEFAULT_FLAG_PERCENTILE = 10.0
+DEFAULT_FLAG_PERCENTILE = 10.0  # with a fitted folder: of its calibration scores
+DEFAULT_FLAG_SHARE = 10.0       # without one: of this run
 
 
 @dataclass
 class JobInputs:
-    """A job's classifier, fitted folder, data source, flag threshold (fixed before the run) and scores."""
+    """A job's classifier, fitted folder (or None), data source, flag threshold (fixed before the run, or a share of
+    the run fixed once it is scored), the scores to compute and which score flags, and why."""
 
     classifier: Classifier
-    fitted: Fitted
+    fitted: Fitted | None
     source: ImageSource
     threshold: Threshold
     methods: list[str]
     data_name: str
     model_name: str
+    flag_choice: FlagScoreChoice
 
 
 def _check_readable(source: ImageSource, name: str) -> None:
@@ -56,26 +68,42 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
                     model_options: dict[str, Any], flag_share: float | None = None) -> JobInputs:
     """Load what ``cfx explain`` and ``cfx audit`` both need, validating it with messages that say what to do.
 
-    The flag threshold follows the one rule of :func:`cfx.trust.threshold.resolve_threshold`: a number, or a
-    percentile (default 10) of the flag score on the calibration split stored in the fitted folder.
+    ``fitted`` may be None: the scores that need no fitting are computed. ``flag_score="auto"`` is chosen by
+    :func:`cfx.trust.threshold.choose_flag_score`. The flag threshold follows the one rule of
+    :func:`cfx.trust.threshold.resolve_threshold`: a number, a percentile (default 10) of the flag score on the
+    calibration split stored in the fitted folder, or a share of the run (default 10 % without a fitted folder).
     """
     classifier = load_classifier(model, **model_options) if not isinstance(model, Classifier) else model
-    fitted = fitted if isinstance(fitted, Fitted) else Fitted.load(fitted, classifier)
-    if flag_score not in SCORES:
-        raise ValueError(f"unknown flag score {flag_score!r}; choose from {', '.join(SCORES)}")
-    threshold = resolve_threshold(flag_score, flag_below, flag_percentile, calibration=fitted.threshold,
-                                  default_percentile=DEFAULT_FLAG_PERCENTILE, share=flag_share)
-    source = open_source(data, classifier.class_names) if not isinstance(data, ImageSource) else data
-    _check_readable(source, data_spec or str(data))
+    if fitted is not None and not isinstance(fitted, Fitted):
+        fitted = Fitted.load(fitted, classifier)
+    if flag_score != AUTO and flag_score not in SCORES:
+        raise ValueError(f"unknown flag score {flag_score!r}; choose from auto, {', '.join(SCORES)}")
+    if fitted is None and flag_percentile is not None:
+        raise ValueError("a flag percentile is taken of the calibration scores a fitted folder stores, and there is "
+                         "no fitted folder: flag a share of this run instead (flag_share / --flag-share P), give a "
+                         "number (--flag-below X), or fit one with cfx fit (--fitted DIR)")
     methods = default_scores(classifier, fitted)
     if flag_score not in methods and flag_score in applicable_scores(classifier, fitted):
         methods.append(flag_score)  # an expensive flag score is computed because it was asked for
+    if flag_score != AUTO and flag_score not in methods:
+        raise ValueError(f"flag score {flag_score!r} is not available for this model"
+                         f"{' and fitted folder' if fitted is not None else ' without a fitted folder'}; "
+                         f"available: auto, {', '.join(methods)}")
+    choice = choose_flag_score(flag_score, methods, fitted.calibration_scores if fitted is not None else None)
+    threshold = resolve_threshold(choice.score, flag_below, flag_percentile,
+                                  calibration=fitted.threshold if fitted is not None else None,
+                                  default_percentile=DEFAULT_FLAG_PERCENTILE if fitted is not None else None,
+                                  share=flag_share)
+    if threshold is None:  # no fitted folder and no threshold given: the least trusted share of this run
+        threshold = Threshold.of_run_share(choice.score, DEFAULT_FLAG_SHARE)
+    source = open_source(data, classifier.class_names) if not isinstance(data, ImageSource) else data
+    _check_readable(source, data_spec or str(data))
     data_name = data_spec or (data if isinstance(data, str) else f"{type(source).__name__} of {len(source)} images")
     model_name = model_spec or (model if isinstance(model, str) else type(classifier.model).__name__)
-    return JobInputs(classifier, fitted, source, threshold, methods, data_name, model_name)
+    return JobInputs(classifier, fitted, source, threshold, methods, data_name, model_name, choice)
 
 
-def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted, source: ImageSource, threshold: Threshold,
+def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | None, source: ImageSource, threshold: Threshold,
                      methods: Sequence[str], batch_size: int = 64, progress: bool = True,
                      keep_flagged_images: bool = False, annotate=None) -> None:
     """Score and flag every input of ``source`` that the store does not have yet, one transaction per batch.
@@ -147,6 +175,36 @@ def fix_share_threshold(store: RunStore, threshold: Threshold, source: ImageSour
     return Threshold.from_dict(stored)
 
 
+REFERENCE_MAX = 512  # the run reference: the most trusted half of the run, at most this many images
+
+
+def run_reference(store: RunStore, classifier: Classifier, source: ImageSource, score: str,
+                  batch_size: int = 64) -> RunReference | None:
+    """The run's most trusted images as a :class:`~cfx.evidence.RunReference`: the unflagged half of the run with
+    the highest ``score`` (at most :data:`REFERENCE_MAX`), read again from the source. Their ids are stored on first
+    use, so a resumed run compares with the same images. None when fewer than 2 images qualify."""
+    ids = store.get_meta("reference_ids")
+    samples = {s["id"]: s for s in store.samples() if s["error"] is None}
+    if ids is None:
+        trusted = [s for s in samples.values() if not s["flagged"] and s["scores"].get(score) is not None
+                   and math.isfinite(s["scores"][score])]
+        trusted.sort(key=lambda s: (-s["scores"][score], s["id"]))
+        ids = [s["id"] for s in trusted[:min(REFERENCE_MAX, max(2, len(samples) // 2))]]
+        with store.db:
+            store.set_meta("reference_ids", ids)
+    if len(ids) < 2:
+        return None
+    wanted, images = set(ids), {}
+    for batch in iter_batches((r for r in source if r.id in wanted), batch_size, size=classifier.preprocessing.size):
+        images.update(zip(batch.ids, batch.images))
+    ids = [sid for sid in ids if sid in images]
+    if len(ids) < 2:
+        return None
+    return RunReference(classifier, torch.stack([images[sid] for sid in ids]), ids,
+                        [samples[sid]["prediction"] for sid in ids],
+                        f"the {len(ids)} most trusted images of this run (by {score})", batch_size=batch_size)
+
+
 class _Result:
     """Typed job results: fields, ``to_dict()``/``to_json()``, and dict-style reading of the same keys."""
 
@@ -178,12 +236,14 @@ class ExplainResult(_Result):
     metrics: dict[str, Any]
     samples: list[dict[str, Any]]
     seconds: float = 0.0
+    flag_score: dict[str, Any] | None = None  # which score flagged, and why
+    reference: dict[str, Any] | None = None   # what the evidence compared with
     out: Path | None = field(default=None, repr=False)
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any], out: Path, seconds: float) -> "ExplainResult":
         return cls(summary["config"], summary["counts"], summary["timing"], summary["metrics"], summary["samples"],
-                   round(seconds, 2), out)
+                   round(seconds, 2), summary.get("flag_score"), summary.get("reference"), out)
 
     @property
     def report_path(self) -> Path | None:
@@ -202,6 +262,7 @@ class AuditResult(_Result):
     neighbours: dict[str, Any]
     errors: list[dict[str, Any]]
     timing: dict[str, Any]
+    flag_score: dict[str, Any] | None = None  # which score flagged, and why
     out: Path | None = field(default=None, repr=False)
 
     @property

@@ -14,9 +14,73 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
-__all__ = ["Threshold", "flag", "resolve_threshold"]
+__all__ = ["AUTO", "MIN_CALIBRATION_ERRORS", "UNLABELLED_FLAG_SCORE", "FlagScoreChoice", "Threshold",
+           "choose_flag_score", "flag", "resolve_threshold"]
+
+#: ``flag_score="auto"``: chosen by :func:`choose_flag_score`.
+AUTO = "auto"
+#: The flag score without labelled calibration data to judge by: the GradTrust variant that separated untrusted
+#: predictions best across the data sets measured in ``docs/results.md`` (``bench/flag_score_variants.py``).
+UNLABELLED_FLAG_SCORE = "gradtrust_topk"
+#: Labelled calibration data must hold at least this many misclassified images before a score is chosen on it.
+MIN_CALIBRATION_ERRORS = 30
+
+
+@dataclass(frozen=True)
+class FlagScoreChoice:
+    """Which score decides the flags, and why (shown in ``summary.json`` and the report)."""
+
+    score: str
+    reason: str
+    calibration_auroc: dict[str, float] | None = None  # misprediction AUROC of each candidate, when judged
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def choose_flag_score(requested: str, available: Sequence[str],
+                      calibration: dict[str, Tensor] | None = None,
+                      min_errors: int = MIN_CALIBRATION_ERRORS) -> FlagScoreChoice:
+    """The flag score: ``requested`` itself, or for ``"auto"`` the available score with the best misprediction AUROC
+    on labelled calibration scores (``calibration``: score name → ``(N,)``, with ``"correct"`` 1/0 per image, as
+    a fitted folder stores them) holding at least ``min_errors`` errors; otherwise :data:`UNLABELLED_FLAG_SCORE`."""
+    if requested != AUTO:
+        if requested not in available:
+            raise ValueError(f"flag score {requested!r} is not available here; available: {', '.join(available)} "
+                             "(or auto)")
+        return FlagScoreChoice(requested, "asked for")
+    if not available:
+        raise ValueError("no trust score is available to flag with")
+    fallback = UNLABELLED_FLAG_SCORE if UNLABELLED_FLAG_SCORE in available else available[0]
+    correct = None if calibration is None else calibration.get("correct")
+    if correct is None:
+        why = "no fitted folder" if calibration is None else "the fitted folder's calibration data has no labels"
+        return FlagScoreChoice(fallback, f"{why}: {fallback}, the score measured to separate untrusted predictions "
+                                         "best without labels (docs/results.md)")
+    correct = torch.as_tensor(correct).bool()
+    errors = int((~correct).sum())
+    if errors < min_errors or bool((~correct).all()):
+        return FlagScoreChoice(fallback, f"the labelled calibration data holds {errors} errors (fewer than "
+                                         f"{min_errors} to judge by): {fallback}, the score measured to separate "
+                                         "untrusted predictions best without labels (docs/results.md)")
+    aurocs = {}
+    for name in available:
+        values = calibration.get(name)
+        if values is None or len(values) != len(correct):
+            continue
+        v = torch.as_tensor(values, dtype=torch.float64)
+        ok = torch.isfinite(v)
+        if ok.sum() < 2 or correct[ok].all() or not correct[ok].any():
+            continue
+        aurocs[name] = round(float(roc_auc_score(correct[ok].numpy(), v[ok].numpy())), 4)
+    if not aurocs:
+        return FlagScoreChoice(fallback, f"no available score has calibration scores: {fallback}")
+    best = max(aurocs, key=lambda k: (aurocs[k], -list(available).index(k)))
+    return FlagScoreChoice(best, f"the best misprediction AUROC ({aurocs[best]:.3f}) on the fitted folder's "
+                                 f"{len(correct)} labelled calibration images ({errors} errors)", aurocs)
 
 
 @dataclass(frozen=True)

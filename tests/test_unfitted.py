@@ -1,0 +1,154 @@
+"""No labels, no fitted folder: cfx explain and cfx audit on a folder of production images.
+
+The data are scikit-learn's handwritten digits, colourised, with a known cause (darkening) injected into a third of
+them; nothing here uses the demo world. References are independent of the code under test: numpy percentiles of
+the stored scores, brute-force cosine search for the nearest trusted image, scipy's empirical CDF for the trust rank.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from scipy.stats import percentileofscore
+
+import cfx
+from cfx.cli import main
+from cfx.core.data import TensorSource
+from cfx.core.runstore import RunStore
+from cfx.core.models import Classifier, Preprocessing
+from cfx.generators import RunRankTarget
+from cfx.trust.threshold import MIN_CALIBRATION_ERRORS, UNLABELLED_FLAG_SCORE, choose_flag_score
+
+from test_zoo import PlainBNCNN, _trained, colour_digits
+
+
+@pytest.fixture(scope="module")
+def model_and_production():
+    x, y = colour_digits(400)
+    torch.manual_seed(0)
+    model = Classifier.wrap(_trained(PlainBNCNN(), x[:300], y[:300]), preprocessing=Preprocessing(size=(32, 32)))
+    prod = x[300:390].clone()
+    dark = torch.arange(len(prod)) % 3 == 0
+    prod[dark] *= 0.3
+    return model, prod, dark
+
+
+def test_auto_flag_score_follows_labelled_calibration_and_falls_back_without_it():
+    rng = np.random.default_rng(0)
+    correct = torch.from_numpy(rng.random(400) < 0.8).float()
+    errors = int((correct == 0).sum())
+    assert errors >= MIN_CALIBRATION_ERRORS
+    calibration = {"msp": torch.from_numpy(rng.random(400)),             # chance
+                   "margin": correct + torch.from_numpy(rng.random(400)),  # separates errors perfectly
+                   "gradtrust_topk": torch.from_numpy(rng.random(400)), "correct": correct}
+    available = ["msp", "margin", "gradtrust_topk"]
+    choice = choose_flag_score("auto", available, calibration)
+    assert choice.score == "margin" and choice.calibration_auroc["margin"] == 1.0
+    assert f"{errors} errors" in choice.reason
+    few = dict(calibration, correct=torch.ones(400))
+    few["correct"][:MIN_CALIBRATION_ERRORS - 1] = 0
+    assert choose_flag_score("auto", available, few).score == UNLABELLED_FLAG_SCORE
+    unlabelled = {k: v for k, v in calibration.items() if k != "correct"}
+    assert choose_flag_score("auto", available, unlabelled).score == UNLABELLED_FLAG_SCORE
+    assert "no fitted folder" in choose_flag_score("auto", available, None).reason
+    assert choose_flag_score("msp", available, calibration).score == "msp"
+    with pytest.raises(ValueError, match="not available here"):
+        choose_flag_score("parce", available, None)
+
+
+def test_run_rank_target_is_the_smoothed_empirical_cdf_and_has_gradients(model_and_production):
+    model, prod, _ = model_and_production
+    with torch.inference_mode():
+        scores = cfx.SCORES.get("msp").fn(model.logits(prod))
+    target = RunRankTarget(model, "msp", scores)
+    rank = target(prod).detach()
+    ecdf = torch.tensor([percentileofscore(scores.numpy(), float(s), kind="mean") / 100 for s in scores])
+    assert (rank - ecdf).abs().max() < 0.15 and (rank - ecdf).abs().mean() < 0.05
+    order = scores.argsort()
+    assert (rank[order].diff() >= -1e-6).all()  # monotone in the score
+    x = prod[:4].clone().requires_grad_(True)
+    target(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="from the logits alone"):
+        RunRankTarget(model, "parce", scores)
+
+
+@pytest.mark.slow
+def test_explain_without_labels_or_fitted_folder(model_and_production, tmp_path):
+    model, prod, dark = model_and_production
+    ids = [f"p-{i:03d}" for i in range(len(prod))]
+    run = cfx.explain(model, TensorSource(prod, ids=ids), None, tmp_path / "review", flag_share=20, progress=False)
+    summary = json.loads((tmp_path / "review" / "summary.json").read_text())
+    score = summary["threshold"]["score"]
+    assert score == UNLABELLED_FLAG_SCORE and summary["flag_score"]["score"] == score
+    assert "no fitted folder" in summary["flag_score"]["reason"]
+    values = np.array([s["scores"][score] for s in summary["samples"]])
+    assert [s["flagged"] for s in summary["samples"]] == (values < np.percentile(values, 20)).tolist()
+    assert run.counts["explained"] == run.counts["flagged"] == 18
+    assert {"parce", "mahalanobis", "oracle"} <= set(summary["unavailable"])
+    reference = summary["reference"]
+    assert reference["trust_target"] == f"{score} rank in this run"
+    assert "most trusted images of this run" in reference["statistics"]
+    # the reference is the most trusted half of the run, none of them flagged
+    ref_ids = sorted(ids, key=lambda i: -values[ids.index(i)])[:len(ids) // 2]
+    assert reference["nearest_trusted_image"]["images"] == len(ref_ids)
+    with torch.inference_mode():
+        feats = torch.nn.functional.normalize(model.features(prod), dim=1)
+    ref_pos = [ids.index(i) for i in ref_ids]
+    store = RunStore(tmp_path / "review")
+    explained = store.explanations()
+    store.close()
+    for s in run.samples:
+        if not s["flagged"]:
+            continue
+        ev = explained[s["id"]]["evidence"]
+        assert {c["method"] for c in ev["counterfactuals"]} == {"igd", "nn"}
+        assert ev["statistics_z"] and ev["reference"] == reference["statistics"]
+        assert ev["restoring_edit"] is not None and len(ev["property_curves"]) > 0
+        text = explained[s["id"]]["explanation"]["text"]
+        assert text.startswith("The model predicts") and "competency" not in text
+        assert ("trust rank" in text) == (ev["restoring_edit"]["gain"] > 0.05)
+        # nearest trusted image: brute-force cosine over the reference images' features
+        sims = feats[ref_pos] @ feats[ids.index(s["id"])]
+        assert ev["neighbour"]["neighbour_id"] == ref_ids[int(sims.argmax())]
+    html = (tmp_path / "review" / "report.html").read_text()
+    assert "most trusted images of this run" in html and "no fitted folder" in html
+    # resumes identically, without recomputing
+    again = cfx.explain(model, TensorSource(prod, ids=ids), None, tmp_path / "review", flag_share=20, progress=False)
+    assert [s["flagged"] for s in again.samples] == [s["flagged"] for s in run.samples]
+    assert [s["cause"] for s in again.samples] == [s["cause"] for s in run.samples]
+
+
+@pytest.mark.slow
+def test_cli_explain_and_audit_on_a_folder_without_labels_or_fitted_folder(model_and_production, tmp_path):
+    model, prod, _ = model_and_production
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, img in enumerate(prod[:45]):
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    scripted = torch.jit.script(model.model.eval())
+    scripted.save(str(tmp_path / "model.pt"))
+    args = ["--model", f"torchscript:{tmp_path / 'model.pt'}", "--image-size", "32", "--data", str(folder)]
+    result = CliRunner().invoke(main, ["explain", *args, "--out", str(tmp_path / "review"), "--quiet",
+                                       "--generators", "reco,igd,nn"])
+    assert result.exit_code == 0, result.output
+    assert "flag score gradtrust_topk" in result.output and "explained 5" in result.output
+    summary = json.loads((tmp_path / "review" / "summary.json").read_text())
+    assert summary["config"]["generators"] == ["igd", "nn"] and "fitted folder" in summary["unavailable"]["reco"]
+    assert summary["threshold"]["share"] == 10  # the default without a fitted folder
+    result = CliRunner().invoke(main, ["explain", *args, "--out", str(tmp_path / "other"), "--quiet",
+                                       "--flag-percentile", "10"])
+    assert result.exit_code != 0 and "--flag-share" in result.output
+    assert not (tmp_path / "other" / "run.sqlite").exists()
+    result = CliRunner().invoke(main, ["audit", *args, "--out", str(tmp_path / "audit"), "--quiet", "--sample", "12",
+                                       "--steps", "3", "--flag-share", "20"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert report["counts"]["flagged"] == 9 and report["flag_score"]["score"] == "gradtrust_topk"
+    assert report["neighbours"]["n"] == 9 and "most trusted images of this run" in report["neighbours"]["searched"]
+    assert "no fitted folder" in (tmp_path / "audit" / "audit.html").read_text()
