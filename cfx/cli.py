@@ -393,7 +393,9 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
               help="List the trust scores and exit.")
 @click.option("--fitted", "fitted_dir", type=click.Path(file_okay=False), default=None,
               help="Fitted folder from cfx fit: adds PaRCE, Mahalanobis and the oracle, and stored percentiles.")
-@click.option("--flag-score", default="gradtrust", show_default=True, help="Score that decides the flags.")
+@click.option("--flag-score", default="gradtrust_topk", show_default=True,
+              help="Score that decides the flags (the default is the one measured best without labels: "
+                   "docs/results.md).")
 @click.option("--flag-below", type=float, default=None, help="Flag samples whose flag score is below this number.")
 @click.option("--flag-percentile", type=float, default=None,
               help="Flag below this percentile (0-100) of the flag score on --calibration data, or on the "

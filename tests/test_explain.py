@@ -182,9 +182,10 @@ def test_changed_config_is_refused_and_cfx_report_rerenders(shapes_models, fitte
     runner = CliRunner()
     fitted_dir = str(fitted.path)
     args = ["explain", "--model", "demo:shapes", "--data", "demo:shapes:review", "--fitted", fitted_dir,
-            "--out", str(tmp_path), "--quiet", "--generators", "lgd"]
+            "--out", str(tmp_path), "--quiet", "--generators", "lgd", "--flag-score", "parce"]
     first = runner.invoke(main, args)
     assert first.exit_code == 0, first.output
+    assert "flag score parce: asked for" in first.output
     assert "flagged" in first.output and "report.html" in first.output
     again = runner.invoke(main, args)  # resume of a finished run: nothing recomputed, same result
     assert again.exit_code == 0 and "explained" in again.output

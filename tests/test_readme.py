@@ -38,4 +38,7 @@ def test_readme_snippets_run_as_written(tmp_path):
     assert summary["counts"]["samples"] == 120 and summary["counts"]["flagged"] > 0
     assert summary["counts"]["explained"] == summary["counts"]["flagged"]
     assert (tmp_path / "review" / "report.html").is_file() and (tmp_path / "audit" / "audit.html").is_file()
+    unfitted = json.loads((tmp_path / "review-unfitted" / "summary.json").read_text())
+    assert unfitted["counts"]["flagged"] == 24 and unfitted["counts"]["explained"] == 24  # 20 % of 120, nothing fitted
+    assert unfitted["config"]["fitted"] is None and unfitted["config"]["generators"] == ["igd", "nn"]
     assert "flagged;" in ran[-1]

@@ -28,7 +28,7 @@ def test_trust_on_demo_world_with_percentile_threshold(tmp_path, shapes_models):
               "--calibration", "demo:shapes:calibration", "--out", str(out)])
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["threshold"]["score"] == "gradtrust" and summary["threshold"]["percentile"] == 10
+    assert summary["threshold"]["score"] == "gradtrust_topk" and summary["threshold"]["percentile"] == 10
     assert summary["counts"]["samples"] == 900 and summary["counts"]["errors"] == 0
     # ~10 % of calibration is below the threshold; the test split is drawn from the same world
     assert 0.04 < summary["counts"]["flagged"] / 900 < 0.2
@@ -43,7 +43,7 @@ def test_trust_on_demo_world_with_percentile_threshold(tmp_path, shapes_models):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 900 and "gradtrust" in rows[0]
     flagged = [r for r in rows if r["flagged"] == "True"]
-    assert all(float(r["gradtrust"]) < summary["threshold"]["value"] for r in flagged)
+    assert all(float(r["gradtrust_topk"]) < summary["threshold"]["value"] for r in flagged)
 
 
 @pytest.mark.slow

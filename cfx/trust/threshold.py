@@ -27,6 +27,10 @@ AUTO = "auto"
 UNLABELLED_FLAG_SCORE = "gradtrust_topk"
 #: Labelled calibration data must hold at least this many misclassified images before a score is chosen on it.
 MIN_CALIBRATION_ERRORS = 30
+#: Calibration AUROCs this close to the best are a tie (with tens of errors such differences are noise); ties go to
+#: the first of :data:`TIE_PREFERENCE` among them, else to the best.
+AUROC_TIE = 0.01
+TIE_PREFERENCE = ("parce", UNLABELLED_FLAG_SCORE)
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,13 @@ def choose_flag_score(requested: str, available: Sequence[str],
     if not aurocs:
         return FlagScoreChoice(fallback, f"no available score has calibration scores: {fallback}")
     best = max(aurocs, key=lambda k: (aurocs[k], -list(available).index(k)))
-    return FlagScoreChoice(best, f"the best misprediction AUROC ({aurocs[best]:.3f}) on the fitted folder's "
-                                 f"{len(correct)} labelled calibration images ({errors} errors)", aurocs)
+    where = f"on the fitted folder's {len(correct)} labelled calibration images ({errors} errors)"
+    tied = [k for k in TIE_PREFERENCE if k in aurocs and aurocs[k] >= aurocs[best] - AUROC_TIE]
+    if tied and tied[0] != best:
+        return FlagScoreChoice(tied[0], f"misprediction AUROC {aurocs[tied[0]]:.3f} {where}, within {AUROC_TIE} of "
+                                        f"the best ({best}, {aurocs[best]:.3f}): a tie, which goes to {tied[0]}",
+                               aurocs)
+    return FlagScoreChoice(best, f"the best misprediction AUROC ({aurocs[best]:.3f}) {where}", aurocs)
 
 
 @dataclass(frozen=True)
