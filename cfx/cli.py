@@ -499,6 +499,14 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @click.option("--reporter", default="evidence", show_default=True,
               help="evidence (offline), transformers:PATH (local multimodal model) or openai:URL (endpoint; model "
                    "from $CFX_OPENAI_MODEL, key from $CFX_OPENAI_API_KEY).")
+@click.option("--reporter-model", default=None, help="openai:URL: the model name (else $CFX_OPENAI_MODEL).")
+@click.option("--reporter-key-env", default=None, metavar="VAR",
+              help="openai:URL: the name of the environment variable that holds the key (the key itself is never "
+                   "stored or printed). Default: $CFX_OPENAI_API_KEY, then $OPENAI_API_KEY, if set.")
+@click.option("--reporter-timeout", type=float, default=None,
+              help="openai:URL: seconds to wait for one answer (default 20).")
+@click.option("--reporter-concurrency", type=int, default=None,
+              help="openai:URL: requests in flight at once (default 4).")
 @click.option("--generators", default=None,
               help="Counterfactual generators, any of reco, lgd, lnn (these need --fitted), igd, nn. Default: "
                    "reco,lgd,lnn with --fitted, igd,nn without. Those that cannot run here are listed in the report.")
@@ -519,7 +527,8 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @_friendly_errors
 def explain(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
             head: str | None, device: str, data_spec: str, fitted_dir: str | None, out: str, reporter: str,
-            generators: str | None, flag_score: str, flag_below: float | None, flag_percentile: float | None,
+            reporter_model: str | None, reporter_key_env: str | None, reporter_timeout: float | None,
+            reporter_concurrency: int | None, generators: str | None, flag_score: str, flag_below: float | None, flag_percentile: float | None,
             flag_share: float | None, dataset_description: str | None, batch_size: int, restart: bool,
             quiet: bool) -> None:
     """Explain why predictions are untrusted, and write a review report.
@@ -544,7 +553,9 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
                               flag_score=flag_score, flag_below=flag_below, flag_percentile=flag_percentile,
                               flag_share=flag_share, batch_size=batch_size, restart=restart, progress=not quiet,
                               dataset_description=dataset_description, data_spec=data_spec,
-                              model_spec=model_spec)
+                              model_spec=model_spec,
+                              reporter_options={"model": reporter_model, "api_key_env": reporter_key_env,
+                                                "timeout": reporter_timeout, "concurrency": reporter_concurrency})
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     _print_explain_summary(run, Path(out))
@@ -562,6 +573,8 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
                    f"{c['explained'] / t['explain_seconds']:.1f} flagged images/s explained")
     if c["causes"]:
         click.echo("causes: " + ", ".join(f"{k} {v}" for k, v in sorted(c["causes"].items(), key=lambda kv: -kv[1])))
+    if c.get("backends"):
+        click.echo("explained by: " + ", ".join(f"{k} {v}" for k, v in sorted(c["backends"].items())))
     click.echo(f"wrote {out / 'report.html'}, {out / 'summary.json'}, {out / 'run.sqlite'}")
 
 

@@ -7,6 +7,8 @@ the offline evidence reporter, and the explanation says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pathlib import Path
 from typing import Sequence
 
@@ -53,8 +55,17 @@ class TransformersReporter(Reporter):
         return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
     def explain_many(self, evidence: Sequence[Evidence], images: Sequence[Tensor | None] | None = None,
-                     counterfactuals: Sequence[Tensor | None] | None = None) -> list[Explanation]:
-        """One batched ``generate`` for several records (originals, with counterfactuals side by side when given)."""
+                     counterfactuals: Sequence[Tensor | None] | None = None,
+                     on_result: Callable[[int, Explanation], None] | None = None) -> list[Explanation]:
+        """One batched ``generate`` for several records (originals, with counterfactuals side by side when given);
+        ``on_result(i, explanation)`` is called for each once the batch is decoded."""
+        results = self._generate(evidence, images, counterfactuals)
+        for i, result in enumerate(results):
+            if on_result is not None:
+                on_result(i, result)
+        return results
+
+    def _generate(self, evidence, images, counterfactuals) -> list[Explanation]:
         if images is None or any(im is None for im in images):
             raise ValueError("a vision-language reporter needs the image of every record")
         counterfactuals = list(counterfactuals) if counterfactuals is not None else [None] * len(evidence)
@@ -85,6 +96,7 @@ class TransformersReporter(Reporter):
             for ev, p in zip(evidence, prompts):
                 fb = self.fallback.explain(ev)
                 fb.backend = f"{fb.backend} (fallback: transformers failed: {type(exc).__name__}: {exc})"[:300]
+                fb.fallback = f"transformers:{self.name} failed: {type(exc).__name__}: {exc}"[:300]
                 fb.prompt = p
                 results.append(fb)
             return results

@@ -22,12 +22,18 @@ REPORTERS: Registry[Callable[[str | None, dict[str, Any]], Reporter]] = Registry
 
 
 def _evidence(target: str | None, options: dict[str, Any]) -> Reporter:
+    if options:
+        raise ValueError(f"the evidence reporter takes no options (got {', '.join(sorted(options))}): they are for "
+                         "openai:URL")
     return EvidenceReporter()
 
 
 def _transformers(target: str | None, options: dict[str, Any]) -> Reporter:
     if not target:
         raise ValueError("give the local model folder: --reporter transformers:PATH")
+    unsupported = sorted(set(options) - {"dataset"})
+    if unsupported:
+        raise ValueError(f"the local model reporter does not take {', '.join(unsupported)} (options of openai:URL)")
     return TransformersReporter(target, **options)
 
 
@@ -40,11 +46,16 @@ REPORTERS.register("transformers", _transformers)
 REPORTERS.register("openai", _openai)
 
 
-def make_reporter(spec: Any = "evidence", dataset: str | None = None) -> Reporter:
+def make_reporter(spec: Any = "evidence", dataset: str | None = None, options: dict[str, Any] | None = None
+                  ) -> Reporter:
     """A reporter from a spec: ``evidence`` (offline default), ``transformers:PATH`` (a local multimodal chat model)
-    or ``openai:URL`` (an OpenAI-compatible endpoint; model from ``CFX_OPENAI_MODEL``). Objects with an ``explain``
-    method are returned as they are."""
+    or ``openai:URL`` (an OpenAI-compatible endpoint). ``options`` go to the back-end (for ``openai``: ``model``,
+    ``timeout``, ``concurrency``, ``api_key_env``, ``breaker_threshold``, ``probe_interval``, ``retries``); options
+    that are None are left out. Objects with an ``explain`` method are returned as they are."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
     if hasattr(spec, "explain"):
+        if options:
+            raise ValueError("reporter options apply to a reporter spec, not to a reporter object")
         return spec
     text = str(spec)
     kind, sep, target = text.partition(":")
@@ -52,7 +63,8 @@ def make_reporter(spec: Any = "evidence", dataset: str | None = None) -> Reporte
     if factory is None:
         raise ValueError(f"unknown reporter {text!r}; use {', '.join(REPORTERS)} (e.g. evidence, "
                          "transformers:PATH or openai:URL)")
-    options = {"dataset": dataset} if dataset and kind != "evidence" else {}
+    if dataset and kind != "evidence":
+        options["dataset"] = dataset
     return factory(target if sep else None, options)
 
 

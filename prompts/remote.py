@@ -2,7 +2,11 @@
 
 Sends the prompt and the side-by-side image (base64 PNG), retries timeouts, connection errors, HTTP 429 and 5xx
 with exponential backoff, and falls back to the offline :class:`~cfx.prompts.EvidenceReporter` when the endpoint
-still fails; the explanation records the back-end that answered and why a fallback happened. Responses are cached
+still fails; the explanation records the back-end that answered and why a fallback happened. ``explain_many`` sends
+up to ``concurrency`` requests at once and hands each explanation over as it arrives. A :class:`CircuitBreaker`
+stops calling an endpoint after ``breaker_threshold`` consecutive failed requests (every later sample falls back at
+once) and sends one probe every ``probe_interval`` seconds, which closes it again when it succeeds: a dead endpoint
+costs a few timeouts, not one per sample. Responses are cached
 by a hash of (back-end, model, prompt, image bytes). The answer is untrusted data: length-capped, read for a cause
 with the keyword filter, never executed or rendered as markup.
 """
@@ -14,10 +18,14 @@ import hashlib
 import io
 import json
 import os
+import math
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from torch import Tensor
@@ -28,64 +36,147 @@ from .reporters import MAX_TEXT, EvidenceReporter, Explanation, Reporter
 from .scoring import cause_from_text
 from .templates import render_prompt, side_by_side
 
-__all__ = ["EndpointError", "OpenAIReporter"]
+__all__ = ["CircuitBreaker", "EndpointError", "OpenAIReporter"]
 
 
 class EndpointError(RuntimeError):
     """The endpoint failed after all retries; the message says how."""
 
 
+class CircuitBreaker:
+    """Admission control for one endpoint, shared by every thread that calls it.
+
+    - **Closed** (fewer than ``threshold`` consecutive failures): requests are admitted. Until the endpoint has
+      answered once (or after a failure), at most ``threshold − failures`` are in flight, so an endpoint that is
+      dead from the start receives exactly ``threshold`` requests; once it answers, up to ``slots``.
+    - **Open** (``threshold`` consecutive failures): nothing is admitted (callers fall back at once) except one probe
+      every ``probe_interval`` seconds; a successful probe closes the breaker.
+    """
+
+    def __init__(self, threshold: int = 5, probe_interval: float = 60.0, slots: int = 4,
+                 clock: Callable[[], float] = time.monotonic):
+        if threshold < 1 or slots < 1 or probe_interval <= 0:
+            raise ValueError("threshold and slots must be at least 1 and probe_interval positive, got "
+                             f"{threshold}, {slots}, {probe_interval}")
+        self.threshold, self.probe_interval, self.slots, self.clock = threshold, probe_interval, slots, clock
+        self.failures = self.in_flight = self.requests = self.probes = 0
+        self.healthy, self.probing, self.opened_at = False, False, -math.inf
+        self._cond = threading.Condition()
+
+    @property
+    def open(self) -> bool:
+        return self.failures >= self.threshold
+
+    def acquire(self) -> bool:
+        """Wait for a slot; True to send the request, False to fall back now (the breaker is open)."""
+        with self._cond:
+            while True:
+                if self.open:
+                    if not self.probing and self.clock() - self.opened_at >= self.probe_interval:
+                        self.probing, self.opened_at = True, self.clock()
+                        self.in_flight += 1
+                        self.requests += 1
+                        self.probes += 1
+                        return True
+                    return False
+                limit = self.slots if self.healthy else min(self.slots, self.threshold - self.failures)
+                if self.in_flight < limit:
+                    self.in_flight += 1
+                    self.requests += 1
+                    return True
+                self._cond.wait()
+
+    def release(self, ok: bool) -> None:
+        """Record how the admitted request ended."""
+        with self._cond:
+            self.in_flight -= 1
+            if ok:
+                self.failures, self.healthy = 0, True
+            else:
+                self.failures += 1
+                self.healthy = False
+                if self.failures == self.threshold:  # just opened: the first probe waits a full interval
+                    self.opened_at = self.clock()
+            self.probing = False
+            self._cond.notify_all()
+
+
 class OpenAIReporter(Reporter):
     """Explanations from an OpenAI-compatible endpoint.
 
     ``base_url`` (e.g. ``http://127.0.0.1:8000/v1``) and ``model`` come from the arguments or the environment
-    (``CFX_OPENAI_BASE_URL``, ``CFX_OPENAI_MODEL``); the key from ``api_key``, ``CFX_OPENAI_API_KEY`` or
-    ``OPENAI_API_KEY`` (optional for local servers).
+    (``CFX_OPENAI_BASE_URL``, ``CFX_OPENAI_MODEL``). The key comes from the environment variable named by
+    ``api_key_env`` (default: ``CFX_OPENAI_API_KEY``, then ``OPENAI_API_KEY``; optional for local servers) or from
+    ``api_key``; it is sent only in the request header and never stored. ``timeout`` is per request (seconds);
+    ``concurrency`` requests run at once in :meth:`explain_many`; the breaker opens after ``breaker_threshold``
+    consecutive failed requests and probes every ``probe_interval`` seconds.
     """
 
     backend = "openai"
 
     def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
                  dataset: str = "I trained a classifier on a set of images.", prompt: str = "grounded",
-                 timeout: float = 30.0, retries: int = 2, backoff: float = 0.5, max_tokens: int = 100,
-                 fallback: EvidenceReporter | None = None):
+                 timeout: float = 20.0, retries: int = 2, backoff: float = 0.5, max_tokens: int = 100,
+                 fallback: EvidenceReporter | None = None, concurrency: int = 4, breaker_threshold: int = 5,
+                 probe_interval: float = 60.0, api_key_env: str | None = None):
         self.base_url = (base_url or os.environ.get("CFX_OPENAI_BASE_URL") or "").rstrip("/")
         self.model = model or os.environ.get("CFX_OPENAI_MODEL") or ""
         if not self.base_url or not self.model:
-            raise ValueError("the OpenAI-compatible reporter needs base_url and model (or CFX_OPENAI_BASE_URL and "
-                             "CFX_OPENAI_MODEL)")
+            raise ValueError("the OpenAI-compatible reporter needs an endpoint and a model: --reporter openai:URL "
+                             "--reporter-model NAME (or CFX_OPENAI_BASE_URL and CFX_OPENAI_MODEL)")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
-        self.api_key = api_key or os.environ.get("CFX_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        self.dataset, self.prompt, self.timeout = dataset, prompt, timeout
+        if not timeout > 0 or concurrency < 1 or retries < 0:
+            raise ValueError(f"timeout must be positive, concurrency at least 1 and retries at least 0; got "
+                             f"{timeout}, {concurrency}, {retries}")
+        if api_key_env is not None:
+            if not os.environ.get(api_key_env):
+                raise ValueError(f"the environment variable {api_key_env!r} named for the endpoint's key is not set "
+                                 "(or is empty); export it, or leave out the key option for a local server")
+            api_key = os.environ[api_key_env]
+        self._api_key = api_key or os.environ.get("CFX_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        self.dataset, self.prompt, self.timeout = dataset, prompt, float(timeout)
         self.retries, self.backoff, self.max_tokens = retries, backoff, max_tokens
+        self.concurrency = int(concurrency)
+        self.breaker = CircuitBreaker(breaker_threshold, probe_interval, self.concurrency)
         self.fallback = fallback or EvidenceReporter()
         self.cache: dict[str, Explanation] = {}
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIReporter({self.base_url!r}, model={self.model!r}, concurrency={self.concurrency})"
 
     def _post(self, payload: dict) -> dict:
         data = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
         last = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
+            if not self.breaker.acquire():
+                raise EndpointError(f"circuit open: {self.breaker.failures} consecutive failed requests to "
+                                    f"{self.base_url} (last: {last}); not called again until a probe succeeds")
+            ok = False
             request = urllib.request.Request(f"{self.base_url}/chat/completions", data=data, headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     body = response.read(1_000_000)
+                ok = True
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code} from {self.base_url}"
                 if exc.code == 429 or exc.code >= 500:
                     continue
+                ok = True  # the endpoint answered: a request error is ours, not the endpoint's health
                 raise EndpointError(f"{last}: {exc.read(300).decode(errors='replace')}") from None
             except (socket.timeout, TimeoutError):
                 last = f"no answer from {self.base_url} within {self.timeout} s"
                 continue
-            except urllib.error.URLError as exc:
-                last = f"cannot reach {self.base_url}: {exc.reason}"
+            except (urllib.error.URLError, ConnectionError, OSError) as exc:
+                last = f"cannot reach {self.base_url}: {getattr(exc, 'reason', exc)}"
                 continue
+            finally:
+                self.breaker.release(ok)
             try:
                 return json.loads(body)
             except json.JSONDecodeError:
@@ -120,6 +211,7 @@ class OpenAIReporter(Reporter):
             reason = str(exc) if isinstance(exc, EndpointError) else f"malformed answer ({type(exc).__name__})"
             fallback = self.fallback.explain(evidence)
             fallback.backend = f"{fallback.backend} (fallback: {self.backend} failed: {reason})"[:300]
+            fallback.fallback = f"{self.backend}:{self.model} failed: {reason}"[:300]
             fallback.prompt = prompt
             return fallback
         text = text[:MAX_TEXT]
@@ -128,3 +220,20 @@ class OpenAIReporter(Reporter):
                              {"id": answer.get("id"), "usage": answer.get("usage")})
         self.cache[key] = result
         return result
+
+    def explain_many(self, evidence: Sequence[Evidence], images: Sequence[Tensor | None] | None = None,
+                     counterfactuals: Sequence[Tensor | None] | None = None,
+                     on_result: Callable[[int, Explanation], None] | None = None) -> list[Explanation]:
+        """Up to ``concurrency`` requests at once; ``on_result(i, explanation)`` is called (in the calling thread) as
+        each one arrives, so the caller can store it at once."""
+        evidence, images, counterfactuals = self._aligned(evidence, images, counterfactuals)
+        out: list[Explanation | None] = [None] * len(evidence)
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="cfx-openai") as pool:
+            futures = {pool.submit(self.explain, ev, im, cf): i
+                       for i, (ev, im, cf) in enumerate(zip(evidence, images, counterfactuals))}
+            for future in as_completed(futures):
+                i = futures[future]
+                out[i] = future.result()
+                if on_result is not None:
+                    on_result(i, out[i])
+        return out  # type: ignore[return-value]

@@ -33,6 +33,7 @@ its threshold) wins; the confidence is its share of the two strongest.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any, Sequence
 
 from torch import Tensor
@@ -56,6 +57,7 @@ class Explanation:
     prompt: str | None = None
     raw: Any = None
     signals: dict[str, float] = field(default_factory=dict)
+    fallback: str | None = None  # why the configured back-end did not answer (its fallback wrote this)
 
     def __post_init__(self) -> None:
         self.text = str(self.text)[:MAX_TEXT]
@@ -83,15 +85,27 @@ class Reporter:
         raise NotImplementedError
 
     def explain_many(self, evidence: Sequence[Evidence], images: Sequence[Tensor | None] | None = None,
-                     counterfactuals: Sequence[Tensor | None] | None = None) -> list[Explanation]:
-        """One explanation per record; ``images`` and ``counterfactuals`` align with ``evidence`` when given."""
+                     counterfactuals: Sequence[Tensor | None] | None = None,
+                     on_result: Callable[[int, Explanation], None] | None = None) -> list[Explanation]:
+        """One explanation per record; ``images`` and ``counterfactuals`` align with ``evidence`` when given.
+        ``on_result(i, explanation)`` is called as each explanation is ready (to store it at once)."""
+        evidence, images, counterfactuals = self._aligned(evidence, images, counterfactuals)
+        out = []
+        for i, (ev, im, cf) in enumerate(zip(evidence, images, counterfactuals)):
+            out.append(self.explain(ev, im, cf))
+            if on_result is not None:
+                on_result(i, out[-1])
+        return out
+
+    @staticmethod
+    def _aligned(evidence, images, counterfactuals) -> tuple[list, list, list]:
         n = len(evidence)
         images = list(images) if images is not None else [None] * n
         counterfactuals = list(counterfactuals) if counterfactuals is not None else [None] * n
         if not (len(images) == len(counterfactuals) == n):
             raise ValueError(f"give one image and one counterfactual (or None) per evidence record: {n} records, "
                              f"{len(images)} images, {len(counterfactuals)} counterfactuals")
-        return [self.explain(ev, im, cf) for ev, im, cf in zip(evidence, images, counterfactuals)]
+        return list(evidence), images, counterfactuals
 
 
 class EvidenceReporter(Reporter):

@@ -16,7 +16,9 @@ __all__ = ["write_summary"]
 
 def write_summary(store: RunStore) -> dict[str, Any]:
     """``summary.json`` from the store alone: per sample ``id, label, prediction, flagged, scores, cause,
-    explanation, error``, plus counts, the threshold and misprediction metrics per score."""
+    explanation, backend`` (which back-end wrote the explanation), ``fallback`` (why the configured one did not, or
+    None) and ``error``, plus counts (with explanations per back-end), the threshold and misprediction metrics per
+    score."""
     samples = store.samples()
     explained = store.explanations()
     rows = []
@@ -25,6 +27,7 @@ def write_summary(store: RunStore) -> dict[str, Any]:
         exp = e.get("explanation") or {}
         rows.append({"id": s["id"], "label": s["label"], "prediction": s["prediction"], "flagged": s["flagged"],
                      "scores": s["scores"], "cause": e.get("cause"), "explanation": exp.get("text"),
+                     "backend": exp.get("backend"), "fallback": exp.get("fallback"),
                      "error": s["error"] or e.get("error")})
     labelled = [s for s in samples if s["label"] is not None and s["error"] is None and s["prediction"] is not None]
     metrics: dict[str, Any] = {}
@@ -39,15 +42,20 @@ def write_summary(store: RunStore) -> dict[str, Any]:
                 metrics[name] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                  for k, v in m.items() if isinstance(v, (int, float))}
     causes: dict[str, int] = {}
+    backends: dict[str, int] = {}
     for r in rows:
         if r["cause"]:
             causes[r["cause"]] = causes.get(r["cause"], 0) + 1
+        if r["backend"]:
+            key = "evidence (fallback)" if r["fallback"] else r["backend"].split(" (fallback")[0]
+            backends[key] = backends.get(key, 0) + 1
     summary = {
         "config": store.config,
         "counts": {"samples": len(rows), "errors": sum(s["error"] is not None for s in samples),
                    "flagged": sum(r["flagged"] for r in rows),
                    "explained": sum(1 for e in explained.values() if e.get("explanation")),
-                   "explain_errors": sum(1 for e in explained.values() if e.get("error")), "causes": causes},
+                   "explain_errors": sum(1 for e in explained.values() if e.get("error")), "causes": causes,
+                   "backends": backends},
         "timing": {"score_seconds": store.get_meta("score_seconds"), "explain_seconds": store.get_meta("explain_seconds")},
         "threshold": store.get_meta("flag_threshold") or store.config.get("threshold"),
         "unavailable": store.get_meta("unavailable") or {},

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cfx.evidence import Evidence
-from cfx.prompts import OpenAIReporter, render_prompt, side_by_side
+from cfx.prompts import OpenAIReporter, make_reporter, render_prompt, side_by_side
 
 EVIDENCE = Evidence(id="x", prediction=1, prediction_name="cat", competency=0.3,
                     statistics={"original": {"blockiness": 0.0, "detail_localisation": 1.1}},
@@ -19,6 +19,10 @@ EVIDENCE = Evidence(id="x", prediction=1, prediction_name="cat", competency=0.3,
 class _Handler(BaseHTTPRequestHandler):
     mode = "ok"
     calls = 0
+    in_flight = 0
+    max_in_flight = 0
+    headers_seen: list = []
+    lock = threading.Lock()
     last_body: dict = {}
 
     def log_message(self, *args):  # keep test output clean
@@ -26,8 +30,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         cls = type(self)
-        cls.calls += 1
+        with cls.lock:
+            cls.calls += 1
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+            cls.headers_seen.append(dict(self.headers))
+        try:
+            self._answer(cls)
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def _answer(self, cls):
         cls.last_body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if cls.mode == "hang":  # accepts the connection, never answers in time
+            time.sleep(2.0)
+            return
         if cls.mode == "slow":
             time.sleep(1.0)
         if cls.mode == "error500":
@@ -52,7 +70,8 @@ class _QuietServer(ThreadingHTTPServer):
 
 @pytest.fixture()
 def server():
-    _Handler.mode, _Handler.calls = "ok", 0
+    _Handler.mode, _Handler.calls, _Handler.in_flight, _Handler.max_in_flight = "ok", 0, 0, 0
+    _Handler.headers_seen = []
     httpd = _QuietServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -90,7 +109,7 @@ def test_unreachable_endpoint_and_bad_configuration():
         port = s.getsockname()[1]  # nothing listens here once closed
     rep = OpenAIReporter(f"http://127.0.0.1:{port}/v1", "m", timeout=0.5, retries=0)
     assert "cannot reach" in rep.explain(EVIDENCE).backend
-    with pytest.raises(ValueError, match="base_url and model"):
+    with pytest.raises(ValueError, match="an endpoint and a model"):
         OpenAIReporter(None, None)
     with pytest.raises(ValueError, match="http"):
         OpenAIReporter("ftp://x", "m")
@@ -120,3 +139,69 @@ def test_default_path_needs_no_network(monkeypatch):
     monkeypatch.setattr(socket, "socket", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     assert EvidenceReporter().explain(EVIDENCE).cause == "brightness"
+
+
+def _records(n: int) -> list[Evidence]:
+    """Distinct records (distinct prompts, so nothing comes from the cache)."""
+    return [Evidence(id=f"x{i}", prediction=1, prediction_name="cat", competency=round(0.01 * i, 2),
+                     statistics=EVIDENCE.statistics, statistics_z=EVIDENCE.statistics_z, difference_mass=0.1)
+            for i in range(n)]
+
+
+def test_a_dead_endpoint_gets_the_breaker_threshold_of_requests_then_none(server):
+    _Handler.mode = "hang"
+    rep = OpenAIReporter(server, "m", timeout=0.2, retries=2, backoff=0.01, concurrency=4, breaker_threshold=3,
+                         probe_interval=3600)
+    arrived = []
+    out = rep.explain_many(_records(50), on_result=lambda i, e: arrived.append(i))
+    assert _Handler.calls == 3 == rep.breaker.requests and rep.breaker.open  # counted, not timed
+    assert sorted(arrived) == list(range(50)) and all(e.cause == "brightness" for e in out)  # evidence fallback
+    assert all(e.fallback and e.backend.startswith("evidence (fallback") for e in out)
+    assert sum("circuit open" in e.fallback for e in out) >= 47
+
+
+def test_the_breaker_probes_and_closes_when_the_endpoint_comes_back(server):
+    _Handler.mode = "hang"
+    rep = OpenAIReporter(server, "m", timeout=0.2, retries=0, concurrency=1, breaker_threshold=2, probe_interval=0.5)
+    for record in _records(6):
+        assert rep.explain(record).fallback
+    assert _Handler.calls == 2 and rep.breaker.open  # six samples, two requests
+    _Handler.mode = "ok"
+    time.sleep(0.6)
+    answered = rep.explain(_records(7)[-1])
+    assert answered.backend == "openai:m" and answered.fallback is None  # the probe succeeded
+    assert not rep.breaker.open and rep.breaker.probes == 1 and _Handler.calls == 3
+
+
+def test_concurrent_requests_overlap_up_to_the_limit(server):
+    _Handler.mode = "slow"  # one second per answer
+    rep = OpenAIReporter(server, "m", timeout=5, retries=0, concurrency=8)
+    images = [torch.full((3, 8, 8), i / 16) for i in range(16)]  # distinct pictures: nothing from the cache
+    out = rep.explain_many(_records(16), images, images)
+    assert all(e.backend == "openai:m" for e in out) and _Handler.calls == 16
+    assert 2 <= _Handler.max_in_flight <= 8
+
+
+def test_the_key_comes_from_a_named_variable_and_is_never_stored(server, monkeypatch, tmp_path):
+    import cfx
+    from cfx.core.data import TensorSource
+    from cfx.core.models import Classifier, Preprocessing
+
+    from factories import tiny_cnn
+
+    secret = "sk-test-0123456789-secret"
+    monkeypatch.setenv("MY_ENDPOINT_KEY", secret)
+    with pytest.raises(ValueError, match="NOT_SET_ANYWHERE"):
+        OpenAIReporter(server, "m", api_key_env="NOT_SET_ANYWHERE")
+    model = Classifier.wrap(tiny_cnn(), preprocessing=Preprocessing(size=(32, 32)))
+    images = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    run = cfx.explain(model, TensorSource(images), None, tmp_path, reporter=f"openai:{server}", flag_share=50,
+                      reporter_options={"model": "m", "api_key_env": "MY_ENDPOINT_KEY", "concurrency": 2},
+                      progress=False)
+    assert run.counts["explained"] == 6 and run.counts["backends"] == {"openai:m": 6}
+    assert all(h.get("Authorization") == f"Bearer {secret}" for h in _Handler.headers_seen)
+    assert all(s["backend"] == "openai:m" and s["fallback"] is None for s in run.samples if s["flagged"])
+    for path in tmp_path.iterdir():
+        assert secret.encode() not in path.read_bytes(), path.name
+    assert secret not in repr(make_reporter(f"openai:{server}", options={"model": "m",
+                                                                         "api_key_env": "MY_ENDPOINT_KEY"}))

@@ -13,6 +13,7 @@ flag score's rank in the run (:class:`cfx.generators.RunRankTarget`).
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Sequence
@@ -57,7 +58,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
             flag_score: str = AUTO, flag_below: float | None = None, flag_percentile: float | None = None,
             batch_size: int = 64, explain_batch_size: int = 32, restart: bool = False, progress: bool = True,
             dataset_description: str | None = None, report: bool = True, data_spec: str | None = None,
-            model_spec: str | None = None, flag_share: float | None = None, **model_options: Any) -> ExplainResult:
+            model_spec: str | None = None, flag_share: float | None = None,
+            reporter_options: dict[str, Any] | None = None, **model_options: Any) -> ExplainResult:
     """Explain why predictions are untrusted, resumably; returns an :class:`ExplainResult` (the same content as
     OUT/summary.json).
 
@@ -72,7 +74,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     sample is scored and stored, so a resumed run flags identically). ``generators``: any of
     :data:`cfx.evidence.GENERATORS` (default :data:`DEFAULT_GENERATORS`); those the situation does not allow are
     left out with a warning and listed as unavailable in the summary and the report.
-    ``reporter``: see :func:`cfx.prompts.make_reporter`. ``data_spec`` / ``model_spec`` name the data and model in
+    ``reporter`` and ``reporter_options`` (e.g. ``{"model": "llava", "timeout": 20, "concurrency": 8,
+    "api_key_env": "MY_KEY"}`` for ``openai:URL``): see :func:`cfx.prompts.make_reporter`. ``data_spec`` / ``model_spec`` name the data and model in
     the report when they are passed as objects. Writes OUT/run.sqlite, OUT/summary.json and (``report=True``)
     OUT/report.html.
     """
@@ -87,7 +90,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     generators, left_out = generator_availability(generators, fitted, reference=True)
     for name, why in left_out.items():
         warnings.warn(f"{name} counterfactuals are left out: {why}", RuntimeWarning, stacklevel=2)
-    reporter = make_reporter(reporter, dataset_description)
+    reporter = make_reporter(reporter, dataset_description, reporter_options)
     config = {"model": model_fingerprint(job.classifier), "data": job.data_name,
               "fitted": fitted.manifest.get("config_hash") if fitted is not None else None,
               "threshold": job.threshold.to_dict(), "generators": list(generators),
@@ -219,23 +222,42 @@ def _explain_batch(classifier: Classifier, fitted: Fitted | None, reporter, ids:
     seconds = (time.perf_counter() - t) / len(ids)
     main = next((g for g in ("lgd", "reco", "lnn", "igd", "nn") if g in pictures), None)
     counterfactuals = [pictures[main][i] if main else None for i in range(len(ids))]
-    try:  # one call for the batch (batched or concurrent back-ends); if it fails, each sample alone
-        explanations: list[Any] = reporter.explain_many(evidence, list(images), counterfactuals)
-    except Exception:  # noqa: BLE001
-        explanations = []
-        for ev, image, cf in zip(evidence, images, counterfactuals):
-            try:
-                explanations.append(reporter.explain(ev, image, cf))
-            except Exception as exc:  # noqa: BLE001 - one bad sample is an error row, the run goes on
-                explanations.append(exc)
-    rows, pics = [], {}
-    for i, (sid, ev, exp) in enumerate(zip(ids, evidence, explanations)):
+
+    def row(i: int, exp: Any) -> tuple[dict, dict]:
+        sid, ev = ids[i], evidence[i]
         if isinstance(exp, Exception):
-            rows.append({"id": sid, "evidence": ev.to_dict(), "error": f"explanation failed: {type(exp).__name__}: "
-                                                                          f"{exp}", "seconds": seconds})
+            out = {"id": sid, "evidence": ev.to_dict(), "error": f"explanation failed: {type(exp).__name__}: {exp}",
+                   "seconds": seconds}
         else:
-            rows.append({"id": sid, "evidence": ev.to_dict(), "explanation": exp.to_dict(), "cause": exp.cause,
-                         "seconds": seconds})
-        for kind, tensor in pictures.items():
-            pics[(sid, kind)] = tensor[i]
+            out = {"id": sid, "evidence": ev.to_dict(), "explanation": exp.to_dict(), "cause": exp.cause,
+                   "seconds": seconds}
+        return out, {(sid, kind): tensor[i] for kind, tensor in pictures.items()}
+
+    stored: set[int] = set()
+
+    def store_now(i: int, exp: Any) -> None:  # each explanation is stored as it arrives
+        r, p = row(i, exp)
+        store.add_explanations([r], p)
+        stored.add(i)
+
+    explanations: list[Any] = [None] * len(ids)
+    try:  # one call for the batch (batched or concurrent back-ends); if it fails, each remaining sample alone
+        if "on_result" in inspect.signature(reporter.explain_many).parameters:
+            reporter.explain_many(evidence, list(images), counterfactuals, on_result=store_now)
+        else:
+            explanations = list(reporter.explain_many(evidence, list(images), counterfactuals))
+    except Exception:  # noqa: BLE001
+        for i, (ev, image, cf) in enumerate(zip(evidence, images, counterfactuals)):
+            if i in stored:
+                continue
+            try:
+                explanations[i] = reporter.explain(ev, image, cf)
+            except Exception as exc:  # noqa: BLE001 - one bad sample is an error row, the run goes on
+                explanations[i] = exc
+    rows, pics = [], {}
+    for i in range(len(ids)):
+        if i not in stored:
+            r, p = row(i, explanations[i])
+            rows.append(r)
+            pics.update(p)
     return rows, pics
