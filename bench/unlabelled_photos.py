@@ -97,6 +97,13 @@ def write_folder(folder: Path, items: list[tuple[str, Image.Image]], corrupt: bo
     return truth
 
 
+def _truth(items: list[tuple[str, Image.Image]]):
+    """The names and causes :func:`write_folder` gives, without writing anything."""
+    for i, (photo, _) in enumerate(items):
+        yield f"{i:04d}-c", ("clean", photo)
+        yield f"{i:04d}-x", (CAUSES[i % len(CAUSES)], photo)
+
+
 def cfx(*args: str) -> tuple[str, float]:
     t = time.perf_counter()
     command = shutil.which("cfx") or str(Path(sys.executable).parent / "cfx")  # the installed console script
@@ -144,6 +151,15 @@ def report_run(out: Path, truth: dict[str, tuple[str, str]], label: str) -> dict
     print(f"seconds: scoring {(t.get('score_seconds') or 0) / len(rows):.3f} per image, explaining "
           f"{per_flagged:.1f} per flagged image")
     print(f"reference: {json.dumps(summary.get('reference'))}")
+    share = summary["threshold"].get("share") or 20.0
+    ratios = {}
+    for name in rows[0]["scores"]:
+        values = np.array([s["scores"][name] for s in rows], dtype=float)
+        flags = values < np.percentile(values, share)
+        clean = np.array([truth[key(s["id"])][0] == "clean" for s in rows])
+        ratios[name] = flags[~clean].mean() / max(flags[clean].mean(), 1e-9)
+    print(f"every stored score flagging the {share:g} % least trusted: corrupted / clean flag rate "
+          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(ratios.items(), key=lambda kv: -kv[1])))
     return {"rates": rates, "flagged": len(flagged), "complete": complete, "per_flagged": per_flagged}
 
 
@@ -156,9 +172,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default="/tmp/cfx-photos")
     parser.add_argument("--skip-fitted", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="print the tables of runs already in --out")
     args = parser.parse_args()
     out = Path(args.out)
     photos = photographs()
+    if args.report_only:
+        truth = dict(_truth(crops(photos, args.clean, args.seed)))
+        report_run(out / "review", truth, "cfx explain, no labels, no fitted folder")
+        if (out / "review-fitted" / "summary.json").is_file():
+            small = dict(_truth(crops(photos, args.fitted_clean, args.seed + 1)))
+            report_run(out / "review-fitted", small, "cfx explain --fitted (unlabelled reference)")
+        return
     truth = write_folder(out / "photos", crops(photos, args.clean, args.seed), corrupt=True, seed=args.seed)
     print(f"{len(truth)} images ({args.clean} clean crops of {len(photos)} photographs + one corrupted copy each)")
     share = f"{args.flag_share:g}"

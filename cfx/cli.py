@@ -521,6 +521,9 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
               help="Flag the P percent least trusted samples of this run (fixed once all are scored; a resumed run "
                    "flags the same). Default 10 without --fitted.")
 @click.option("--dataset-description", default=None, help="One sentence about the data, for LLM prompts.")
+@click.option("--edit-range", type=click.Choice(["reference", "full"]), default="reference", show_default=True,
+              help="How far property edits go: as far as the reference images reach (the fitted folder's, else the "
+                   "run's most trusted), or each editor's full range.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--restart", is_flag=True, help="Discard the run in --out and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -529,8 +532,8 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
             head: str | None, device: str, data_spec: str, fitted_dir: str | None, out: str, reporter: str,
             reporter_model: str | None, reporter_key_env: str | None, reporter_timeout: float | None,
             reporter_concurrency: int | None, generators: str | None, flag_score: str, flag_below: float | None, flag_percentile: float | None,
-            flag_share: float | None, dataset_description: str | None, batch_size: int, restart: bool,
-            quiet: bool) -> None:
+            flag_share: float | None, dataset_description: str | None, edit_range: str, batch_size: int,
+            restart: bool, quiet: bool) -> None:
     """Explain why predictions are untrusted, and write a review report.
 
     \b
@@ -555,7 +558,8 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
                               dataset_description=dataset_description, data_spec=data_spec,
                               model_spec=model_spec,
                               reporter_options={"model": reporter_model, "api_key_env": reporter_key_env,
-                                                "timeout": reporter_timeout, "concurrency": reporter_concurrency})
+                                                "timeout": reporter_timeout, "concurrency": reporter_concurrency},
+                              edit_range=edit_range)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     _print_explain_summary(run, Path(out))

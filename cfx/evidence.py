@@ -21,6 +21,7 @@ from cfx.core.models import Classifier
 from cfx.core.shifts import CAUSE_LABELS
 from cfx.generators import (
     AutoencoderReconstruction,
+    EditRanges,
     ImageGradientDescent,
     LatentGradientDescent,
     LatentNearestNeighbours,
@@ -36,7 +37,8 @@ from cfx.trust.latent_index import LatentIndex
 from cfx.trust.scores import default_scores, score_batch
 
 __all__ = ["CAUSE_LABELS", "GENERATORS", "STATISTICS", "Evidence", "RunReference", "blockiness", "collect_evidence",
-           "difference_mass", "generator_availability", "image_statistics", "reference_statistics"]
+           "difference_mass", "generator_availability", "image_statistics", "reference_statistics",
+           "resolve_edit_ranges"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
@@ -230,6 +232,22 @@ def generator_availability(generators: Sequence[str], fitted: Fitted | None,
     return usable, reasons
 
 
+def resolve_edit_ranges(ranges: EditRanges | str | None, fitted: Fitted | None,
+                        reference: "RunReference | None" = None) -> EditRanges | None:
+    """The edit ranges to use: ``"reference"`` → the fitted folder's (else the run reference's, else none),
+    ``"full"``/None → none (every editor's full range), or the :class:`~cfx.generators.EditRanges` given."""
+    if ranges is None or isinstance(ranges, EditRanges):
+        return ranges
+    if ranges == "full":
+        return None
+    if ranges != "reference":
+        raise ValueError(f"edit ranges must be 'reference', 'full' or an EditRanges, got {ranges!r}")
+    stored = fitted.manifest.get("edit_ranges") if fitted is not None else None
+    if stored:
+        return EditRanges.from_dict(stored)
+    return reference.edit_ranges if reference is not None else None
+
+
 class RunReference:
     """Trusted reference images from the run itself, for when there is no fitted folder (or for NN).
 
@@ -253,6 +271,7 @@ class RunReference:
         self.index = LatentIndex("cos" if self.embedding == "features" else "l2").build(
             vectors, list(ids), torch.as_tensor(predictions), images)
         self.mean, self.std = reference_statistics(images)
+        self.edit_ranges = EditRanges.measure(images, source=description)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -278,13 +297,16 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
                      labels: Sequence[int] | Tensor | None = None, editors: Sequence | None = None,
                      generators: Sequence[str] = ("reco", "lgd", "lnn"), steps: int = 8,
                      with_counterfactuals: bool = True, return_images: bool = False,
-                     target: TrustTarget | None = None, reference: RunReference | None = None):
+                     target: TrustTarget | None = None, reference: RunReference | None = None,
+                     ranges: EditRanges | str | None = "reference"):
     """Build one :class:`Evidence` per image (images ``(N, 3, H, W)`` in [0, 1] at the classifier's input size).
 
     With a fitted folder the trust target is PaRCE competency and the statistics compare with its confident
     reference images. Without one (``fitted=None``) pass ``target`` (e.g. :class:`cfx.generators.RunRankTarget`)
     and ``reference`` (a :class:`RunReference` of the run's most trusted images); ``generators`` then come from
-    igd and nn (see :data:`GENERATORS`). ``with_counterfactuals=False`` leaves out the counterfactual evidence (for
+    igd and nn (see :data:`GENERATORS`). ``ranges``: how far the property edits go: ``"reference"`` (default) the
+    :class:`~cfx.generators.EditRanges` of the fitted folder (else of ``reference``), ``"full"`` (or None) every
+    editor's full range, or an :class:`~cfx.generators.EditRanges`. ``with_counterfactuals=False`` leaves out the counterfactual evidence (for
     ablations). ``return_images=True`` returns ``(evidence, images)`` with ``images`` mapping each generator name
     (and ``"neighbour"`` for the nearest trusted image of LNN or NN) to its ``(N, 3, h, w)`` images, for reports.
     """
@@ -309,9 +331,12 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
         score_fn = lambda x: fitted.parce.competency_from(classifier.logits(x), x)  # noqa: E731
     else:
         score_fn = target
+    ranges = resolve_edit_ranges(ranges, fitted, reference)
     # occlusion probes spatial reliance but restores nothing (see cfx.generators.restoring_editors)
-    restoring = restoring_edits(score_fn, images, [e for e in editors if not isinstance(e, Occlusion)], steps=steps)
-    curves = [property_curve(classifier, e, images, e.sweep(steps=steps), permutations=200) for e in editors]
+    restoring = restoring_edits(score_fn, images, [e for e in editors if not isinstance(e, Occlusion)], steps=steps,
+                                ranges=ranges)
+    curves = [property_curve(classifier, e, images, ranges.strengths(e, images, e.directions[0], steps)
+                             if ranges is not None else e.sweep(steps=steps), permutations=200) for e in editors]
     orig_stats = image_statistics(images)
     ref_mean = ref_std = reference_name = None
     stored = fitted.manifest.get("reference_statistics") if fitted is not None else None
@@ -361,7 +386,9 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
                              "score_before": r.score_before, "score_after": r.score_after, "gain": r.gain,
                              "all_gains": r.all_gains}
         ev.property_curves = [{"property": c.property, "epgm": float(c.epgm[i]), "p_value": float(c.p_value[i]),
-                               "flips": bool(c.flips[i]), "strengths": [round(float(v), 4) for v in c.strengths],
+                               "flips": bool(c.flips[i]),
+                               "strengths": [round(float(v), 4) for v in
+                                             (c.strengths[i] if c.strengths.dim() == 2 else c.strengths)],
                                "probabilities": [round(float(v), 4) for v in c.probabilities[i]]}
                               for c in curves]
         ev.statistics = {"original": _row(orig_stats, i)}

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .editors import restoring_editors
+from .ranges import PROPERTY_STATISTICS, EditRanges, within_band
 
 __all__ = ["PropertyCurve", "RestoringEdit", "epgm", "property_curve", "restoring_edits", "shuffle_test"]
 
@@ -54,7 +55,7 @@ class PropertyCurve:
     """How one property moves the prediction, per image: the probability of ``class_index`` along the edit."""
 
     property: str
-    strengths: Tensor            # (S,) edit strengths (the original, x⁽⁰⁾, comes before them)
+    strengths: Tensor            # (S,) or per image (N, S) edit strengths (the original, x⁽⁰⁾, comes before them)
     probabilities: Tensor        # (N, S + 1) class probability along the intervention, original first
     class_index: Tensor          # (N,) the class followed (the original prediction by default)
     epgm: Tensor                 # (N,)
@@ -64,7 +65,8 @@ class PropertyCurve:
 
     def to_dict(self, i: int) -> dict:
         """One image's curve as plain JSON-ready values."""
-        return {"property": self.property, "strengths": self.strengths.tolist(),
+        strengths = self.strengths[i] if self.strengths.dim() == 2 else self.strengths
+        return {"property": self.property, "strengths": strengths.tolist(),
                 "probabilities": self.probabilities[i].tolist(), "class_index": int(self.class_index[i]),
                 "epgm": float(self.epgm[i]), "p_value": float(self.p_value[i]), "flips": bool(self.flips[i]),
                 "scores": self.scores[i].tolist() if self.scores is not None else None}
@@ -79,7 +81,9 @@ def property_curve(classifier, editor, images: Tensor, strengths: Sequence[float
     recorded along the sequence when given. For an :class:`~cfx.generators.AttributeEditor` pass the generating
     ``attributes`` instead of relying on pixels.
     """
-    s = torch.as_tensor(strengths if strengths is not None else editor.sweep(), dtype=torch.float32).flatten()
+    s = torch.as_tensor(strengths if strengths is not None else editor.sweep(), dtype=torch.float32)
+    if s.dim() != 2:
+        s = s.flatten()  # shared (S,); an (N, S) grid gives each image its own strengths
     seq = editor.edit(images, s, attributes=attributes) if attributes is not None else editor.edit(images, s)
     n, steps = seq.shape[:2]
     flat = seq.reshape(n * steps, *seq.shape[2:])
@@ -114,29 +118,39 @@ class RestoringEdit:
 
 
 def restoring_edits(score: Callable[[Tensor], Tensor], images: Tensor, editors: Sequence | None = None,
-                    steps: int = 10, batch_size: int = 256) -> list[RestoringEdit]:
+                    steps: int = 10, batch_size: int = 256, ranges: EditRanges | None = None,
+                    min_contrast_kept: float = 0.25) -> list[RestoringEdit]:
     """For each image, the editor, direction and strength that raise ``score`` (competency) the most.
 
     ``editors`` defaults to :func:`~cfx.generators.restoring_editors` (the parametric editors without occlusion).
+    With ``ranges`` (:class:`~cfx.generators.ranges.EditRanges`) every sweep stays inside the reference data's range
+    and an edit counts as restoring only when the edited image keeps the original's content: its pixel standard
+    deviation is at least ``min_contrast_kept`` × the original's and its mean brightness lies inside the reference
+    band (or, for an original outside it, no further out). An image that no such edit improves gets
+    ``RestoringEdit("none", ...)`` with zero gain instead of the least bad edit.
     """
     if editors is None:
         editors = restoring_editors()
     n = len(images)
     with torch.inference_mode():
         before = torch.cat([score(images[i:i + batch_size]).float().cpu() for i in range(0, n, batch_size)])
+    kept = _ContentCheck(images, ranges, min_contrast_kept) if ranges is not None else None
     names, top_scores, top_strengths = [], [], []   # one entry per (editor, direction): best over its strengths
     for editor in editors:
         for direction in editor.directions:
-            s = editor.sweep(direction, steps)
+            s = (ranges.strengths(editor, images, direction, steps) if ranges is not None
+                 else editor.sweep(direction, steps).unsqueeze(0).expand(n, -1))   # (N, S)
             seq = editor.edit(images, s)[:, 1:]                       # (N, S, 3, H, W)
-            flat = seq.reshape(n * len(s), *seq.shape[2:])
+            flat = seq.reshape(n * s.shape[1], *seq.shape[2:])
             with torch.inference_mode():
                 after = torch.cat([score(flat[i:i + batch_size]).float().cpu()
-                                   for i in range(0, len(flat), batch_size)]).view(n, len(s))
+                                   for i in range(0, len(flat), batch_size)]).view(n, s.shape[1])
+            if kept is not None:
+                after = torch.where(kept(seq), after, torch.full_like(after, -torch.inf))
             top, where = after.max(1)
             names.append((editor.property, direction))
             top_scores.append(top)
-            top_strengths.append(s.float()[where])
+            top_strengths.append(s.float().cpu().gather(1, where.view(-1, 1)).squeeze(1))
     if not names:
         return [RestoringEdit("none", "", 0.0, float(b), float(b)) for b in before]
     tops = torch.stack(top_scores, 1)                                 # (N, E)
@@ -144,6 +158,32 @@ def restoring_edits(score: Callable[[Tensor], Tensor], images: Tensor, editors: 
     gains = tops - before.unsqueeze(1)
     best = gains.argmax(1)                                            # first maximum wins ties, as before
     keys = [f"{p}:{d}" for p, d in names]
-    return [RestoringEdit(names[j][0], names[j][1], float(strengths[i, j]), float(before[i]), float(tops[i, j]),
-                          dict(zip(keys, gains[i].tolist())))
-            for i, j in enumerate(best.tolist())]
+    out = []
+    for i, j in enumerate(best.tolist()):
+        finite = {k: (float(g) if torch.isfinite(g) else None) for k, g in zip(keys, gains[i])}
+        if kept is not None and not gains[i, j] > 0:  # nothing inside the data's range restores this image
+            out.append(RestoringEdit("none", "", 0.0, float(before[i]), float(before[i]), finite))
+        else:
+            out.append(RestoringEdit(names[j][0], names[j][1], float(strengths[i, j]), float(before[i]),
+                                     float(tops[i, j]), finite))
+    return out
+
+
+class _ContentCheck:
+    """Whether edited images keep the original's content (see :func:`restoring_edits`)."""
+
+    def __init__(self, images: Tensor, ranges: EditRanges, min_contrast_kept: float):
+        self.std = images.float().flatten(1).std(1).cpu()                       # (N,)
+        self.band = ranges.bands.get("brightness")
+        self.brightness = PROPERTY_STATISTICS["brightness"](images.float()).cpu()
+        self.min_contrast_kept = min_contrast_kept
+
+    def __call__(self, seq: Tensor) -> Tensor:
+        n, s = seq.shape[:2]
+        flat = seq.reshape(n * s, *seq.shape[2:]).float()
+        ok = flat.flatten(1).std(1).cpu().view(n, s) >= self.min_contrast_kept * self.std.unsqueeze(1)
+        if self.band is not None:
+            lo, hi = self.band
+            mean = PROPERTY_STATISTICS["brightness"](flat).cpu().view(n, s)
+            ok &= within_band(mean, self.brightness.unsqueeze(1), lo, hi, 1e-6)
+        return ok

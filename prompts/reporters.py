@@ -208,7 +208,9 @@ class EvidenceReporter(Reporter):
         }[cause]
         r = ev.restoring_edit
         tail = ""
-        if r and r.get("gain", 0) > 0.05:
+        if r and r.get("property") == "none":
+            tail = f" No edit within the range of the reference images raises {trust}."
+        elif r and r.get("gain", 0) > 0.05:
             tail = (f" Editing {r['property']} ({r['direction']}, strength {r['strength']:.2f}) raises {trust} "
                     f"from {r['score_before']:.2f} to {r['score_after']:.2f}.")
         head = (f"The model predicts {what} with competency {ev.competency:.2f}." if ev.competency is not None else

@@ -39,7 +39,9 @@ def evidence_facts(ev: Evidence) -> list[str]:
         if z is not None and abs(z) >= 2:
             facts.append(f"{label} is {'far above' if z > 0 else 'far below'} that of trusted images (z = {z:+.1f})")
     r = ev.restoring_edit
-    if r and r.get("gain", 0) > 0.05:
+    if r and r.get("property") == "none":
+        facts.append("no edit that stays within the range of the reference images raises the trust score")
+    elif r and r.get("gain", 0) > 0.05:
         raised = "competency" if ev.target in (None, "parce") else f"the trust rank among this data set ({ev.target})"
         facts.append(f"changing {r['property']} ({r['direction']}) raises {raised} from {r['score_before']:.2f} to "
                      f"{r['score_after']:.2f}")

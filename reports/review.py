@@ -121,7 +121,8 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
                         "heat": _heat_map(original, png), "before": fmt(c.get("score_before")),
                         "after": fmt(c.get("score_after")), "success": c.get("success")})
         restoring = ev.get("restoring_edit") or {}
-        gains = sorted((restoring.get("all_gains") or {}).items(), key=lambda kv: -kv[1])[:4]
+        gains = sorted(((k, v) for k, v in (restoring.get("all_gains") or {}).items() if v is not None),
+                       key=lambda kv: -kv[1])[:4]  # None: no edit of that kind kept the content
         curves = sorted(ev.get("property_curves", []), key=lambda c: -c.get("epgm", 0.0))[:4]
         neighbour = ev.get("neighbour") or None
         cards.append({
@@ -158,6 +159,7 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
             "timing": summary["timing"], "unavailable": summary.get("unavailable") or {},
             "uncalibrated": summary.get("uncalibrated") or {},
             "flag_score": summary.get("flag_score") or {}, "reference": summary.get("reference") or {},
+            "edit_ranges": summary.get("edit_ranges") or {},
             "target": (summary.get("reference") or {}).get("trust_target") or "parce",
             "finished": store.get_meta("finished"), "created": store.get_meta("created")}
 

@@ -205,3 +205,29 @@ def test_the_key_comes_from_a_named_variable_and_is_never_stored(server, monkeyp
         assert secret.encode() not in path.read_bytes(), path.name
     assert secret not in repr(make_reporter(f"openai:{server}", options={"model": "m",
                                                                          "api_key_env": "MY_ENDPOINT_KEY"}))
+
+
+def test_cli_reporter_options_need_no_environment_variables(server, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cfx.cli import main
+
+    for name in ("CFX_OPENAI_MODEL", "CFX_OPENAI_BASE_URL", "CFX_OPENAI_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    factories = Path(__file__).parent / "factories.py"
+    result = CliRunner().invoke(main, ["explain", "--model", f"python:{factories}:tiny_cnn", "--image-size", "32",
+                                       "--data", str(folder), "--out", str(tmp_path / "out"), "--quiet",
+                                       "--flag-share", "50", "--reporter", f"openai:{server}",
+                                       "--reporter-model", "tiny-vlm", "--reporter-timeout", "5",
+                                       "--reporter-concurrency", "2"])
+    assert result.exit_code == 0, result.output
+    assert "explained by: openai:tiny-vlm 4" in result.output and _Handler.calls == 4

@@ -26,13 +26,9 @@ from tqdm.auto import tqdm
 from cfx.core.data import ImageSource
 from cfx.core.models import Classifier, model_fingerprint
 from cfx.core.runstore import RunStore, png_tensor
-from cfx.evidence import (
-    GENERATORS,
-    RunReference,
-    collect_evidence,
-    generator_availability,
-)
-from cfx.generators import RunRankTarget
+from cfx.evidence import (GENERATORS, RunReference, collect_evidence, generator_availability,
+                          resolve_edit_ranges)
+from cfx.generators import EditRanges, RunRankTarget
 from cfx.prompts import make_reporter, reporter_name
 from cfx.reports import render_review, write_summary
 from cfx.trust.fitted import Fitted
@@ -59,7 +55,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
             batch_size: int = 64, explain_batch_size: int = 32, restart: bool = False, progress: bool = True,
             dataset_description: str | None = None, report: bool = True, data_spec: str | None = None,
             model_spec: str | None = None, flag_share: float | None = None,
-            reporter_options: dict[str, Any] | None = None, **model_options: Any) -> ExplainResult:
+            reporter_options: dict[str, Any] | None = None, edit_range: str = "reference",
+            **model_options: Any) -> ExplainResult:
     """Explain why predictions are untrusted, resumably; returns an :class:`ExplainResult` (the same content as
     OUT/summary.json).
 
@@ -73,13 +70,17 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     percent least trusted samples of this run (default 10 without a fitted folder; the threshold is fixed once every
     sample is scored and stored, so a resumed run flags identically). ``generators``: any of
     :data:`cfx.evidence.GENERATORS` (default :data:`DEFAULT_GENERATORS`); those the situation does not allow are
-    left out with a warning and listed as unavailable in the summary and the report.
+    left out with a warning and listed as unavailable in the summary and the report. ``edit_range``: property
+    edits sweep only as far as the reference images reach (``"reference"``, default: see
+    :class:`cfx.generators.EditRanges`) or over each editor's full range (``"full"``).
     ``reporter`` and ``reporter_options`` (e.g. ``{"model": "llava", "timeout": 20, "concurrency": 8,
     "api_key_env": "MY_KEY"}`` for ``openai:URL``): see :func:`cfx.prompts.make_reporter`. ``data_spec`` / ``model_spec`` name the data and model in
     the report when they are passed as objects. Writes OUT/run.sqlite, OUT/summary.json and (``report=True``)
     OUT/report.html.
     """
     t_start = time.perf_counter()
+    if edit_range not in ("reference", "full"):
+        raise ValueError(f"edit_range must be 'reference' or 'full', got {edit_range!r}")
     if generators is not None:
         generator_availability(generators, None)  # unknown names fail before anything is loaded
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
@@ -94,7 +95,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     config = {"model": model_fingerprint(job.classifier), "data": job.data_name,
               "fitted": fitted.manifest.get("config_hash") if fitted is not None else None,
               "threshold": job.threshold.to_dict(), "generators": list(generators),
-              "reporter": reporter_name(reporter), "methods": job.methods}
+              "reporter": reporter_name(reporter), "methods": job.methods, "edit_range": edit_range}
     store = RunStore(out, config, restart=restart)
     unavailable = dict(fitted.unavailable) if fitted is not None else {}
     unavailable.update(left_out)
@@ -109,7 +110,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
             store.set_meta("model_name", job.model_name)
     try:
         summary = _run(store, job.classifier, fitted, job.source, reporter, job.threshold, job.methods,
-                       list(generators), batch_size, explain_batch_size, progress, report)
+                       list(generators), batch_size, explain_batch_size, progress, report, edit_range)
     finally:
         store.close()
     return ExplainResult.from_summary(summary, Path(out), time.perf_counter() - t_start)
@@ -126,7 +127,7 @@ def _trust_target(store: RunStore, classifier: Classifier, score: str) -> RunRan
 
 def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source: ImageSource, reporter,
          threshold: Threshold, methods, generators, batch_size, explain_batch_size, progress,
-         report) -> dict[str, Any]:
+         report, edit_range: str = "reference") -> dict[str, Any]:
     names = classifier.class_names
     if store.get_meta("class_names") is None:
         with store.db:
@@ -147,6 +148,10 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
             _record_unavailable(store, "nn", "fewer than 2 images of the run are trusted: no reference to search")
     if todo and fitted is None:
         target = _trust_target(store, classifier, threshold.score)
+    ranges = resolve_edit_ranges(edit_range, fitted, reference) if todo else None
+    if todo:
+        with store.db:  # how far the property edits went, for the report
+            store.set_meta("edit_ranges", ranges.to_dict() if ranges is not None else None)
     if todo:
         fitted_images = "the fitted folder's confident calibration images"
         with store.db:  # which reference the report names
@@ -164,7 +169,7 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
         ids = todo[start:start + explain_batch_size]
         images = torch.stack([png_tensor(store.image(sid, "original")) for sid in ids])
         rows, pictures = _explain_batch(classifier, fitted, reporter, ids, images, generators, store,
-                                        fail_fast=start == 0, target=target, reference=reference)
+                                        fail_fast=start == 0, target=target, reference=reference, ranges=ranges)
         store.add_explanations(rows, pictures)
         bar.update(len(ids))
     bar.close()
@@ -190,7 +195,8 @@ class ExplainConfigError(RuntimeError):
 
 def _explain_batch(classifier: Classifier, fitted: Fitted | None, reporter, ids: list[str], images: torch.Tensor,
                    generators: list[str], store: RunStore, fail_fast: bool = False, target: RunRankTarget | None = None,
-                   reference: RunReference | None = None) -> tuple[list[dict], dict]:
+                   reference: RunReference | None = None, ranges: EditRanges | None = None
+                   ) -> tuple[list[dict], dict]:
     """Evidence and explanations for one batch; when the batch fails, each sample alone, so one bad sample becomes
     an error row and the others are explained. With ``fail_fast`` (the run's first batch), when the first two
     samples alone fail exactly as the whole batch did, the cause is the set-up: stop with one message instead of
@@ -203,7 +209,7 @@ def _explain_batch(classifier: Classifier, fitted: Fitted | None, reporter, ids:
     try:
         evidence, pictures = collect_evidence(classifier, fitted, images, ids=ids, labels=labels,
                                               generators=generators, return_images=True, target=target,
-                                              reference=reference)
+                                              reference=reference, ranges=ranges)
     except Exception as exc:  # noqa: BLE001 - isolate the bad sample, keep the run going
         message = f"evidence failed: {type(exc).__name__}: {exc}"
         if len(ids) == 1:
@@ -211,7 +217,7 @@ def _explain_batch(classifier: Classifier, fitted: Fitted | None, reporter, ids:
         rows, pics = [], {}
         for i, sid in enumerate(ids):
             r, p = _explain_batch(classifier, fitted, reporter, [sid], images[i:i + 1], generators, store,
-                                  target=target, reference=reference)
+                                  target=target, reference=reference, ranges=ranges)
             if fail_fast and i == 1 and all(row.get("error") == message for row in rows + r):
                 raise ExplainConfigError(f"the first flagged samples all fail the same way, so the set-up is wrong "
                                          f"rather than one image ({message}); nothing more was attempted. Scores "

@@ -29,6 +29,7 @@ from cfx.core.shifts import CAUSES, apply_shift
 from cfx.core.training import train_model
 from cfx.evidence import reference_statistics
 from cfx.generators.diffusion import train_ddpm
+from cfx.generators.ranges import EditRanges
 from cfx.trust.fitted import (FORMAT_VERSION, Fitted, Mahalanobis, OracleLoss, PaRCE, TrustOracle, file_sha256)
 from cfx.trust.latent_index import LatentIndex
 from cfx.trust.scores import SCORES, ScoreInputs
@@ -236,7 +237,11 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     trusted = confident
     if len(trusted) < 10:
         trusted = cal_scores["parce"].argsort(descending=True)[:max(len(confident), len(cal_float) // 2)]
+    edit_ranges = None
     if len(trusted) > 1:
+        # how far property edits may go: the band of each edited statistic over the same trusted images
+        edit_ranges = EditRanges.measure(cal_float[trusted], source=f"{len(trusted)} trusted calibration images of "
+                                         "the fitted folder").to_dict()
         ref_mean, ref_std = reference_statistics(cal_float[trusted])
         reference_stats = {"mean": ref_mean, "std": ref_std, "images": int(len(trusted)),
                            "confident": int(len(confident)), "image_size": list(cal_float.shape[-2:])}
@@ -293,6 +298,7 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         "unavailable": unavailable,
         "uncalibrated": uncalibrated,
         "reference_statistics": reference_stats,
+        "edit_ranges": edit_ranges,
         "seconds": round(time.perf_counter() - t0, 1),
         "files": {name: file_sha256(out / name) for name in files},
     }

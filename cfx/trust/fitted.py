@@ -34,7 +34,7 @@ from .threshold import Threshold
 __all__ = ["FORMAT_VERSION", "Fitted", "FittedError", "Mahalanobis", "PaRCE", "TrustOracle", "file_sha256",
            "steep_slope_loss"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: edit ranges calibrated on the reference images (manifest["edit_ranges"])
 
 
 class FittedError(ValueError):
