@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/cfx-photos")
     parser.add_argument("--skip-fitted", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="print the tables of runs already in --out")
+    parser.add_argument("--skip-explain", action="store_true", help="keep the unfitted run already in --out")
     args = parser.parse_args()
     out = Path(args.out)
     photos = photographs()
@@ -183,12 +184,14 @@ def main() -> None:
             small = dict(_truth(crops(photos, args.fitted_clean, args.seed + 1)))
             report_run(out / "review-fitted", small, "cfx explain --fitted (unlabelled reference)")
         return
-    truth = write_folder(out / "photos", crops(photos, args.clean, args.seed), corrupt=True, seed=args.seed)
+    truth = (dict(_truth(crops(photos, args.clean, args.seed))) if args.skip_explain else
+             write_folder(out / "photos", crops(photos, args.clean, args.seed), corrupt=True, seed=args.seed))
     print(f"{len(truth)} images ({args.clean} clean crops of {len(photos)} photographs + one corrupted copy each)")
     share = f"{args.flag_share:g}"
-    _, seconds = cfx("explain", *MODEL, "--data", str(out / "photos"), "--flag-share", share,
-                     "--out", str(out / "review"), "--restart")
-    report_run(out / "review", truth, f"cfx explain, no labels, no fitted folder ({seconds:.0f} s)")
+    if not args.skip_explain:
+        _, seconds = cfx("explain", *MODEL, "--data", str(out / "photos"), "--flag-share", share,
+                         "--out", str(out / "review"), "--restart")
+        report_run(out / "review", truth, f"cfx explain, no labels, no fitted folder ({seconds:.0f} s)")
     printed, seconds = cfx("audit", *MODEL, "--data", str(out / "photos"), "--flag-share", share, "--sample", "40",
                            "--steps", "4", "--out", str(out / "audit"), "--restart")
     audit = json.loads((out / "audit" / "audit.json").read_text())

@@ -88,7 +88,9 @@ def render_audit(store, result: dict[str, Any], path: str | Path | None = None) 
         "properties": [{**r, "mean": fmt(r["mean_epgm"], 4), "std": fmt(r["std_epgm"], 4),
                         "sig": fmt(r["share_significant"], 2), "flips": fmt(r["share_flips"], 2),
                         "p": f"{r['p_value']:.1e}" if math.isfinite(r["p_value"]) else "–",
-                        "relative": fmt(r["relative_effect"], 2), "link": fmt(r.get("flag_link_auroc"), 2)}
+                        "relative": fmt(r["relative_effect"], 2), "link": fmt(r.get("flag_link_auroc"), 2),
+                        "null": fmt(r.get("null_epgm"), 4), "null_ratio": fmt(r.get("null_ratio"), 2),
+                        "null_p": f"{r['null_p_value']:.1e}" if r.get("null_p_value") is not None else "–"}
                        for r in props],
         "slices": [{**r, "acc": fmt(r.get("accuracy"), 3), "acc_ci": _ci(r.get("accuracy_ci")),
                     "acc_rest": fmt(r.get("accuracy_rest"), 3), "trust": fmt(r.get("trust"), 3),

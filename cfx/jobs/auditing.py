@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binomtest, ttest_ind
+import torch.nn.functional as F
+from scipy.stats import binomtest, ttest_ind, wilcoxon
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -35,11 +36,25 @@ from cfx.core.data import iter_batches
 from cfx.core.images import luma, resize
 from cfx.core.models import model_fingerprint
 from cfx.core.runstore import RunStore
-from cfx.generators import WORLDS, AttributeEditor, parametric_editors, property_curve
+from cfx.generators import (
+    WORLDS,
+    AttributeEditor,
+    EditRanges,
+    epgm,
+    parametric_editors,
+    property_curve,
+)
 from cfx.reports import render_audit
 from cfx.trust.threshold import AUTO
 
-from .common import AuditResult, fix_share_threshold, json_default, open_job_inputs, run_reference, score_into_store
+from .common import (
+    AuditResult,
+    fix_share_threshold,
+    json_default,
+    open_job_inputs,
+    run_reference,
+    score_into_store,
+)
 
 __all__ = ["PropertyEffect", "audit", "property_sensitivity", "rank_properties", "rendering_world",
            "slice_analysis"]
@@ -60,6 +75,7 @@ class PropertyEffect:
     predicted: Tensor         # (N,) the class followed (the original prediction)
     ids: list[str] = field(default_factory=list)
     span: Tensor | None = None  # (N,) largest max − min of the probability along the edit
+    null_epgm: Tensor | None = None  # (N,) EPGM along a matched-size random smooth change (see null_sequence)
 
 
 def rendering_world(metadata: Sequence[dict[str, Any]], image_size: int):
@@ -85,11 +101,18 @@ def _editors(world, re_render: Sequence[str] | None = None):
 
 def property_sensitivity(classifier, images: Tensor, metadata: Sequence[dict[str, Any]] | None = None,
                          properties: Sequence[str] | None = None, steps: int = 8, permutations: int = 200,
-                         ids: Sequence[str] | None = None, progress: bool = False) -> list[PropertyEffect]:
+                         ids: Sequence[str] | None = None, progress: bool = False, ranges: EditRanges | None = None,
+                         null: bool = True, seed: int = 0) -> list[PropertyEffect]:
     """EPGM of the predicted class along every property edit, per sample (for parametric edits both directions
     where there are two, the larger kept; re-rendered attributes go up by half their training band, hues half way
     round). ``metadata`` rows that carry a registered world's generating attributes (see :func:`rendering_world`)
-    add the re-rendering editors; ``properties`` keeps only the named ones."""
+    add the re-rendering editors; ``properties`` keeps only the named ones. With ``ranges`` the parametric sweeps
+    stay inside the reference data's range (:class:`~cfx.generators.EditRanges`).
+
+    ``null=True`` also measures, per sample and property, the EPGM of a **matched-size null**: the same number of
+    steps, each changing the image by exactly as much (pixel L2) as the property edit does, along a random smooth
+    colour field instead of the property (:func:`null_sequence`). It is what the same model does for a change of
+    that size that carries no particular property; a property counts only by how far it exceeds it."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
     if steps < 2:
@@ -108,22 +131,63 @@ def property_sensitivity(classifier, images: Tensor, metadata: Sequence[dict[str
         predicted = torch.cat([classifier.logits(images[i:i + 256]).argmax(1).cpu()
                                for i in range(0, len(images), 256)])
     out = []
-    for editor, kind in tqdm(editors, desc="property edits", disable=not progress):
-        values, ps, flips, spans = [], [], [], []
+    for number, (editor, kind) in enumerate(tqdm(editors, desc="property edits", disable=not progress)):
+        values, ps, flips, spans, nulls = [], [], [], [], []
         # re-rendered attributes move one way: up by half their training band (hues: half way round the circle)
-        for direction in editor.directions if kind == "parametric" else editor.directions[:1]:
-            curve = property_curve(classifier, editor, images, editor.sweep(direction, steps=steps),
-                                   class_index=predicted, permutations=permutations,
-                                   attributes=attributes if kind == "re-rendering" else None)
+        for d, direction in enumerate(editor.directions if kind == "parametric" else editor.directions[:1]):
+            strengths = (ranges.strengths(editor, images, direction, steps)
+                         if ranges is not None and kind == "parametric" else editor.sweep(direction, steps=steps))
+            rendered = attributes if kind == "re-rendering" else None
+            curve = property_curve(classifier, editor, images, strengths, class_index=predicted,
+                                   permutations=permutations, attributes=rendered)
             values.append(curve.epgm)
             ps.append(curve.p_value)
             flips.append(curve.flips)
             spans.append(curve.probabilities.amax(1) - curve.probabilities.amin(1))
+            if null:
+                nulls.append(_null_epgm(classifier, editor, images, strengths, predicted, rendered,
+                                        seed=seed * 1000 + number * 10 + d))
         out.append(PropertyEffect(editor.property, kind, torch.stack(values).amax(0),
                                   (torch.stack(ps).amin(0) * len(ps)).clamp(max=1.0), torch.stack(flips).any(0),
                                   predicted, list(ids) if ids is not None else [str(i) for i in range(len(images))],
-                                  torch.stack(spans).amax(0)))
+                                  torch.stack(spans).amax(0), torch.stack(nulls).amax(0) if nulls else None))
     return out
+
+
+def null_sequence(sequence: Tensor, seed: int = 0, cells: int = 4) -> Tensor:
+    """A matched-size null for an edit ``sequence (N, S + 1, 3, H, W)`` (original first): the original plus
+    ``a_k · F``, where ``F`` is a random smooth colour field per image (``cells × cells`` Gaussian values per
+    channel, bilinearly upsampled, unit L2 norm) and ``a_k`` the L2 distance of step ``k`` of the edit from the
+    original. Clipped to [0, 1]."""
+    n, steps = sequence.shape[:2]
+    g = torch.Generator().manual_seed(seed)
+    field = torch.randn(n, 3, cells, cells, generator=g)
+    field = F.interpolate(field, size=tuple(sequence.shape[-2:]), mode="bilinear", align_corners=False)
+    field = field / field.flatten(1).norm(dim=1).clamp_min(1e-12).view(n, 1, 1, 1)
+    original = sequence[:, :1]
+    size = (sequence - original).flatten(2).norm(dim=2)                          # (N, S + 1)
+    return (original + size.view(n, steps, 1, 1, 1) * field.unsqueeze(1).to(sequence.dtype)).clamp(0, 1)
+
+
+def _null_epgm(classifier, editor, images: Tensor, strengths: Tensor, predicted: Tensor, attributes, seed: int,
+               chunk: int = 64) -> Tensor:
+    """EPGM ``(N,)`` of the predicted class along the matched-size null of one edit, in chunks of images."""
+    out = []
+    s = torch.as_tensor(strengths, dtype=torch.float32)
+    for i in range(0, len(images), chunk):
+        part = s[i:i + chunk] if s.dim() == 2 else s
+        if attributes is not None:
+            sub = {k: v[i:i + chunk] for k, v in attributes.items()}
+            seq = editor.edit(None, part, attributes=sub)
+        else:
+            seq = editor.edit(images[i:i + chunk], part)
+        noise = null_sequence(seq, seed + i)
+        n, steps = noise.shape[:2]
+        with torch.inference_mode():
+            probs = torch.softmax(classifier.logits(noise.reshape(n * steps, *noise.shape[2:])), 1).float().cpu()
+        k = predicted[i:i + chunk].view(n, 1, 1).expand(n, steps, 1)
+        out.append(epgm(probs.view(n, steps, -1).gather(2, k).squeeze(2)))
+    return torch.cat(out).float()
 
 
 def _binomial_p(k: int, n: int, alpha: float = ALPHA) -> float:
@@ -131,12 +195,16 @@ def _binomial_p(k: int, n: int, alpha: float = ALPHA) -> float:
 
 
 def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] = (), class_names=None,
-                    large: float = 0.5) -> list[dict[str, Any]]:
+                    large: float = 0.5, null_ratio: float = 2.0) -> list[dict[str, Any]]:
     """One row per property, largest mean EPGM first. A sample counts as significant when its shuffle test gives
-    p < 0.05 and the edit moves the probability by at least 0.02. A nuisance property is flagged when its samples
-    are significant far more often than chance (binomial p < 0.01) and its mean EPGM is at least ``large`` × that of
-    the most influential property that is not a nuisance (the model leans on it about as much as on what should
-    matter)."""
+    p < 0.05 and the edit moves the probability by at least 0.02.
+
+    A nuisance property is flagged when its samples are significant far more often than chance (binomial
+    p < 0.01) and, when the effects carry their matched-size null (:func:`property_sensitivity`), its EPGM exceeds
+    the null's: a one-sided paired Wilcoxon test over the samples at p < 0.01 **and** a mean EPGM at least
+    ``null_ratio`` × the null's mean (the model leans on this property far more than on any change of that size).
+    Without a null (effects made by hand) the older rule applies: a mean EPGM at least ``large`` × that of the most
+    influential property that is not a nuisance."""
     nuisance = set(nuisance)
     unknown = nuisance - {e.property for e in effects}
     if unknown:
@@ -153,11 +221,17 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
             m = e.predicted == c
             name = class_names[c] if class_names and c < len(class_names) else str(c)
             per_class[name] = float(v[m].mean())
-        rows.append({"property": e.property, "kind": e.kind, "nuisance": e.property in nuisance, "n": len(v),
-                     "mean_epgm": float(v.mean()), "std_epgm": float(v.std()) if len(v) > 1 else 0.0,
-                     "median_epgm": float(v.median()), "share_significant": float(sig.float().mean()),
-                     "share_flips": float(e.flips.float().mean()),
-                     "p_value": _binomial_p(int(sig.sum()), len(v)), "per_class": per_class})
+        row = {"property": e.property, "kind": e.kind, "nuisance": e.property in nuisance, "n": len(v),
+               "mean_epgm": float(v.mean()), "std_epgm": float(v.std()) if len(v) > 1 else 0.0,
+               "median_epgm": float(v.median()), "share_significant": float(sig.float().mean()),
+               "share_flips": float(e.flips.float().mean()),
+               "p_value": _binomial_p(int(sig.sum()), len(v)), "per_class": per_class}
+        if e.null_epgm is not None:
+            null = e.null_epgm.double()
+            row["null_epgm"] = float(null.mean())
+            row["null_ratio"] = float(v.mean() / null.mean()) if null.mean() > 0 else float("inf")
+            row["null_p_value"] = _paired_greater(v.numpy(), null.numpy())
+        rows.append(row)
     rows.sort(key=lambda r: -r["mean_epgm"])
     relevant = [r["mean_epgm"] for r in rows if not r["nuisance"]]
     reference = max(relevant) if relevant else max((r["mean_epgm"] for r in rows), default=0.0)
@@ -168,8 +242,22 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
             nuisance_rank += 1
             r["nuisance_rank"] = nuisance_rank
         r["relative_effect"] = r["mean_epgm"] / reference if reference > 0 else float("nan")
-        r["flagged"] = bool(r["nuisance"] and r["p_value"] < 0.01 and r["relative_effect"] >= large)
+        if "null_epgm" in r:
+            beyond = r["null_p_value"] < 0.01 and r["null_ratio"] >= null_ratio
+        else:
+            beyond = r["relative_effect"] >= large
+        r["flagged"] = bool(r["nuisance"] and r["p_value"] < 0.01 and beyond)
     return rows
+
+
+def _paired_greater(a: np.ndarray, b: np.ndarray) -> float:
+    """One-sided paired Wilcoxon signed-rank p-value that ``a`` exceeds ``b`` (1.0 when they never differ)."""
+    diff = a - b
+    if len(diff) < 2 or not np.any(diff != 0):
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(wilcoxon(a, b, alternative="greater", zero_method="wilcox").pvalue)
 
 
 # ---------------------------------------------------------------------------------------------- slices
@@ -331,6 +419,7 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
     size = classifier.preprocessing.size
     samples = store.samples()
     good = [s for s in samples if s["error"] is None]
+    flagged_by_id = {s["id"]: bool(s["flagged"]) for s in good}
     if not good:
         raise ValueError("no readable images in the data source; nothing to audit")
     # ---- property sensitivity on a sample (resumable: stored once computed)
@@ -358,19 +447,24 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
             raise ValueError(f"unknown or unmeasured properties {missing}; this data supports: "
                              f"{', '.join(sorted(available))}")
         t1 = time.perf_counter()
-        effects = property_sensitivity(classifier, x, rows, properties, steps, permutations, picked_ids, progress)
+        ranges = _audit_ranges(fitted, x, [flagged_by_id[sid] for sid in picked_ids])
+        effects = property_sensitivity(classifier, x, rows, properties, steps, permutations, picked_ids, progress,
+                                       ranges=ranges, seed=seed)
         effects_json = [{"property": e.property, "kind": e.kind, "epgm": e.epgm.tolist(),
                          "p_value": e.p_value.tolist(), "flips": e.flips.tolist(), "predicted": e.predicted.tolist(),
-                         "span": e.span.tolist() if e.span is not None else None}
+                         "span": e.span.tolist() if e.span is not None else None,
+                         "null_epgm": e.null_epgm.tolist() if e.null_epgm is not None else None}
                         for e in effects]
         with store.db:
             store.set_meta("audit_effects", effects_json)
             store.set_meta("audit_sample", picked_ids)
+            store.set_meta("edit_ranges", ranges.to_dict() if ranges is not None else None)
             store.set_meta("audit_property_seconds", time.perf_counter() - t1)
         _store_examples(store, effects_json, picked_ids, x, world, attributes)
     effects = [PropertyEffect(e["property"], e["kind"], torch.tensor(e["epgm"]), torch.tensor(e["p_value"]),
                               torch.tensor(e["flips"]), torch.tensor(e["predicted"]), picked_ids,
-                              torch.tensor(e["span"]) if e.get("span") is not None else None)
+                              torch.tensor(e["span"]) if e.get("span") is not None else None,
+                              torch.tensor(e["null_epgm"]) if e.get("null_epgm") is not None else None)
                for e in effects_json]
     names = classifier.class_names
     ranking = rank_properties(effects, nuisance, names)
@@ -398,6 +492,7 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
         "properties": ranking, "slices": slices, "neighbours": neighbours,
         "errors": [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]],
         "flag_score": store.get_meta("flag_score"),
+        "edit_ranges": store.get_meta("edit_ranges"),
         "timing": {"property_seconds": store.get_meta("audit_property_seconds"),
                    "total_seconds": round(time.perf_counter() - t0, 2)},
     }
@@ -407,6 +502,20 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
     tmp.replace(path)
     render_audit(store, result)
     return result
+
+
+def _audit_ranges(fitted, sample: Tensor, flagged: Sequence[bool]) -> EditRanges | None:
+    """How far the audit's parametric edits go: the fitted folder's edit ranges, else those of the sample's trusted
+    (unflagged) images (all of them when fewer than 10 are trusted)."""
+    stored = fitted.manifest.get("edit_ranges") if fitted is not None else None
+    if stored:
+        return EditRanges.from_dict(stored)
+    trusted = sample[~torch.as_tensor(list(flagged), dtype=torch.bool)] if len(flagged) else sample
+    reference = trusted if len(trusted) >= 10 else sample
+    if len(reference) < 2:
+        return None
+    return EditRanges.measure(reference, source=f"{len(reference)} {'trusted ' if reference is trusted else ''}"
+                                                "images of the audited sample")
 
 
 def _basic_statistics(images: Tensor) -> dict[str, Tensor]:

@@ -263,6 +263,7 @@ class AuditResult(_Result):
     errors: list[dict[str, Any]]
     timing: dict[str, Any]
     flag_score: dict[str, Any] | None = None  # which score flagged, and why
+    edit_ranges: dict[str, Any] | None = None  # how far the parametric edits went (None: each editor's full range)
     out: Path | None = field(default=None, repr=False)
 
     @property
