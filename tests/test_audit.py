@@ -175,3 +175,40 @@ def test_audit_job_report_resume_and_cli(shapes_models, tmp_path):
                                     str(fitted.path), "--out", str(tmp_path / "bad"), "--nuisance", "fur_colour",
                                     "--sample", "10", "--quiet"])
     assert bad.exit_code != 0 and "fur_colour" in bad.output
+
+
+def test_the_null_matches_the_edit_in_size_and_a_global_model_is_not_flagged_for_brightness():
+    from cfx.generators import Brightness, HueShift
+    from cfx.jobs.auditing import null_sequence
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.35 + 0.3 * torch.rand(6, 3, 32, 32, generator=g)  # mid-grey: no clipping along small edits
+    seq = Brightness().edit(x, torch.tensor([1.02, 1.05, 1.1]))
+    noise = null_sequence(seq, seed=1)
+    size_edit = (seq - seq[:, :1]).flatten(2).norm(dim=2)
+    size_null = (noise - noise[:, :1]).flatten(2).norm(dim=2)
+    assert torch.allclose(size_edit, size_null, rtol=0.01)  # the same size of change at every step (~no clipping)
+    assert not torch.allclose(noise[:, -1], seq[:, -1])     # but not the same change
+    # a model that reads the whole image's mean luma reacts to brightness about as it does to any change of that
+    # size along smooth fields, so brightness is not a nuisance it "leans on"; a model that reads colour only
+    # through luma ignores a hue rotation (luma is kept) far below the null: neither is flagged
+    model = _probe()
+    images = 0.2 + 0.6 * torch.rand(60, 3, 32, 32, generator=g)
+    effects = property_sensitivity(model, images, properties=["brightness", "hue"], steps=6, permutations=50)
+    rows = {r["property"]: r for r in rank_properties(effects, nuisance=["brightness", "hue"])}
+    assert rows["hue"]["mean_epgm"] < 1e-3 and not rows["hue"]["flagged"]
+    assert rows["brightness"]["null_epgm"] > 0 and "null_p_value" in rows["brightness"]
+    assert rows["brightness"]["flagged"] == (rows["brightness"]["null_ratio"] >= 1.25
+                                             and rows["brightness"]["null_p_value"] < 0.01
+                                             and rows["brightness"]["p_value"] < 0.01)
+    assert HueShift().edit(images[:1], torch.tensor([0.25])).shape == (1, 2, 3, 32, 32)
+
+
+def test_with_a_null_the_flag_needs_an_effect_beyond_it():
+    strong = _effect("background", [0.2] * 40)
+    strong.null_epgm = torch.full((40,), 0.05)   # 4x the null: flagged
+    weak = _effect("brightness", [0.2] * 40)
+    weak.null_epgm = torch.full((40,), 0.19) + torch.linspace(0, 0.02, 40)  # about the null: not flagged
+    rows = {r["property"]: r for r in rank_properties([strong, weak], nuisance=["background", "brightness"])}
+    assert rows["background"]["flagged"] and rows["background"]["null_ratio"] == pytest.approx(4.0)
+    assert not rows["brightness"]["flagged"] and rows["brightness"]["null_p_value"] > 0.01

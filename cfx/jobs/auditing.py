@@ -195,14 +195,14 @@ def _binomial_p(k: int, n: int, alpha: float = ALPHA) -> float:
 
 
 def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] = (), class_names=None,
-                    large: float = 0.5, null_ratio: float = 2.0) -> list[dict[str, Any]]:
+                    large: float = 0.5, null_ratio: float = 1.25) -> list[dict[str, Any]]:
     """One row per property, largest mean EPGM first. A sample counts as significant when its shuffle test gives
     p < 0.05 and the edit moves the probability by at least 0.02.
 
     A nuisance property is flagged when its samples are significant far more often than chance (binomial
     p < 0.01) and, when the effects carry their matched-size null (:func:`property_sensitivity`), its EPGM exceeds
     the null's: a one-sided paired Wilcoxon test over the samples at p < 0.01 **and** a mean EPGM at least
-    ``null_ratio`` × the null's mean (the model leans on this property far more than on any change of that size).
+    ``null_ratio`` × the null's mean (the model leans on this property clearly more than on any change of that size; 1.25 was set on the digits world, seed 0).
     Without a null (effects made by hand) the older rule applies: a mean EPGM at least ``large`` × that of the most
     influential property that is not a nuisance."""
     nuisance = set(nuisance)
@@ -229,7 +229,8 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
         if e.null_epgm is not None:
             null = e.null_epgm.double()
             row["null_epgm"] = float(null.mean())
-            row["null_ratio"] = float(v.mean() / null.mean()) if null.mean() > 0 else float("inf")
+            row["null_ratio"] = (float(v.mean() / null.mean()) if null.mean() > 0
+                                 else float("inf") if v.mean() > 0 else float("nan"))
             row["null_p_value"] = _paired_greater(v.numpy(), null.numpy())
         rows.append(row)
     rows.sort(key=lambda r: -r["mean_epgm"])
@@ -243,7 +244,7 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
             r["nuisance_rank"] = nuisance_rank
         r["relative_effect"] = r["mean_epgm"] / reference if reference > 0 else float("nan")
         if "null_epgm" in r:
-            beyond = r["null_p_value"] < 0.01 and r["null_ratio"] >= null_ratio
+            beyond = bool(r["null_p_value"] < 0.01 and r["null_ratio"] >= null_ratio)  # NaN (0 / 0) never is
         else:
             beyond = r["relative_effect"] >= large
         r["flagged"] = bool(r["nuisance"] and r["p_value"] < 0.01 and beyond)
