@@ -7,7 +7,10 @@
 
 3. A 20-strength InstructPix2Pix sweep as one batched call vs one pipeline call per strength (tiny pipeline).
 
-    python bench/property_edits.py [--seeds 10] [--images 200] [--skip-restoring] [--skip-diffusion]
+    python bench/property_edits.py [--seeds 10] [--images 200] [--skip-restoring] [--skip-diffusion] [--full-range]
+
+The restoring table uses the fitted folder's edit ranges (only in-range edits that keep the content count);
+``--full-range`` gives the editors' own ranges, as before edit ranges existed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 import torch
 
 from cfx.demo import CAUSES, ShapesWorld, WorldConfig, cause_examples, demo_fitted, load_demo, shapes_data
-from cfx.generators import AttributeEditor, property_curve, restoring_editors, restoring_edits
+from cfx.generators import AttributeEditor, EditRanges, property_curve, restoring_editors, restoring_edits
 from cfx.core.models import Classifier, Preprocessing
 from cfx.core.nets import SmallCNN
 from cfx.core.training import train_model
@@ -70,7 +73,7 @@ def bias_table(seeds: int, n_images: int) -> None:
     print(f"\nratio >= 3 for {sum(r >= 3 for r in ratios)} of {len(ratios)} seeds; median {statistics.median(ratios):.1f}x")
 
 
-def restoring_table(per_cause: int) -> None:
+def restoring_table(per_cause: int, full_range: bool = False) -> None:
     demo = load_demo("shapes", progress=False)
     fitted = demo_fitted(demo, progress=False)
     clf = demo.classifier
@@ -80,7 +83,8 @@ def restoring_table(per_cause: int) -> None:
     for cause in CAUSES:
         ex = cause_examples(x, y, clf, cause, score=lambda im: fitted.parce.score(clf, im))
         images = ex.images[torch.randperm(len(ex.images), generator=torch.Generator().manual_seed(0))[:per_cause]]
-        best = restoring_edits(score, images, restoring_editors(), steps=8)
+        ranges = None if full_range else EditRanges.from_dict(fitted.manifest["edit_ranges"])
+        best = restoring_edits(score, images, restoring_editors(), steps=8, ranges=ranges)
         counts = collections.Counter(f"{b.property}:{b.direction}" for b in best)
         top = ", ".join(f"{k} {v / len(best):.0%}" for k, v in counts.most_common(3))
         print(f"| {cause} | {len(best)} | {top} | {statistics.mean(b.gain for b in best):.3f} |", flush=True)
@@ -119,9 +123,11 @@ def main():
     parser.add_argument("--skip-restoring", action="store_true")
     parser.add_argument("--skip-bias", action="store_true")
     parser.add_argument("--skip-diffusion", action="store_true")
+    parser.add_argument("--full-range", action="store_true",
+                        help="restoring edits over each editor's full range (the behaviour before edit ranges)")
     args = parser.parse_args()
     if not args.skip_restoring:
-        restoring_table(args.per_cause)
+        restoring_table(args.per_cause, args.full_range)
     if not args.skip_diffusion:
         diffusion_sweep()
     if not args.skip_bias:

@@ -150,11 +150,9 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
         target = _trust_target(store, classifier, threshold.score)
     ranges = resolve_edit_ranges(edit_range, fitted, reference) if todo else None
     if todo:
-        with store.db:  # how far the property edits went, for the report
-            store.set_meta("edit_ranges", ranges.to_dict() if ranges is not None else None)
-    if todo:
         fitted_images = "the fitted folder's confident calibration images"
-        with store.db:  # which reference the report names
+        with store.db:  # how far the property edits went and which reference the report names
+            store.set_meta("edit_ranges", ranges.to_dict() if ranges is not None else None)
             store.set_meta("reference", {
                 "statistics": fitted_images if fitted is not None else
                 reference.description if reference is not None else None,
