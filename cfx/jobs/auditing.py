@@ -61,6 +61,7 @@ __all__ = ["PropertyEffect", "audit", "property_sensitivity", "rank_properties",
 
 ALPHA = 0.05
 MIN_SPAN = 0.02  # a curve counts as significant only if it also moves the probability this much somewhere
+MIN_MEAN_SPAN = 0.05  # a nuisance is flagged only if its edits move the probability this much on average
 
 
 @dataclass
@@ -202,7 +203,9 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
     A nuisance property is flagged when its samples are significant far more often than chance (binomial
     p < 0.01) and, when the effects carry their matched-size null (:func:`property_sensitivity`), its EPGM exceeds
     the null's: a one-sided paired Wilcoxon test over the samples at p < 0.01 **and** a mean EPGM at least
-    ``null_ratio`` × the null's mean (the model leans on this property clearly more than on any change of that size; 1.25 was set on the digits world, seed 0).
+    ``null_ratio`` × the null's mean (the model leans on this property clearly more than on any change of that size;
+    1.25 was set on the digits world, seed 0) **and** a material effect: its edits move the predicted class's
+    probability by at least 0.05 on average (max − min along the edit).
     Without a null (effects made by hand) the older rule applies: a mean EPGM at least ``large`` × that of the most
     influential property that is not a nuisance."""
     nuisance = set(nuisance)
@@ -226,6 +229,8 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
                "median_epgm": float(v.median()), "share_significant": float(sig.float().mean()),
                "share_flips": float(e.flips.float().mean()),
                "p_value": _binomial_p(int(sig.sum()), len(v)), "per_class": per_class}
+        if e.span is not None:
+            row["mean_span"] = float(e.span.double().mean())
         if e.null_epgm is not None:
             null = e.null_epgm.double()
             row["null_epgm"] = float(null.mean())
@@ -244,7 +249,8 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
             r["nuisance_rank"] = nuisance_rank
         r["relative_effect"] = r["mean_epgm"] / reference if reference > 0 else float("nan")
         if "null_epgm" in r:
-            beyond = bool(r["null_p_value"] < 0.01 and r["null_ratio"] >= null_ratio)  # NaN (0 / 0) never is
+            beyond = bool(r["null_p_value"] < 0.01 and r["null_ratio"] >= null_ratio  # NaN (0 / 0) never is
+                          and r.get("mean_span", 1.0) >= MIN_MEAN_SPAN)
         else:
             beyond = r["relative_effect"] >= large
         r["flagged"] = bool(r["nuisance"] and r["p_value"] < 0.01 and beyond)
