@@ -76,7 +76,8 @@ def test_explain_writes_summary_and_a_report_that_escapes_everything(shapes_mode
     assert summary["counts"]["samples"] == 40 and summary["counts"]["flagged"] == 40
     assert summary["counts"]["explained"] == 40
     row = summary["samples"][0]
-    assert set(row) == {"id", "label", "prediction", "flagged", "scores", "cause", "explanation", "error"}
+    assert set(row) == {"id", "label", "prediction", "flagged", "scores", "cause", "explanation", "backend", "fallback",
+                        "error"}
     assert row["explanation"].startswith(SCRIPT)  # stored verbatim: it is data
     assert json.loads((tmp_path / "summary.json").read_text())["counts"] == summary["counts"]
     html = (tmp_path / "report.html").read_text()

@@ -216,7 +216,8 @@ def _explain_batch(classifier: Classifier, fitted: Fitted | None, reporter, ids:
         for i, sid in enumerate(ids):
             r, p = _explain_batch(classifier, fitted, reporter, [sid], images[i:i + 1], generators, store,
                                   target=target, reference=reference, ranges=ranges)
-            if fail_fast and i == 1 and all(row.get("error") == message for row in rows + r):
+            same = [row for row in rows + r if row.get("error") == message]  # explained rows may be stored already
+            if fail_fast and i == 1 and len(same) == 2:
                 raise ExplainConfigError(f"the first flagged samples all fail the same way, so the set-up is wrong "
                                          f"rather than one image ({message}); nothing more was attempted. Scores "
                                          "and flags are stored: fix the cause and run the same command to resume")
