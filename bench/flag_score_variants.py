@@ -9,7 +9,8 @@ wraps). Higher score = more trusted, so every number below is the AUROC of detec
 1. **Shapes world** (``cfx.demo``): the demo's SmallCNN (``load_demo("shapes", seed)``: loaded from the default cache
    when it is there, otherwise the classifier alone is trained with load_demo's exact recipe, without the
    autoencoder, and nothing is written outside ``/tmp``; same config and seed, though not bit-identical to a
-   load_demo model: retraining seed 0 this way gave 97.7 % of the cached model's test predictions). Misprediction AUROC (bad = prediction != label) on the
+   load_demo model: retraining seed 0 this way gave 97.7 % of the cached model's test predictions). Misprediction
+   AUROC (bad = prediction != label) on the
    clean test split, on the test split under each of the six known causes (every strength of its grid, pooled), on
    all causes pooled, and on clean + causes pooled; plus the held-out star shape (never in training) against the
    clean test split (bad = star).
@@ -146,7 +147,8 @@ def bench_shapes(seeds: int, tmp: Path) -> None:
         pooled_z, pooled_y = [], []
         for name, (xc, yc) in conditions.items():
             z = logits_of(net, xc)
-            row = "shapes: clean test" if name == "clean" else f"shapes: {name} (grid {CAUSES[name][0]:g}..{CAUSES[name][-1]:g})"
+            row = ("shapes: clean test" if name == "clean"
+                   else f"shapes: {name} (grid {CAUSES[name][0]:g}..{CAUSES[name][-1]:g})")
             misprediction(row, seed, z, yc)
             if name == "clean":
                 clean_z = z

@@ -70,7 +70,8 @@ def bias_table(seeds: int, n_images: int) -> None:
         print(f"| {seed} | {acc(biased, aligned):.3f} / {acc(biased, ~aligned):.3f} | {acc(control, ~aligned):.3f} | "
               f"{e[('biased', 'background_hue')]:.4f} | {e[('control', 'background_hue')]:.4f} | {ratio:.1f}x | "
               f"{top} |  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    print(f"\nratio >= 3 for {sum(r >= 3 for r in ratios)} of {len(ratios)} seeds; median {statistics.median(ratios):.1f}x")
+    print(f"\nratio >= 3 for {sum(r >= 3 for r in ratios)} of {len(ratios)} seeds; "
+          f"median {statistics.median(ratios):.1f}x")
 
 
 def restoring_table(per_cause: int, full_range: bool = False) -> None:

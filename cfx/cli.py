@@ -531,7 +531,8 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 def explain(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
             head: str | None, device: str, data_spec: str, fitted_dir: str | None, out: str, reporter: str,
             reporter_model: str | None, reporter_key_env: str | None, reporter_timeout: float | None,
-            reporter_concurrency: int | None, generators: str | None, flag_score: str, flag_below: float | None, flag_percentile: float | None,
+            reporter_concurrency: int | None, generators: str | None, flag_score: str, flag_below: float | None,
+            flag_percentile: float | None,
             flag_share: float | None, dataset_description: str | None, edit_range: str, batch_size: int,
             restart: bool, quiet: bool) -> None:
     """Explain why predictions are untrusted, and write a review report.

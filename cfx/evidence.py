@@ -306,9 +306,10 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
     and ``reference`` (a :class:`RunReference` of the run's most trusted images); ``generators`` then come from
     igd and nn (see :data:`GENERATORS`). ``ranges``: how far the property edits go: ``"reference"`` (default) the
     :class:`~cfx.generators.EditRanges` of the fitted folder (else of ``reference``), ``"full"`` (or None) every
-    editor's full range, or an :class:`~cfx.generators.EditRanges`. ``with_counterfactuals=False`` leaves out the counterfactual evidence (for
-    ablations). ``return_images=True`` returns ``(evidence, images)`` with ``images`` mapping each generator name
-    (and ``"neighbour"`` for the nearest trusted image of LNN or NN) to its ``(N, 3, h, w)`` images, for reports.
+    editor's full range, or an :class:`~cfx.generators.EditRanges`. ``with_counterfactuals=False`` leaves out the
+    counterfactual evidence (for ablations). ``return_images=True`` returns ``(evidence, images)`` with ``images``
+    mapping each generator name (and ``"neighbour"`` for the nearest trusted image of LNN or NN) to its
+    ``(N, 3, h, w)`` images, for reports.
     """
     n = len(images)
     if n == 0:

@@ -103,7 +103,8 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
     return JobInputs(classifier, fitted, source, threshold, methods, data_name, model_name, choice)
 
 
-def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | None, source: ImageSource, threshold: Threshold,
+def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | None, source: ImageSource,
+                     threshold: Threshold,
                      methods: Sequence[str], batch_size: int = 64, progress: bool = True,
                      keep_flagged_images: bool = False, annotate=None) -> None:
     """Score and flag every input of ``source`` that the store does not have yet, one transaction per batch.

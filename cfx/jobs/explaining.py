@@ -74,9 +74,9 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     edits sweep only as far as the reference images reach (``"reference"``, default: see
     :class:`cfx.generators.EditRanges`) or over each editor's full range (``"full"``).
     ``reporter`` and ``reporter_options`` (e.g. ``{"model": "llava", "timeout": 20, "concurrency": 8,
-    "api_key_env": "MY_KEY"}`` for ``openai:URL``): see :func:`cfx.prompts.make_reporter`. ``data_spec`` / ``model_spec`` name the data and model in
-    the report when they are passed as objects. Writes OUT/run.sqlite, OUT/summary.json and (``report=True``)
-    OUT/report.html.
+    "api_key_env": "MY_KEY"}`` for ``openai:URL``): see :func:`cfx.prompts.make_reporter`. ``data_spec`` /
+    ``model_spec`` name the data and model in the report when they are passed as objects. Writes OUT/run.sqlite,
+    OUT/summary.json and (``report=True``) OUT/report.html.
     """
     t_start = time.perf_counter()
     if edit_range not in ("reference", "full"):
