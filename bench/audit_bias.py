@@ -58,7 +58,7 @@ def shapes_world(args) -> None:
           "nuisance rank (biased) | flagged (biased / control) | hue shift: rank, EPGM biased / control | "
           "nuisances flagged for the control |\n|---|---|---|---|---|---|---|---|---|---|")
     passed = quiet = 0
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         t0 = time.perf_counter()
         biased_data = shapes_data(WorldConfig(seed=seed, bias_rate=0.9))
         control_data = shapes_data(WorldConfig(seed=seed, bias_rate=0.0))
@@ -120,7 +120,7 @@ def digits_world(args) -> None:
     print("| seed | acc biased / control | hue EPGM biased / control (ratio) | hue × null (biased) | "
           "nuisance ranking (biased) | flagged biased | flagged control |\n|---|---|---|---|---|---|---|")
     hits = quiet = 0
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         t0 = time.perf_counter()
         rows, accuracy = {}, {}
         for name, share in (("biased", 0.9), ("control", 0.0)):
@@ -155,6 +155,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", choices=["both", "shapes", "digits"], default="both")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--images", type=int, default=300)
     args = parser.parse_args()
     if args.world in ("both", "digits"):

@@ -212,3 +212,23 @@ def test_with_a_null_the_flag_needs_an_effect_beyond_it():
     rows = {r["property"]: r for r in rank_properties([strong, weak], nuisance=["background", "brightness"])}
     assert rows["background"]["flagged"] and rows["background"]["null_ratio"] == pytest.approx(4.0)
     assert not rows["brightness"]["flagged"] and rows["brightness"]["null_p_value"] > 0.01
+
+
+def test_the_spectral_null_keeps_the_edits_frequencies_but_not_its_layout():
+    from cfx.jobs.auditing import null_sequence
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.4 + 0.2 * torch.rand(3, 3, 32, 32, generator=g)
+    moved = x.clone()
+    moved[:, :, 8:12, 8:24] += 0.05  # a thin bar added: an edge-rich, local change
+    seq = torch.stack([x, (x + moved) / 2, moved], 1)
+    null = null_sequence(seq, seed=2, kind="spectral")
+    change, noise = (seq[:, -1] - seq[:, 0]), (null[:, -1] - null[:, 0])
+    assert torch.allclose(change.flatten(1).norm(dim=1), noise.flatten(1).norm(dim=1), rtol=0.02)  # same size
+    spectrum = lambda d: torch.fft.rfft2(d - d.mean((2, 3), keepdim=True)).abs()  # noqa: E731
+    a, b = spectrum(change), spectrum(noise)
+    assert torch.allclose(a / a.flatten(1).norm(dim=1).view(-1, 1, 1, 1),
+                          b / b.flatten(1).norm(dim=1).view(-1, 1, 1, 1), atol=0.02)  # same frequencies
+    assert (noise[:, :, 8:12, 8:24].abs().mean() < 2 * noise.abs().mean())  # not concentrated where the bar was
+    with pytest.raises(ValueError, match="smooth or spectral"):
+        null_sequence(seq, kind="other")

@@ -111,8 +111,9 @@ def property_sensitivity(classifier, images: Tensor, metadata: Sequence[dict[str
     stay inside the reference data's range (:class:`~cfx.generators.EditRanges`).
 
     ``null=True`` also measures, per sample and property, the EPGM of a **matched-size null**: the same number of
-    steps, each changing the image by exactly as much (pixel L2) as the property edit does, along a random smooth
-    colour field instead of the property (:func:`null_sequence`). It is what the same model does for a change of
+    steps, each changing the image by exactly as much (pixel L2) as the property edit does, along a random field
+    instead of the property (:func:`null_sequence`: smooth for parametric edits, with the edit's own spatial
+    frequencies for re-rendered attributes). It is what the same model does for a change of
     that size that carries no particular property; a property counts only by how far it exceeds it."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
@@ -155,15 +156,28 @@ def property_sensitivity(classifier, images: Tensor, metadata: Sequence[dict[str
     return out
 
 
-def null_sequence(sequence: Tensor, seed: int = 0, cells: int = 4) -> Tensor:
+def null_sequence(sequence: Tensor, seed: int = 0, cells: int = 4, kind: str = "smooth") -> Tensor:
     """A matched-size null for an edit ``sequence (N, S + 1, 3, H, W)`` (original first): the original plus
-    ``a_k · F``, where ``F`` is a random smooth colour field per image (``cells × cells`` Gaussian values per
-    channel, bilinearly upsampled, unit L2 norm) and ``a_k`` the L2 distance of step ``k`` of the edit from the
-    original. Clipped to [0, 1]."""
+    ``a_k · F``, where ``a_k`` is the L2 distance of step ``k`` of the edit from the original and ``F`` a random field
+    of unit L2 norm per image. Clipped to [0, 1].
+
+    ``kind="smooth"`` (for global edits such as brightness or hue): ``cells × cells`` Gaussian values per channel,
+    bilinearly upsampled, a smooth change like the edit's. ``kind="spectral"`` (for re-rendered attributes, which
+    move edges: an object's position, a texture): the edit's own full change with its mean removed and its Fourier
+    phases randomised, so the null has the same spatial frequencies as the edit but none of its layout."""
+    if kind not in ("smooth", "spectral"):
+        raise ValueError(f"kind must be smooth or spectral, got {kind!r}")
     n, steps = sequence.shape[:2]
     g = torch.Generator().manual_seed(seed)
-    field = torch.randn(n, 3, cells, cells, generator=g)
-    field = F.interpolate(field, size=tuple(sequence.shape[-2:]), mode="bilinear", align_corners=False)
+    size_hw = tuple(sequence.shape[-2:])
+    if kind == "smooth":
+        field = torch.randn(n, 3, cells, cells, generator=g)
+        field = F.interpolate(field, size=size_hw, mode="bilinear", align_corners=False)
+    else:
+        change = (sequence[:, -1] - sequence[:, 0]).float().cpu()
+        change = change - change.mean((2, 3), keepdim=True)
+        phase = torch.angle(torch.fft.rfft2(torch.randn(change.shape, generator=g)))  # a real field's phases
+        field = torch.fft.irfft2(torch.fft.rfft2(change).abs() * torch.exp(1j * phase), s=size_hw)
     field = field / field.flatten(1).norm(dim=1).clamp_min(1e-12).view(n, 1, 1, 1)
     original = sequence[:, :1]
     size = (sequence - original).flatten(2).norm(dim=2)                          # (N, S + 1)
@@ -182,7 +196,7 @@ def _null_epgm(classifier, editor, images: Tensor, strengths: Tensor, predicted:
             seq = editor.edit(None, part, attributes=sub)
         else:
             seq = editor.edit(images[i:i + chunk], part)
-        noise = null_sequence(seq, seed + i)
+        noise = null_sequence(seq, seed + i, kind="spectral" if attributes is not None else "smooth")
         n, steps = noise.shape[:2]
         with torch.inference_mode():
             probs = torch.softmax(classifier.logits(noise.reshape(n * steps, *noise.shape[2:])), 1).float().cpu()
