@@ -84,16 +84,28 @@ def property_curve(classifier, editor, images: Tensor, strengths: Sequence[float
     s = torch.as_tensor(strengths if strengths is not None else editor.sweep(), dtype=torch.float32)
     if s.dim() != 2:
         s = s.flatten()  # shared (S,); an (N, S) grid gives each image its own strengths
-    seq = editor.edit(images, s, attributes=attributes) if attributes is not None else editor.edit(images, s)
-    n, steps = seq.shape[:2]
-    flat = seq.reshape(n * steps, *seq.shape[2:])
-    with torch.inference_mode():
-        probs = torch.cat([torch.softmax(classifier.logits(flat[i:i + batch_size]), 1).float().cpu()
-                           for i in range(0, len(flat), batch_size)]).view(n, steps, -1)
-        scores = None
-        if score is not None:
-            scores = torch.cat([score(flat[i:i + batch_size]).float().cpu()
-                                for i in range(0, len(flat), batch_size)]).view(n, steps)
+    n = len(images) if images is not None else len(next(iter(attributes.values())))
+    # in chunks of images: the edited sequences of a large sample at 224 px do not fit in memory at once
+    chunk = max(1, batch_size // (s.shape[-1] + 1))
+    prob_parts, score_parts = [], []
+    for start in range(0, n, chunk):
+        part = s[start:start + chunk] if s.dim() == 2 else s
+        if attributes is not None:
+            sub = {key: value[start:start + chunk] for key, value in attributes.items()}
+            seq = editor.edit(images[start:start + chunk] if images is not None else None, part, attributes=sub)
+        else:
+            seq = editor.edit(images[start:start + chunk], part)
+        m, steps = seq.shape[:2]
+        flat = seq.reshape(m * steps, *seq.shape[2:])
+        with torch.inference_mode():
+            prob_parts.append(torch.cat([torch.softmax(classifier.logits(flat[i:i + batch_size]), 1).float().cpu()
+                                         for i in range(0, len(flat), batch_size)]).view(m, steps, -1))
+            if score is not None:
+                score_parts.append(torch.cat([score(flat[i:i + batch_size]).float().cpu()
+                                              for i in range(0, len(flat), batch_size)]).view(m, steps))
+    probs = torch.cat(prob_parts)
+    steps = probs.shape[1]
+    scores = torch.cat(score_parts) if score_parts else None
     k = probs[:, 0].argmax(1) if class_index is None else torch.as_tensor(class_index).long()
     y = probs.gather(2, k.view(n, 1, 1).expand(n, steps, 1)).squeeze(2)
     flips = (probs.argmax(2) != probs[:, :1].argmax(2)).any(1)
