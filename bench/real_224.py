@@ -44,13 +44,15 @@ def photographs() -> dict[str, np.ndarray]:
     return out
 
 
-def crops(photos: dict[str, np.ndarray], n: int, rng: np.random.Generator) -> list[tuple[str, Image.Image]]:
+def crops(photos: dict[str, np.ndarray], n: int, rng: np.random.Generator,
+          scale: tuple[float, float] = (0.5, 0.9)) -> list[tuple[str, Image.Image]]:
+    """``n`` 224-px crops of the photographs in turn, each side ``scale`` × the shorter side, at random positions."""
     names = list(photos)
     out = []
     for i in range(n):
         name = names[i % len(names)]
         img = Image.fromarray(photos[name])
-        side = int(rng.uniform(0.5, 0.9) * min(img.size))
+        side = int(rng.uniform(*scale) * min(img.size))
         x0 = int(rng.integers(0, img.size[0] - side + 1))
         y0 = int(rng.integers(0, img.size[1] - side + 1))
         out.append((name, img.crop((x0, y0, x0 + side, y0 + side)).resize((224, 224), Image.BILINEAR)))

@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from real_224 import crops as crop_photos  # noqa: E402  (one crop recipe for both photograph benchmarks)
 MODEL = ["--model", f"python:{ROOT / 'tests' / 'factories.py'}:efficientnet_lite0", "--image-size", "224",
          "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
 HELD_OUT = ("motorcycle_left", "motorcycle_right")
@@ -55,17 +57,7 @@ def photographs() -> dict[str, np.ndarray]:
 
 
 def crops(photos: dict[str, np.ndarray], n: int, seed: int) -> list[tuple[str, Image.Image]]:
-    rng = np.random.default_rng(seed)
-    names = list(photos)
-    out = []
-    for i in range(n):
-        name = names[i % len(names)]
-        img = Image.fromarray(photos[name])
-        side = int(rng.uniform(0.35, 0.95) * min(img.size))
-        x0 = int(rng.integers(0, img.size[0] - side + 1))
-        y0 = int(rng.integers(0, img.size[1] - side + 1))
-        out.append((name, img.crop((x0, y0, x0 + side, y0 + side)).resize((224, 224), Image.BILINEAR)))
-    return out
+    return crop_photos(photos, n, np.random.default_rng(seed), scale=(0.35, 0.95))
 
 
 def apply(cause: str, img: Image.Image, rng: np.random.Generator) -> Image.Image:

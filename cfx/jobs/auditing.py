@@ -33,10 +33,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cfx.core.data import iter_batches
-from cfx.core.images import luma, resize
+from cfx.core.images import resize
 from cfx.core.models import model_fingerprint
 from cfx.core.runstore import RunStore
 from cfx.generators import (
+    PROPERTY_STATISTICS,
     WORLDS,
     AttributeEditor,
     EditRanges,
@@ -543,9 +544,7 @@ def _audit_ranges(fitted, sample: Tensor, flagged: Sequence[bool]) -> EditRanges
 def _basic_statistics(images: Tensor) -> dict[str, Tensor]:
     """Brightness (mean luma), contrast (its std) and saturation (mean max − min over channels) per image, the
     cheap part of :func:`cfx.evidence.image_statistics`, for binned slices."""
-    y = luma(images)
-    return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)),
-            "saturation": (images.amax(1) - images.amin(1)).mean((1, 2))}
+    return {name: PROPERTY_STATISTICS[name](images) for name in ("brightness", "contrast", "saturation")}
 
 
 def _store_examples(store, effects_json, ids, x, world, attributes, per_property: int = 3) -> None:
