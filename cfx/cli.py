@@ -30,6 +30,8 @@ from .jobs import AuditResult, ExplainResult
 from .jobs import audit as run_audit
 from .jobs import explain as run_explain
 from .jobs import fit as fit_folder
+from .jobs.common import score_table_on_ray
+from .jobs.distributed import RayEngine, RayNotInstalled, ray_session, resolve_engine
 from .jobs.explaining import ExplainConfigError
 from .reports import render_review
 from .trust.fitted import Fitted, FittedError
@@ -68,6 +70,38 @@ def model_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def ray_options(func: Callable) -> Callable:
+    """--ray and its resource settings, shared by trust, explain and audit."""
+    options = [
+        click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                     help="Run the heavy work on a Ray actor pool (pip install \"cfx[ray]\"): --ray alone starts a "
+                          "local Ray on this machine, --ray auto joins the running cluster (ray start), or give "
+                          "HOST:PORT. Same results as without it (docs/scale.md)."),
+        click.option("--ray-actors", type=int, default=None,
+                     help="Actors per pool (default: the cluster's CPUs / --ray-cpus-per-actor)."),
+        click.option("--ray-cpus-per-actor", type=float, default=1.0, show_default=True,
+                     help="CPUs per actor (also its torch threads)."),
+        click.option("--ray-gpus-per-actor", type=float, default=0.0, show_default=True,
+                     help="GPUs per actor (> 0 puts each actor's model on its GPU)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _engine(ray_address: str | None, actors: int | None, cpus: float, gpus: float) -> RayEngine | None:
+    """The Ray engine the options ask for, or None (this process); a clear error when Ray is not installed."""
+    if ray_address is None:
+        return None
+    try:
+        return resolve_engine(RayEngine(address=None if ray_address == "local" else ray_address, actors=actors,
+                                        cpus_per_actor=cpus, gpus_per_actor=gpus))
+    except RayNotInstalled as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ray-*") from None
 
 
 def _load_model(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
@@ -408,12 +442,14 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
 @click.option("--odin-epsilon", default=0.0014, show_default=True)
 @click.option("--mc-passes", default=10, show_default=True, help="Dropout passes for mc_dropout.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@ray_options
 @_friendly_errors
 def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
           head: str | None, device: str, data_spec: str, out: str, methods: str, fitted_dir: str | None,
           flag_score: str,
           flag_below: float | None, flag_percentile: float | None, calibration_spec: str | None, batch_size: int,
-          bootstrap: int, odin_temperature: float, odin_epsilon: float, mc_passes: int, quiet: bool) -> None:
+          bootstrap: int, odin_temperature: float, odin_epsilon: float, mc_passes: int, ray_address: str | None,
+          ray_actors: int | None, ray_cpus_per_actor: float, ray_gpus_per_actor: float, quiet: bool) -> None:
     """Score every prediction with every trust score, flag the untrusted ones, and measure the scores.
 
     \b
@@ -426,6 +462,7 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         cfx trust --model demo:shapes --data demo:shapes:test --flag-percentile 10 \\
                   --calibration demo:shapes:calibration
     """
+    engine = _engine(ray_address, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     fitted = None
     if fitted_dir:
@@ -468,7 +505,12 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
                    f"{threshold.calibration_size} calibration samples {where})")
     source = _open_data(data_spec, classifier)
     try:
-        table = score_source(classifier, source, chosen, batch_size, progress=not quiet, **options)
+        if engine is None:
+            table = score_source(classifier, source, chosen, batch_size, progress=not quiet, **options)
+        else:
+            with ray_session(engine, progress=not quiet):
+                table = score_table_on_ray(engine, classifier, source, chosen, batch_size, progress=not quiet,
+                                           **options)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     summary = write_trust_outputs(table, out, classifier, {"source": data_spec, **source.describe()},
@@ -525,8 +567,11 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
               help="How far property edits go: as far as the reference images reach (the fitted folder's, else the "
                    "run's most trusted), or each editor's full range.")
 @click.option("--batch-size", default=64, show_default=True)
+@click.option("--explain-batch-size", default=32, show_default=True,
+              help="Flagged images explained together (one chunk of work; on Ray, one actor task).")
 @click.option("--restart", is_flag=True, help="Discard the run in --out and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@ray_options
 @_friendly_errors
 def explain(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
             head: str | None, device: str, data_spec: str, fitted_dir: str | None, out: str, reporter: str,
@@ -534,7 +579,8 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
             reporter_concurrency: int | None, generators: str | None, flag_score: str, flag_below: float | None,
             flag_percentile: float | None,
             flag_share: float | None, dataset_description: str | None, edit_range: str, batch_size: int,
-            restart: bool, quiet: bool) -> None:
+            explain_batch_size: int, restart: bool, ray_address: str | None, ray_actors: int | None, ray_cpus_per_actor: float,
+            ray_gpus_per_actor: float, quiet: bool) -> None:
     """Explain why predictions are untrusted, and write a review report.
 
     \b
@@ -549,6 +595,7 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
     """
     if flag_below is not None and flag_percentile is not None:
         raise click.UsageError("give either --flag-below or --flag-percentile, not both")
+    engine = _engine(ray_address, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     source = _open_data(data_spec, classifier)
     gens = [g.strip() for g in generators.split(",") if g.strip()] if generators else None
@@ -560,7 +607,7 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
                               model_spec=model_spec,
                               reporter_options={"model": reporter_model, "api_key_env": reporter_key_env,
                                                 "timeout": reporter_timeout, "concurrency": reporter_concurrency},
-                              edit_range=edit_range)
+                              edit_range=edit_range, engine=engine, explain_batch_size=explain_batch_size)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     _print_explain_summary(run, Path(out))
@@ -610,12 +657,14 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--restart", is_flag=True, help="Discard the run in --out and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@ray_options
 @_friendly_errors
 def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
           head: str | None, device: str, data_spec: str, fitted_dir: str | None, out: str, nuisance: tuple[str, ...],
           sample: int, properties: str | None, flag_score: str, flag_below: float | None,
           flag_percentile: float | None, flag_share: float | None, steps: int, seed: int, batch_size: int,
-          restart: bool, quiet: bool) -> None:
+          restart: bool, ray_address: str | None, ray_actors: int | None, ray_cpus_per_actor: float,
+          ray_gpus_per_actor: float, quiet: bool) -> None:
     """Audit a data set and a model for bias: properties it leans on, slices it fails on, and where trust is low.
 
     \b
@@ -632,6 +681,7 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     if flag_below is not None and flag_percentile is not None:
         raise click.UsageError("give either --flag-below or --flag-percentile, not both")
     names = [p.strip() for n in nuisance for p in n.split(",") if p.strip()]
+    engine = _engine(ray_address, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     source = _open_data(data_spec, classifier)
     try:
@@ -640,7 +690,7 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
                            flag_score=flag_score, flag_below=flag_below, flag_percentile=flag_percentile,
                            flag_share=flag_share, steps=steps, batch_size=batch_size, restart=restart,
                            progress=not quiet, seed=seed,
-                           data_spec=data_spec, model_spec=model_spec)
+                           data_spec=data_spec, model_spec=model_spec, engine=engine)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     c = result.counts

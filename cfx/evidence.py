@@ -276,6 +276,16 @@ class RunReference:
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # sent to worker processes without the classifier (a TorchScript model cannot be pickled, and each worker
+        # holds its own): bind the worker's classifier after unpickling
+        return {**self.__dict__, "classifier": None}
+
+    def bind(self, classifier: Classifier) -> "RunReference":
+        """Attach ``classifier`` (the same model) to a reference that was sent to another process."""
+        self.classifier = classifier
+        return self
+
     def embed(self, images: Tensor) -> Tensor:
         """The space the nearest trusted image is searched in: final-layer features, else downsampled pixels."""
         with torch.inference_mode():

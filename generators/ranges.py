@@ -13,7 +13,7 @@ range (a rotation stays in the gamut; no scalar statistic bounds it); occlusion 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -86,11 +86,24 @@ class EditRanges:
             x = as_float_images(reference[i:i + batch_size]).float()
             for name, statistic in PROPERTY_STATISTICS.items():
                 values.setdefault(name, []).append(statistic(x).cpu())
-        bands = {}
-        for name, parts in values.items():
-            v = torch.cat(parts).double().numpy()
-            bands[name] = (float(np.percentile(v, lo)), float(np.percentile(v, hi)))
-        return cls(bands, (float(lo), float(hi)), len(reference), source)
+        return cls.from_values({name: torch.cat(parts) for name, parts in values.items()}, quantiles, source)
+
+    @classmethod
+    def from_values(cls, values: dict[str, Tensor | Sequence[float]], quantiles: tuple[float, float] = (1.0, 99.0),
+                    source: str = "") -> EditRanges:
+        """Bands from per-image values of the statistics (``{property: (M,)}``, as :data:`PROPERTY_STATISTICS`
+        computes them), e.g. values stored while scoring, without the images."""
+        lo, hi = quantiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"quantiles must satisfy 0 <= low < high <= 100, got {quantiles}")
+        bands, count = {}, 0
+        for name, v in values.items():
+            arr = torch.as_tensor(v).double().numpy()
+            if len(arr) < 2 or not np.isfinite(arr).all():
+                raise ValueError(f"edit ranges need finite values of {name!r} for at least 2 images, got {len(arr)}")
+            bands[name] = (float(np.percentile(arr, lo)), float(np.percentile(arr, hi)))
+            count = len(arr)
+        return cls(bands, (float(lo), float(hi)), count, source)
 
     def to_dict(self) -> dict:
         out = asdict(self)

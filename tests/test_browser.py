@@ -40,7 +40,7 @@ def test_report_in_headless_chromium(shapes_models, tmp_path):
 
     executable = _chromium()
     source = _source(shapes_models, 24)
-    source.ids[3] = XSS + ".png"
+    source.sample_ids[3] = XSS + ".png"
     summary = cfx.explain(shapes_models.classifier, source, demo_fitted(shapes_models, progress=False), tmp_path,
                           reporter=_HostileReporter(), flag_percentile=50, progress=False)
     flagged = summary["counts"]["flagged"]

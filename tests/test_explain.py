@@ -70,7 +70,7 @@ class _HostileReporter:
 
 def test_explain_writes_summary_and_a_report_that_escapes_everything(shapes_models, fitted, tmp_path):
     source = _source(shapes_models, 40)
-    source.ids[0] = XSS + ".png"
+    source.sample_ids[0] = XSS + ".png"
     summary = cfx.explain(shapes_models.classifier, source, fitted, tmp_path, reporter=_HostileReporter(),
                           flag_below=2.0, generators=["lgd", "lnn"], progress=False)
     assert summary["counts"]["samples"] == 40 and summary["counts"]["flagged"] == 40

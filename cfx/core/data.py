@@ -153,6 +153,25 @@ class ImageSource:
     def describe(self) -> dict[str, Any]:
         return {"kind": type(self).__name__, "size": len(self), "class_names": self.class_names}
 
+    def ids(self) -> list[str]:
+        """Every sample's id, in iteration order. Sources that list their files override this so nothing is
+        decoded; the default iterates (and decodes) once."""
+        return [record.id for record in self]
+
+    def take(self, positions: Iterable[int]) -> Iterator[Record]:
+        """The records at ``positions`` (indices into iteration order), in the order given: how a worker reads
+        its share of the data without the driver decoding it. Sources with random access override this; the
+        default iterates once."""
+        wanted = [int(p) for p in positions]
+        if any(p < 0 or p >= len(self) for p in wanted):
+            raise IndexError(f"positions must be in [0, {len(self)}), got {[p for p in wanted if not 0 <= p < len(self)][:5]}")
+        found = {}
+        lookup = set(wanted)
+        for position, record in enumerate(self):
+            if position in lookup:
+                found[position] = record
+        return iter([found[p] for p in wanted])
+
 
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
@@ -186,7 +205,14 @@ class ImageFolder(ImageSource):
         return len(self.items)
 
     def __iter__(self) -> Iterator[Record]:
-        for path, label in self.items:
+        return self.take(range(len(self.items)))
+
+    def ids(self) -> list[str]:
+        return [path.relative_to(self.root).as_posix() for path, _ in self.items]
+
+    def take(self, positions: Iterable[int]) -> Iterator[Record]:
+        for position in positions:
+            path, label = self.items[position]
             rid = path.relative_to(self.root).as_posix()
             yield _file_record(path, rid, label, {"path": str(path), "class_folder": path.relative_to(self.root).parts[0]})
 
@@ -204,7 +230,14 @@ class FlatFolder(ImageSource):
         return len(self.items)
 
     def __iter__(self) -> Iterator[Record]:
-        for path in self.items:
+        return self.take(range(len(self.items)))
+
+    def ids(self) -> list[str]:
+        return [path.relative_to(self.root).as_posix() for path in self.items]
+
+    def take(self, positions: Iterable[int]) -> Iterator[Record]:
+        for position in positions:
+            path = self.items[position]
             yield _file_record(path, path.relative_to(self.root).as_posix(), None, {"path": str(path)})
 
 
@@ -265,8 +298,15 @@ class Manifest(ImageSource):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def ids(self) -> list[str]:
+        return [str(row.get("id", row["path"])) for row in self.rows]
+
     def __iter__(self) -> Iterator[Record]:
-        for row in self.rows:
+        return self.take(range(len(self.rows)))
+
+    def take(self, positions: Iterable[int]) -> Iterator[Record]:
+        for position in positions:
+            row = self.rows[position]
             path = Path(str(row["path"]))
             if not path.is_absolute():
                 path = self.path.parent / path
@@ -334,9 +374,9 @@ class TensorSource(ImageSource):
         self.labels = None if labels is None else [None if int(v) < 0 else int(v) for v in torch.as_tensor(labels)]
         if self.labels is not None and len(self.labels) != n:
             raise DataSourceError(f"{len(self.labels)} labels for {n} images")
-        self.ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(n)]
-        if len(self.ids) != n:
-            raise DataSourceError(f"{len(self.ids)} ids for {n} images")
+        self.sample_ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(n)]
+        if len(self.sample_ids) != n:
+            raise DataSourceError(f"{len(self.sample_ids)} ids for {n} images")
         if isinstance(metadata, dict):
             metadata = [{k: _plain(v[i]) for k, v in metadata.items()} for i in range(n)]
         self.metadata = list(metadata) if metadata is not None else [{} for _ in range(n)]
@@ -348,8 +388,14 @@ class TensorSource(ImageSource):
         return self.images.shape[0]
 
     def __iter__(self) -> Iterator[Record]:
-        for i in range(len(self)):
-            yield Record(self.ids[i], self.images[i], self.labels[i] if self.labels else None, self.metadata[i])
+        return self.take(range(len(self)))
+
+    def take(self, positions: Iterable[int]) -> Iterator[Record]:
+        for i in positions:
+            yield Record(self.sample_ids[i], self.images[i], self.labels[i] if self.labels else None, self.metadata[i])
+
+    def ids(self) -> list[str]:
+        return list(self.sample_ids)
 
 
 def _plain(value: Any) -> Any:

@@ -187,6 +187,8 @@ class Classifier:
     # cached once per classifier: the verified children route of a scripted model (a list, or False), or whether a
     # 1x1-convolution head checked out as linear in its pooled input (a bool)
     _feature_route: object = field(default=None, init=False, repr=False, compare=False)
+    # how load_classifier made it (the spec and its options), so another process can load the same model
+    origin: tuple[str, dict] | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -624,7 +626,11 @@ def load_classifier(spec: str | nn.Module | Classifier, *, image_size: str | tup
     if loader is None:
         raise ClassifierError(f"unknown model spec kind {kind.lower()!r}; use one of "
                               f"{', '.join(k + ':' for k in MODEL_KINDS)}")
-    return loader(target, options)
+    classifier = loader(target, options)
+    classifier.origin = (spec, {"image_size": image_size, "mean": mean, "std": std,
+                                "classes": list(classes) if isinstance(classes, (list, tuple)) else classes,
+                                "head": head, "device": str(device)})
+    return classifier
 
 
 def model_fingerprint(classifier: Classifier) -> str:

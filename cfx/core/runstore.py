@@ -52,7 +52,10 @@ def _finite(value: float) -> float | None:
 
 
 def png_bytes(image: Tensor) -> bytes:
-    """``(3, H, W)`` in [0, 1] → PNG bytes (lossless, so a re-rendered report shows exactly what was measured)."""
+    """``(3, H, W)`` in [0, 1] → PNG bytes (lossless, so a re-rendered report shows exactly what was measured).
+    PNG bytes (already encoded, e.g. by a worker process) pass through unchanged."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
     from PIL import Image
 
     arr = (image.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -48,6 +48,8 @@ from cfx.generators import (
 from cfx.reports import render_audit
 from cfx.trust.threshold import AUTO
 
+from .distributed import (RayEngine, WorkerContext, open_worker, ray_map, ray_session, read_batch, resolve_engine,
+                          worker_context)
 from .common import (
     AuditResult,
     fix_share_threshold,
@@ -63,6 +65,7 @@ __all__ = ["PropertyEffect", "audit", "property_sensitivity", "rank_properties",
 ALPHA = 0.05
 MIN_SPAN = 0.02  # a curve counts as significant only if it also moves the probability this much somewhere
 MIN_MEAN_SPAN = 0.05  # a nuisance is flagged only if its edits move the probability this much on average
+NULL_CHUNK = 64  # images per draw of the matched-size null's random fields (and per chunk on Ray)
 
 
 @dataclass
@@ -104,7 +107,7 @@ def _editors(world, re_render: Sequence[str] | None = None):
 def property_sensitivity(classifier, images: Tensor, metadata: Sequence[dict[str, Any]] | None = None,
                          properties: Sequence[str] | None = None, steps: int = 8, permutations: int = 200,
                          ids: Sequence[str] | None = None, progress: bool = False, ranges: EditRanges | None = None,
-                         null: bool = True, seed: int = 0) -> list[PropertyEffect]:
+                         null: bool = True, seed: int = 0, offset: int = 0) -> list[PropertyEffect]:
     """EPGM of the predicted class along every property edit, per sample (for parametric edits both directions
     where there are two, the larger kept; re-rendered attributes go up by half their training band, hues half way
     round). ``metadata`` rows that carry a registered world's generating attributes (see :func:`rendering_world`)
@@ -115,7 +118,12 @@ def property_sensitivity(classifier, images: Tensor, metadata: Sequence[dict[str
     steps, each changing the image by exactly as much (pixel L2) as the property edit does, along a random field
     instead of the property (:func:`null_sequence`: smooth for parametric edits, with the edit's own spatial
     frequencies for re-rendered attributes). It is what the same model does for a change of
-    that size that carries no particular property; a property counts only by how far it exceeds it."""
+    that size that carries no particular property; a property counts only by how far it exceeds it. The null's
+    random fields are drawn per chunk of 64 images from ``seed`` and the chunk's position; ``offset`` (a multiple
+    of 64) is the position of ``images[0]`` in a larger sample split across workers, so each image gets the same
+    field as when the sample is measured whole."""
+    if offset % NULL_CHUNK:
+        raise ValueError(f"offset must be a multiple of {NULL_CHUNK}, got {offset}")
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
     if steps < 2:
@@ -149,7 +157,7 @@ def property_sensitivity(classifier, images: Tensor, metadata: Sequence[dict[str
             spans.append(curve.probabilities.amax(1) - curve.probabilities.amin(1))
             if null:
                 nulls.append(_null_epgm(classifier, editor, images, strengths, predicted, rendered,
-                                        seed=seed * 1000 + number * 10 + d))
+                                        seed=seed * 1000 + number * 10 + d, offset=offset))
         out.append(PropertyEffect(editor.property, kind, torch.stack(values).amax(0),
                                   (torch.stack(ps).amin(0) * len(ps)).clamp(max=1.0), torch.stack(flips).any(0),
                                   predicted, list(ids) if ids is not None else [str(i) for i in range(len(images))],
@@ -186,9 +194,9 @@ def null_sequence(sequence: Tensor, seed: int = 0, cells: int = 4, kind: str = "
 
 
 def _null_epgm(classifier, editor, images: Tensor, strengths: Tensor, predicted: Tensor, attributes, seed: int,
-               chunk: int = 64) -> Tensor:
+               offset: int = 0) -> Tensor:
     """EPGM ``(N,)`` of the predicted class along the matched-size null of one edit, in chunks of images."""
-    out = []
+    out, chunk = [], NULL_CHUNK
     s = torch.as_tensor(strengths, dtype=torch.float32)
     for i in range(0, len(images), chunk):
         part = s[i:i + chunk] if s.dim() == 2 else s
@@ -197,7 +205,7 @@ def _null_epgm(classifier, editor, images: Tensor, strengths: Tensor, predicted:
             seq = editor.edit(None, part, attributes=sub)
         else:
             seq = editor.edit(images[i:i + chunk], part)
-        noise = null_sequence(seq, seed + i, kind="spectral" if attributes is not None else "smooth")
+        noise = null_sequence(seq, seed + offset + i, kind="spectral" if attributes is not None else "smooth")
         n, steps = noise.shape[:2]
         with torch.inference_mode():
             probs = torch.softmax(classifier.logits(noise.reshape(n * steps, *noise.shape[2:])), 1).float().cpu()
@@ -399,14 +407,17 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
           properties: Sequence[str] | None = None, flag_score: str = AUTO, flag_below: float | None = None,
           flag_percentile: float | None = None, steps: int = 8, permutations: int = 200, batch_size: int = 64,
           restart: bool = False, progress: bool = True, seed: int = 0, data_spec: str | None = None,
-          model_spec: str | None = None, flag_share: float | None = None, **model_options: Any) -> AuditResult:
+          model_spec: str | None = None, flag_share: float | None = None,
+          engine: str | RayEngine | dict | None = None, **model_options: Any) -> AuditResult:
     """Audit ``data`` and ``model`` for bias; writes OUT/audit.json, OUT/audit.html and OUT/run.sqlite and returns
     an :class:`AuditResult` (the content of audit.json). ``sample`` images (drawn at random with ``seed``; ``None``
     = all) get the property edits; every image gets scores, flags and slices. ``nuisance`` names the properties
     that should not matter. ``fitted`` may be None (flags then come from a share of the run, 10 % by default, and
     the nearest trusted images of flagged samples from the run's most trusted images); ``flag_score="auto"`` is
-    chosen as in :func:`cfx.explain`."""
+    chosen as in :func:`cfx.explain`. ``engine="ray"`` (or a :class:`cfx.jobs.distributed.RayEngine`) scores
+    and edits on a Ray actor pool, with the same results (see docs/scale.md)."""
     t0 = time.perf_counter()
+    engine = resolve_engine(engine)
     if sample is not None and sample < 1:
         raise ValueError(f"sample must be a positive number of images (or None for all), got {sample}")
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
@@ -421,22 +432,33 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
     with store.db:
         store.set_meta("flag_score", job.flag_choice.to_dict())
     try:
-        result = _audit(store, job.classifier, job.fitted, job.source, job.threshold, job.methods, list(nuisance),
-                        sample, properties, steps, permutations, batch_size, progress, seed, job.model_name, t0)
+        if engine is None:
+            result = _audit(store, job.classifier, job.fitted, job.source, job.threshold, job.methods,
+                            list(nuisance), sample, properties, steps, permutations, batch_size, progress, seed,
+                            job.model_name, t0)
+        else:
+            with ray_session(engine, progress):
+                with store.db:
+                    store.set_meta("engine", engine.describe())
+                context = worker_context(engine, job.classifier, job.fitted, job.source)
+                result = _audit(store, job.classifier, job.fitted, job.source, job.threshold, job.methods,
+                                list(nuisance), sample, properties, steps, permutations, batch_size, progress, seed,
+                                job.model_name, t0, engine, context)
     finally:
         store.close()
     return AuditResult(**result, out=Path(out))
 
 
 def _audit(store, classifier, fitted, source, threshold, methods, nuisance, sample, properties, steps,
-           permutations, batch_size, progress, seed, model_name, t0) -> dict[str, Any]:
+           permutations, batch_size, progress, seed, model_name, t0, engine: RayEngine | None = None,
+           context: WorkerContext | None = None) -> dict[str, Any]:
     if store.get_meta("model_name") is None:
         with store.db:
             store.set_meta("model_name", model_name)
             store.set_meta("class_names", classifier.class_names)
     # ---- every image: scores, flags, image statistics (resumable by id)
     score_into_store(store, classifier, fitted, source, threshold, methods, batch_size, progress,
-                     annotate=_basic_statistics)
+                     annotate=_basic_statistics, engine=engine, context=context)
     threshold = fix_share_threshold(store, threshold, source, classifier.preprocessing.size, batch_size,
                                     keep_flagged_images=False)
     size = classifier.preprocessing.size
@@ -453,37 +475,47 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
         order = rng.permutation(len(good))
         chosen = [good[i] for i in sorted(order[:sample] if sample is not None else order)]
         picked_ids = [s["id"] for s in chosen]
-        wanted = set(picked_ids)
-        images, meta = {}, {}
-        for batch in iter_batches((r for r in source if r.id in wanted), batch_size, size=size):
-            for i, sid in enumerate(batch.ids):
-                images[sid] = batch.images[i]
-                meta[sid] = batch.metadata[i]
-        picked_ids = [sid for sid in picked_ids if sid in images]
-        x = torch.stack([images[sid] for sid in picked_ids])
-        rows = [meta[sid] for sid in picked_ids]
-        world, attributes = rendering_world(rows, x.shape[-1])
-        available = {e.property for e, _ in _editors(world)}
-        measured = set(properties) if properties else available
-        missing = sorted((set(nuisance) | measured) - available) or sorted(set(nuisance) - measured)
-        if missing:
-            raise ValueError(f"unknown or unmeasured properties {missing}; this data supports: "
-                             f"{', '.join(sorted(available))}")
+        flagged_picked = [flagged_by_id[sid] for sid in picked_ids]
+        statistics = _stored_statistics(chosen)
         t1 = time.perf_counter()
-        ranges = _audit_ranges(fitted, x, [flagged_by_id[sid] for sid in picked_ids])
-        effects = property_sensitivity(classifier, x, rows, properties, steps, permutations, picked_ids, progress,
-                                       ranges=ranges, seed=seed)
-        effects_json = [{"property": e.property, "kind": e.kind, "epgm": e.epgm.tolist(),
-                         "p_value": e.p_value.tolist(), "flips": e.flips.tolist(), "predicted": e.predicted.tolist(),
-                         "span": e.span.tolist() if e.span is not None else None,
-                         "null_epgm": e.null_epgm.tolist() if e.null_epgm is not None else None}
-                        for e in effects]
+        if engine is None:
+            wanted = set(picked_ids)
+            images, meta = {}, {}
+            for batch in iter_batches((r for r in source if r.id in wanted), batch_size, size=size):
+                for i, sid in enumerate(batch.ids):
+                    images[sid] = batch.images[i]
+                    meta[sid] = batch.metadata[i]
+            picked_ids = [sid for sid in picked_ids if sid in images]
+            x = torch.stack([images[sid] for sid in picked_ids])
+            rows = [meta[sid] for sid in picked_ids]
+            world, attributes = rendering_world(rows, x.shape[-1])
+            _check_properties(world, properties, nuisance)
+            ranges = _audit_ranges(fitted, flagged_picked, statistics, x)
+            effects = property_sensitivity(classifier, x, rows, properties, steps, permutations, picked_ids,
+                                           progress, ranges=ranges, seed=seed)
+            effects_json = [_effect_json(e) for e in effects]
+            images_of = lambda index: x[torch.as_tensor(index)]  # noqa: E731
+        else:
+            position = {sid: p for p, sid in enumerate(source.ids())}
+            first = read_batch(source, [position[picked_ids[0]]], size)
+            image_size = tuple(size) if size is not None else tuple(first.images.shape[-2:])
+            rows = [{k: v for k, v in s["metadata"].items() if not k.startswith("_")} for s in chosen]
+            world, attributes = rendering_world(rows, image_size[-1])
+            _check_properties(world, properties, nuisance)
+            if statistics is None:
+                raise ValueError("this run was scored without the image statistics the audit's edit ranges need "
+                                 "on Ray: run it again with --restart")
+            ranges = _audit_ranges(fitted, flagged_picked, statistics)
+            effects_json = _ray_property_effects(store, engine, context, picked_ids, position, image_size, properties,
+                                                 steps, permutations, ranges, seed, progress, world is not None)
+            images_of = lambda index: read_batch(source, [position[picked_ids[i]] for i in index],  # noqa: E731
+                                                 image_size).images
         with store.db:
             store.set_meta("audit_effects", effects_json)
             store.set_meta("audit_sample", picked_ids)
             store.set_meta("edit_ranges", ranges.to_dict() if ranges is not None else None)
             store.set_meta("audit_property_seconds", time.perf_counter() - t1)
-        _store_examples(store, effects_json, picked_ids, x, world, attributes)
+        _store_examples(store, effects_json, picked_ids, images_of, world, attributes)
     effects = [PropertyEffect(e["property"], e["kind"], torch.tensor(e["epgm"]), torch.tensor(e["p_value"]),
                               torch.tensor(e["flips"]), torch.tensor(e["predicted"]), picked_ids,
                               torch.tensor(e["span"]) if e.get("span") is not None else None,
@@ -527,42 +559,132 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
     return result
 
 
-def _audit_ranges(fitted, sample: Tensor, flagged: Sequence[bool]) -> EditRanges | None:
+def _audit_ranges(fitted, flagged: Sequence[bool], statistics: dict[str, Tensor] | None = None,
+                  sample: Tensor | None = None) -> EditRanges | None:
     """How far the audit's parametric edits go: the fitted folder's edit ranges, else those of the sample's trusted
-    (unflagged) images (all of them when fewer than 10 are trusted)."""
+    (unflagged) images (all of them when fewer than 10 are trusted), from their ``statistics`` stored while
+    scoring (else measured on the ``sample`` images)."""
     stored = fitted.manifest.get("edit_ranges") if fitted is not None else None
     if stored:
         return EditRanges.from_dict(stored)
-    trusted = sample[~torch.as_tensor(list(flagged), dtype=torch.bool)] if len(flagged) else sample
-    reference = trusted if len(trusted) >= 10 else sample
-    if len(reference) < 2:
+    n = len(flagged)
+    trusted = ~torch.as_tensor(list(flagged), dtype=torch.bool) if n else torch.zeros(0, dtype=torch.bool)
+    keep = trusted if int(trusted.sum()) >= 10 else torch.ones(n, dtype=torch.bool)
+    if int(keep.sum()) < 2:
         return None
-    return EditRanges.measure(reference, source=f"{len(reference)} {'trusted ' if reference is trusted else ''}"
-                                                "images of the audited sample")
+    source = f"{int(keep.sum())} {'trusted ' if int(trusted.sum()) >= 10 else ''}images of the audited sample"
+    if statistics is not None:
+        return EditRanges.from_values({k: v[keep] for k, v in statistics.items()}, source=source)
+    return EditRanges.measure(sample[keep], source=source)
+
+
+def _stored_statistics(samples: Sequence[dict[str, Any]]) -> dict[str, Tensor] | None:
+    """Every :data:`PROPERTY_STATISTICS` value of ``samples``, as stored while scoring; None if any is missing (a
+    run scored by an older cfx)."""
+    try:
+        return {name: torch.tensor([float(s["metadata"]["_stats"][name]) for s in samples])
+                for name in PROPERTY_STATISTICS}
+    except (KeyError, TypeError):
+        return None
+
+
+def _check_properties(world, properties, nuisance) -> None:
+    available = {e.property for e, _ in _editors(world)}
+    measured = set(properties) if properties else available
+    missing = sorted((set(nuisance) | measured) - available) or sorted(set(nuisance) - measured)
+    if missing:
+        raise ValueError(f"unknown or unmeasured properties {missing}; this data supports: "
+                         f"{', '.join(sorted(available))}")
+
+
+def _effect_json(e: PropertyEffect) -> dict[str, Any]:
+    return {"property": e.property, "kind": e.kind, "epgm": e.epgm.tolist(), "p_value": e.p_value.tolist(),
+            "flips": e.flips.tolist(), "predicted": e.predicted.tolist(),
+            "span": e.span.tolist() if e.span is not None else None,
+            "null_epgm": e.null_epgm.tolist() if e.null_epgm is not None else None}
+
+
+class PropertyWorker:
+    """A Ray actor's share of the audit's property edits: one chunk of the sample, measured as
+    :func:`property_sensitivity` measures the whole (the chunk's offset keeps the null's random fields)."""
+
+    def __init__(self, context: WorkerContext, image_size: tuple[int, int], properties, steps: int,
+                 permutations: int, ranges: dict | None, seed: int, re_render: bool):
+        self.classifier, _, self.source = open_worker(context)
+        self.re_render = re_render  # whether the whole sample can be re-rendered (decided on the driver)
+        self.size, self.properties, self.steps, self.permutations = image_size, properties, steps, permutations
+        self.ranges = EditRanges.from_dict(ranges) if ranges is not None else None
+        self.seed = seed
+
+    def run(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        batch = read_batch(self.source, item["positions"], self.size)
+        if batch.errors or batch.ids != list(item["ids"]):
+            raise RuntimeError("the data source changed since it was scored; rerun the audit with --restart")
+        metadata = batch.metadata if self.re_render else None
+        effects = property_sensitivity(self.classifier, batch.images, metadata, self.properties, self.steps,
+                                       self.permutations, batch.ids, ranges=self.ranges, seed=self.seed,
+                                       offset=item["offset"])
+        return [_effect_json(e) for e in effects]
+
+
+def _ray_property_effects(store, engine, context, ids, position, image_size, properties, steps, permutations,
+                          ranges, seed, progress, re_render: bool) -> list[dict[str, Any]]:
+    """The property edits of the sample on an actor pool, in chunks of :data:`NULL_CHUNK` images; each chunk's
+    result is stored as it arrives (a resumed audit sends only the missing chunks), then they are joined."""
+    chunks = [ids[i:i + NULL_CHUNK] for i in range(0, len(ids), NULL_CHUNK)]
+    done = store.get_meta("audit_chunks") or {}
+    if done and done.get("ids") != ids:
+        done = {}
+    parts = dict(done.get("parts", {}))
+    items = [{"ids": c, "positions": [position[sid] for sid in c], "offset": k * NULL_CHUNK, "chunk": k}
+             for k, c in enumerate(chunks) if str(k) not in parts]
+    worker = {"context": context, "image_size": image_size, "properties": properties, "steps": steps,
+              "permutations": permutations, "ranges": ranges.to_dict() if ranges is not None else None, "seed": seed,
+              "re_render": re_render}
+    bar = tqdm(total=len(ids), initial=len(ids) - sum(len(i["ids"]) for i in items), desc="property edits",
+               unit="img", disable=not progress)
+    for item, effects in zip(items, ray_map(engine, PropertyWorker, worker, items)):
+        parts[str(item["chunk"])] = effects
+        with store.db:
+            store.set_meta("audit_chunks", {"ids": ids, "parts": parts})
+        bar.update(len(item["ids"]))
+    bar.close()
+    ordered = [parts[str(k)] for k in range(len(chunks))]
+    joined = []
+    for j, first in enumerate(ordered[0]):
+        entry = dict(first)
+        for key in ("epgm", "p_value", "flips", "predicted", "span", "null_epgm"):
+            entry[key] = None if first[key] is None else [v for part in ordered for v in part[j][key]]
+        joined.append(entry)
+    return joined
 
 
 def _basic_statistics(images: Tensor) -> dict[str, Tensor]:
-    """Brightness (mean luma), contrast (its std) and saturation (mean max − min over channels) per image, the
-    cheap part of :func:`cfx.evidence.image_statistics`, for binned slices."""
-    return {name: PROPERTY_STATISTICS[name](images) for name in ("brightness", "contrast", "saturation")}
+    """Per image, every statistic of :data:`cfx.generators.PROPERTY_STATISTICS` (brightness, contrast, saturation
+    and high-frequency energy, each computed once): the binned slices use the first three, the audit's edit
+    ranges all of them."""
+    computed: dict[Any, Tensor] = {}
+    return {name: computed.setdefault(fn, fn(images)) for name, fn in PROPERTY_STATISTICS.items()}
 
 
-def _store_examples(store, effects_json, ids, x, world, attributes, per_property: int = 3) -> None:
-    """For each property, the samples it moves most, with the original and its most-edited version."""
+def _store_examples(store, effects_json, ids, images_of, world, attributes, per_property: int = 3) -> None:
+    """For each property, the samples it moves most, with the original and its most-edited version
+    (``images_of(indices)`` reads those samples' images)."""
     editors = {e.property: (e, k) for e, k in _editors(world)}
     images = {}
     for entry in effects_json:
         editor, kind = editors[entry["property"]]
         top = np.argsort(-np.array(entry["epgm"]))[:per_property]
+        x_top = images_of(top.tolist())
         direction = editor.directions[0]
         end = editor.sweep(direction, steps=2)[-1:]
         if kind == "re-rendering":
             sub = {k: v[torch.as_tensor(top)] for k, v in attributes.items()}
             seq = editor.edit(None, end, attributes=sub)
         else:
-            seq = editor.edit(x[torch.as_tensor(top)], end)
+            seq = editor.edit(x_top, end)
         for j, i in enumerate(top.tolist()):
-            images[(ids[i], "original")] = x[i]
+            images[(ids[i], "original")] = x_top[j]
             images[(ids[i], f"edit:{entry['property']}")] = seq[j, -1]
     store.add_explanations([], images)
 

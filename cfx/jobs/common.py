@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cfx.core.data import DataSourceError, ImageSource, iter_batches, open_source
+from cfx.core.data import Batch, DataSourceError, ImageSource, iter_batches, open_source
 from cfx.core.models import Classifier, load_classifier
-from cfx.core.runstore import RunStore
+from cfx.core.runstore import RunStore, png_bytes
 from cfx.evidence import RunReference
+from cfx.trust.scoring import ScoreTable
 from cfx.trust.fitted import Fitted
 from cfx.trust.scores import SCORES, applicable_scores, default_scores, score_batch
 from cfx.trust.threshold import (
@@ -28,8 +29,10 @@ from cfx.trust.threshold import (
     resolve_threshold,
 )
 
+from .distributed import RayEngine, WorkerContext, open_worker, ray_map, read_batch, worker_context
+
 __all__ = ["AuditResult", "ExplainResult", "JobInputs", "fix_share_threshold", "json_default", "open_job_inputs",
-           "run_reference", "score_into_store"]
+           "run_reference", "score_into_store", "score_rows", "score_table_on_ray", "ScoringWorker"]
 
 DEFAULT_FLAG_PERCENTILE = 10.0  # with a fitted folder: of its calibration scores
 DEFAULT_FLAG_SHARE = 10.0       # without one: of this run
@@ -106,12 +109,14 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
 def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | None, source: ImageSource,
                      threshold: Threshold,
                      methods: Sequence[str], batch_size: int = 64, progress: bool = True,
-                     keep_flagged_images: bool = False, annotate=None) -> None:
+                     keep_flagged_images: bool = False, annotate=None, engine: RayEngine | None = None,
+                     context: WorkerContext | None = None) -> None:
     """Score and flag every input of ``source`` that the store does not have yet, one transaction per batch.
 
     Unreadable inputs become error rows. ``keep_flagged_images`` stores the flagged images (for the explanations
     and the report); ``annotate(images) -> {name: (B,) tensor}`` adds per-image values to the metadata under
-    ``"_stats"`` (the audit's binned image statistics).
+    ``"_stats"`` (the audit's binned image statistics). With a Ray ``engine`` (and the actors' ``context``) the
+    batches are scored by an actor pool and written here, in input order, as they come back.
     """
     done = store.scored_ids()
     total = len(source) if hasattr(source, "__len__") else None
@@ -119,36 +124,109 @@ def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | N
     n_scored = 0
     bar = tqdm(total=total, initial=min(len(done), total or len(done)), desc="scoring", unit="img",
                disable=not progress)
-    for batch in iter_batches((r for r in source if r.id not in done), batch_size,
-                              size=classifier.preprocessing.size):
-        rows = [{"id": r.id, "label": r.label, "prediction": None, "scores": {}, "flagged": False,
-                 "error": r.error, "metadata": r.metadata} for r in batch.errors]
-        flagged_images = {}
-        if len(batch):
-            result = score_batch(classifier, batch.images, methods, fitted=fitted)
-            pred = result.logits.argmax(1)
-            flags = (torch.zeros(len(batch), dtype=torch.bool) if threshold.pending  # flagged once all are scored
-                     else flag(result.scores[threshold.score], threshold))
-            extra = annotate(batch.images) if annotate is not None else None
-            for i, sid in enumerate(batch.ids):
-                err = result.errors[i]
-                is_flagged = bool(flags[i]) and err is None
-                meta = batch.metadata[i]
-                if extra is not None:
-                    meta = dict(meta, _stats={k: float(v[i]) for k, v in extra.items()})
-                rows.append({"id": sid, "label": int(batch.labels[i]) if int(batch.labels[i]) >= 0 else None,
-                             "prediction": None if err else int(pred[i]),
-                             "scores": {m: float(v[i]) for m, v in result.scores.items()}, "flagged": is_flagged,
-                             "error": err, "metadata": meta})
-                if is_flagged and keep_flagged_images:
-                    flagged_images[sid] = batch.images[i]
-            n_scored += len(batch)
+    if engine is not None:
+        todo = [p for p, sid in enumerate(source.ids()) if sid not in done]
+        chunk = engine.batch_size or batch_size
+        items = [{"positions": todo[i:i + chunk]} for i in range(0, len(todo), chunk)]
+        worker = {"context": context, "methods": list(methods), "threshold": threshold.to_dict(),
+                  "keep_flagged_images": keep_flagged_images, "annotate": annotate}
+        results = ray_map(engine, ScoringWorker, worker, items)
+    else:
+        results = (score_rows(classifier, fitted, batch, threshold, methods, keep_flagged_images, annotate)
+                   for batch in iter_batches((r for r in source if r.id not in done), batch_size,
+                                             size=classifier.preprocessing.size))
+    for rows, flagged_images in results:
+        n_scored += sum(r["error"] is None for r in rows)
         store.add_samples(rows, flagged_images)
-        bar.update(len(batch) + len(batch.errors))
+        bar.update(len(rows))
     bar.close()
     if n_scored:
         with store.db:
             store.set_meta("score_seconds", time.perf_counter() - t0 + store.get_meta("score_seconds", 0.0))
+
+
+def score_table_on_ray(engine: RayEngine, classifier: Classifier, source: ImageSource, methods: Sequence[str],
+                       batch_size: int = 64, progress: bool = True, **score_options: Any) -> ScoreTable:
+    """``cfx trust --ray``: :func:`cfx.trust.scoring.score_source` on a Ray actor pool (in the open
+    :func:`~cfx.jobs.distributed.ray_session`), the same table in input order. ``score_options`` as there (a
+    ``fitted`` folder is loaded by each actor from its path)."""
+    fitted = score_options.get("fitted")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    unknown = [m for m in methods if m not in SCORES]
+    if unknown:
+        raise ValueError(f"unknown score(s) {unknown}; known: {', '.join(SCORES)}")
+    context = worker_context(engine, classifier, fitted, source)
+    positions = list(range(len(source)))
+    chunk = engine.batch_size or batch_size
+    items = [{"positions": positions[i:i + chunk]} for i in range(0, len(positions), chunk)]
+    options = {k: v for k, v in score_options.items() if k != "fitted"}  # each actor loads the fitted folder
+    worker = {"context": context, "methods": list(methods), "threshold": None, "score_options": options}
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(positions), desc="scoring", unit="img", disable=not progress)
+    for part, _ in ray_map(engine, ScoringWorker, worker, items):
+        rows += part
+        bar.update(len(part))
+    bar.close()
+    if not rows:
+        raise ValueError("the data source is empty: no images were found; check the path or manifest")
+    nan = float("nan")
+    return ScoreTable([r["id"] for r in rows],
+                      torch.tensor([-1 if r["label"] is None else r["label"] for r in rows], dtype=torch.long),
+                      torch.tensor([-1 if r["prediction"] is None else r["prediction"] for r in rows],
+                                   dtype=torch.long),
+                      {m: torch.tensor([r["scores"].get(m, nan) for r in rows], dtype=torch.float32)
+                       for m in methods},
+                      [r["error"] for r in rows], [r["metadata"] for r in rows])
+
+
+class ScoringWorker:
+    """A Ray actor's scoring: chunks of positions of the data source, read in the actor, scored as
+    :func:`score_rows` does; the flagged images come back as PNG bytes."""
+
+    def __init__(self, context: WorkerContext, methods: Sequence[str], threshold: dict | None,
+                 keep_flagged_images: bool = False, annotate=None, score_options: dict | None = None):
+        self.classifier, self.fitted, self.source = open_worker(context)
+        self.methods, self.keep, self.annotate = list(methods), keep_flagged_images, annotate
+        self.threshold = Threshold.from_dict(threshold) if threshold is not None else None
+        # the fitted folder is the actor's own (loaded from its path); the other options go to score_batch
+        self.options = {k: v for k, v in (score_options or {}).items() if k != "fitted"}
+
+    def run(self, item: dict[str, Any]) -> tuple[list[dict], dict[str, bytes]]:
+        batch = read_batch(self.source, item["positions"], self.classifier.preprocessing.size)
+        rows, images = score_rows(self.classifier, self.fitted, batch, self.threshold, self.methods, self.keep,
+                                  self.annotate, self.options)
+        return rows, {sid: png_bytes(x) for sid, x in images.items()}
+
+
+def score_rows(classifier: Classifier, fitted: Fitted | None, batch: Batch, threshold: Threshold | None,
+               methods: Sequence[str], keep_flagged_images: bool = False, annotate=None,
+               score_options: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """The run-store rows of one batch (error records included) and, with ``keep_flagged_images``, the flagged
+    images by id: what :func:`score_into_store` writes, and what a distributed scoring worker sends back. Without
+    a ``threshold`` (or while it is pending) nothing is flagged."""
+    rows = [{"id": r.id, "label": r.label, "prediction": None, "scores": {}, "flagged": False,
+             "error": r.error, "metadata": r.metadata} for r in batch.errors]
+    flagged_images = {}
+    if len(batch):
+        result = score_batch(classifier, batch.images, methods, fitted=fitted, **(score_options or {}))
+        pred = result.logits.argmax(1)
+        flags = (torch.zeros(len(batch), dtype=torch.bool) if threshold is None or threshold.pending
+                 else flag(result.scores[threshold.score], threshold))
+        extra = annotate(batch.images) if annotate is not None else None
+        for i, sid in enumerate(batch.ids):
+            err = result.errors[i]
+            is_flagged = bool(flags[i]) and err is None
+            meta = batch.metadata[i]
+            if extra is not None:
+                meta = dict(meta, _stats={k: float(v[i]) for k, v in extra.items()})
+            rows.append({"id": sid, "label": int(batch.labels[i]) if int(batch.labels[i]) >= 0 else None,
+                         "prediction": None if err else int(pred[i]),
+                         "scores": {m: float(v[i]) for m, v in result.scores.items()}, "flagged": is_flagged,
+                         "error": err, "metadata": meta})
+            if is_flagged and keep_flagged_images:
+                flagged_images[sid] = batch.images[i]
+    return rows, flagged_images
 
 
 def fix_share_threshold(store: RunStore, threshold: Threshold, source: ImageSource, size, batch_size: int,

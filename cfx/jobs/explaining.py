@@ -17,16 +17,18 @@ import inspect
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from cfx.core.data import ImageSource
 from cfx.core.models import Classifier, model_fingerprint
-from cfx.core.runstore import RunStore, png_tensor
-from cfx.evidence import (GENERATORS, RunReference, collect_evidence, generator_availability,
+from cfx.core.runstore import RunStore, png_bytes, png_tensor
+from cfx.evidence import (GENERATORS, Evidence, RunReference, collect_evidence, generator_availability,
                           resolve_edit_ranges)
 from cfx.generators import EditRanges, RunRankTarget
 from cfx.prompts import make_reporter, reporter_name
@@ -35,6 +37,8 @@ from cfx.trust.fitted import Fitted
 from cfx.trust.scores import SCORES, LogitScore
 from cfx.trust.threshold import AUTO, Threshold
 
+from .distributed import (RayEngine, WorkerContext, as_stored, open_worker, ray_map, ray_session, read_batch,
+                          resolve_engine, worker_context)
 from .common import (
     ExplainResult,
     fix_share_threshold,
@@ -56,7 +60,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
             dataset_description: str | None = None, report: bool = True, data_spec: str | None = None,
             model_spec: str | None = None, flag_share: float | None = None,
             reporter_options: dict[str, Any] | None = None, edit_range: str = "reference",
-            **model_options: Any) -> ExplainResult:
+            engine: str | RayEngine | dict | None = None, **model_options: Any) -> ExplainResult:
     """Explain why predictions are untrusted, resumably; returns an :class:`ExplainResult` (the same content as
     OUT/summary.json).
 
@@ -75,10 +79,17 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     :class:`cfx.generators.EditRanges`) or over each editor's full range (``"full"``).
     ``reporter`` and ``reporter_options`` (e.g. ``{"model": "llava", "timeout": 20, "concurrency": 8,
     "api_key_env": "MY_KEY"}`` for ``openai:URL``): see :func:`cfx.prompts.make_reporter`. ``data_spec`` /
-    ``model_spec`` name the data and model in the report when they are passed as objects. Writes OUT/run.sqlite,
-    OUT/summary.json and (``report=True``) OUT/report.html.
+    ``model_spec`` name the data and model in the report when they are passed as objects. ``engine``: None or
+    ``"local"`` runs in this process; ``"ray"`` (or a :class:`cfx.jobs.distributed.RayEngine`) scores and
+    explains on a Ray actor pool with the same results (the run store, the threshold, the reporter and its request
+    limits stay in this process; see docs/scale.md). Writes OUT/run.sqlite, OUT/summary.json and
+    (``report=True``) OUT/report.html.
     """
     t_start = time.perf_counter()
+    engine = resolve_engine(engine)
+    if batch_size < 1 or explain_batch_size < 1:
+        raise ValueError(f"batch_size and explain_batch_size must be at least 1, got {batch_size} and "
+                         f"{explain_batch_size}")
     if edit_range not in ("reference", "full"):
         raise ValueError(f"edit_range must be 'reference' or 'full', got {edit_range!r}")
     if generators is not None:
@@ -109,45 +120,57 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
         if store.get_meta("model_name") is None:
             store.set_meta("model_name", job.model_name)
     try:
-        summary = _run(store, job.classifier, fitted, job.source, reporter, job.threshold, job.methods,
-                       list(generators), batch_size, explain_batch_size, progress, report, edit_range)
+        if engine is None:
+            summary = _run(store, job.classifier, fitted, job.source, reporter, job.threshold, job.methods,
+                           list(generators), batch_size, explain_batch_size, progress, report, edit_range)
+        else:
+            with ray_session(engine, progress):
+                with store.db:
+                    store.set_meta("engine", engine.describe())
+                context = worker_context(engine, job.classifier, fitted, job.source)
+                summary = _run(store, job.classifier, fitted, job.source, reporter, job.threshold, job.methods,
+                               list(generators), batch_size, explain_batch_size, progress, report, edit_range,
+                               engine, context)
     finally:
         store.close()
     return ExplainResult.from_summary(summary, Path(out), time.perf_counter() - t_start)
 
 
-def _trust_target(store: RunStore, classifier: Classifier, score: str) -> RunRankTarget:
+def _trust_target_spec(store: RunStore, score: str) -> dict[str, Any]:
     """Without a fitted folder: the flag score's rank in this run (MSP's when the flag score is not a function of
-    the logits), from the scores stored for the whole run."""
+    the logits), from the scores stored for the whole run: ``RunRankTarget(classifier, **spec)``."""
     if not isinstance(SCORES.get(score), LogitScore):
         score = "msp"
     values = [s["scores"].get(score) for s in store.samples() if s["error"] is None]
-    return RunRankTarget(classifier, score, [v for v in values if v is not None])
+    return {"score": score, "run_scores": [v for v in values if v is not None]}
 
 
 def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source: ImageSource, reporter,
          threshold: Threshold, methods, generators, batch_size, explain_batch_size, progress,
-         report, edit_range: str = "reference") -> dict[str, Any]:
+         report, edit_range: str = "reference", engine: RayEngine | None = None,
+         context: WorkerContext | None = None) -> dict[str, Any]:
     names = classifier.class_names
     if store.get_meta("class_names") is None:
         with store.db:
             store.set_meta("class_names", names)
     # ---- stage 1: score and flag every input (skipping what the store already has)
     score_into_store(store, classifier, fitted, source, threshold, methods, batch_size, progress,
-                     keep_flagged_images=True)
+                     keep_flagged_images=True, engine=engine, context=context)
+    # (on Ray the actors read the flagged images themselves when they explain them)
     threshold = fix_share_threshold(store, threshold, source, classifier.preprocessing.size, batch_size,
-                                    keep_flagged_images=True)
+                                    keep_flagged_images=engine is None)
     # ---- stage 2: explain the flagged samples not explained yet
     flagged, explained = store.flagged_ids(), store.explained_ids()
     todo = [sid for sid in flagged if sid not in explained]
-    reference = target = None
+    reference = target = target_spec = None
     if todo and (fitted is None or "nn" in generators):  # the run is its own reference
         reference = run_reference(store, classifier, source, threshold.score, batch_size)
         if reference is None and "nn" in generators:
             generators = [g for g in generators if g != "nn"]
             _record_unavailable(store, "nn", "fewer than 2 images of the run are trusted: no reference to search")
     if todo and fitted is None:
-        target = _trust_target(store, classifier, threshold.score)
+        target_spec = _trust_target_spec(store, threshold.score)
+        target = RunRankTarget(classifier, **target_spec)
     ranges = resolve_edit_ranges(edit_range, fitted, reference) if todo else None
     if todo:
         fitted_images = "the fitted folder's confident calibration images"
@@ -163,13 +186,27 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
     t1 = time.perf_counter()
     bar = tqdm(total=len(flagged), initial=len(flagged) - len(todo), desc="explaining", unit="img",
                disable=not progress)
-    for start in range(0, len(todo), explain_batch_size):
-        ids = todo[start:start + explain_batch_size]
-        images = torch.stack([png_tensor(store.image(sid, "original")) for sid in ids])
-        rows, pictures = _explain_batch(classifier, fitted, reporter, ids, images, generators, store,
-                                        fail_fast=start == 0, target=target, reference=reference, ranges=ranges)
-        store.add_explanations(rows, pictures)
-        bar.update(len(ids))
+    # fixed chunks of the flagged samples, so a resumed run computes every sample in the same company as an
+    # uninterrupted one (a chunk that was partly stored is computed again; only what is missing is written)
+    chunks = [flagged[i:i + explain_batch_size] for i in range(0, len(flagged), explain_batch_size)]
+    chunks = [c for c in chunks if any(sid not in explained for sid in c)]
+    if engine is None:
+        batches = (evidence_batch(classifier, fitted, ids,
+                                  torch.stack([png_tensor(store.image(sid, "original")) for sid in ids]),
+                                  _labels(store, ids), generators, fail_fast=k == 0, target=target,
+                                  reference=reference, ranges=ranges) for k, ids in enumerate(chunks))
+    else:
+        position = {sid: p for p, sid in enumerate(source.ids())}
+        worker = {"context": context, "generators": generators, "reference": reference, "target": target_spec,
+                  "ranges": ranges.to_dict() if ranges is not None else None}
+        items = [{"ids": ids, "positions": [position[sid] for sid in ids], "fail_fast": k == 0}
+                 for k, ids in enumerate(chunks)]
+        batches = (payload.decoded() for payload in _ray_results(engine, worker, items))
+    for batch in batches:
+        batch = batch.without(explained)
+        if batch.ids:
+            store.add_explanations(*report_batch(reporter, batch, store))
+        bar.update(len(batch.ids))
     bar.close()
     if todo:
         store.set_meta("explain_seconds", time.perf_counter() - t1 + store.get_meta("explain_seconds", 0.0))
@@ -191,18 +228,91 @@ class ExplainConfigError(RuntimeError):
     """Every sample fails the same way: the set-up is wrong (sizes, model, fitted folder), not one image."""
 
 
-def _explain_batch(classifier: Classifier, fitted: Fitted | None, reporter, ids: list[str], images: torch.Tensor,
-                   generators: list[str], store: RunStore, fail_fast: bool = False, target: RunRankTarget | None = None,
-                   reference: RunReference | None = None, ranges: EditRanges | None = None
-                   ) -> tuple[list[dict], dict]:
-    """Evidence and explanations for one batch; when the batch fails, each sample alone, so one bad sample becomes
-    an error row and the others are explained. With ``fail_fast`` (the run's first batch), when the first two
-    samples alone fail exactly as the whole batch did, the cause is the set-up: stop with one message instead of
-    writing an error row for every sample."""
-    labels = []
-    for sid in ids:
-        row = store.db.execute("SELECT label FROM samples WHERE id = ?", (sid,)).fetchone()
-        labels.append(-1 if row is None or row[0] is None else int(row[0]))
+@dataclass
+class EvidenceBatch:
+    """The evidence half of explaining a batch of flagged samples (what a worker process computes): per sample its
+    :class:`~cfx.evidence.Evidence` or the error that stopped it, the counterfactual shown to the reporter, and the
+    pictures for the report keyed by ``(sample id, kind)``."""
+
+    ids: list[str]
+    images: list[Tensor]
+    evidence: list[Evidence | None]
+    errors: list[str | None]
+    counterfactuals: list[Tensor | None]
+    pictures: dict[tuple[str, str], Any]
+    seconds: float  # per sample
+
+    def without(self, ids: set[str]) -> "EvidenceBatch":
+        """The same batch less the samples in ``ids`` (already stored by an earlier, interrupted run)."""
+        keep = [i for i, sid in enumerate(self.ids) if sid not in ids]
+        if len(keep) == len(self.ids):
+            return self
+        kept = {self.ids[i] for i in keep}
+        return EvidenceBatch([self.ids[i] for i in keep], [self.images[i] for i in keep],
+                             [self.evidence[i] for i in keep], [self.errors[i] for i in keep],
+                             [self.counterfactuals[i] for i in keep],
+                             {k: v for k, v in self.pictures.items() if k[0] in kept}, self.seconds)
+
+    def encoded(self) -> "EvidenceBatch":
+        """Every image as PNG bytes, to send between processes (:meth:`decoded` reverses it exactly: the images
+        are 8-bit already or are stored as 8-bit PNG anyway)."""
+        def enc(x):
+            return png_bytes(x) if isinstance(x, Tensor) else x
+        return EvidenceBatch(self.ids, [enc(x) for x in self.images], self.evidence, self.errors,
+                             [enc(x) for x in self.counterfactuals], {k: enc(v) for k, v in self.pictures.items()},
+                             self.seconds)
+
+    def decoded(self) -> "EvidenceBatch":
+        def dec(x):
+            return png_tensor(x) if isinstance(x, bytes) else x
+        return EvidenceBatch(self.ids, [dec(x) for x in self.images], self.evidence, self.errors,
+                             [dec(x) for x in self.counterfactuals], self.pictures, self.seconds)
+
+
+class EvidenceWorker:
+    """A Ray actor's half of explaining: reads a chunk of flagged images from the data source (as the run store
+    would give them back), and returns their :class:`EvidenceBatch` with the originals, encoded."""
+
+    def __init__(self, context: WorkerContext, generators: list[str], reference: RunReference | None,
+                 target: dict[str, Any] | None, ranges: dict | None):
+        self.classifier, self.fitted, self.source = open_worker(context)
+        self.generators = list(generators)
+        self.reference = reference.bind(self.classifier) if reference is not None else None
+        self.target = RunRankTarget(self.classifier, **target) if target is not None else None
+        self.ranges = EditRanges.from_dict(ranges) if ranges is not None else None
+
+    def run(self, item: dict[str, Any]) -> EvidenceBatch:
+        batch = read_batch(self.source, item["positions"], self.classifier.preprocessing.size)
+        if batch.errors or batch.ids != list(item["ids"]):
+            raise RuntimeError(f"the data source changed since it was scored: expected {item['ids'][:3]}..., read "
+                               f"{batch.ids[:3]}... ({len(batch.errors)} unreadable); rerun with --restart")
+        images = as_stored(batch.images)
+        labels = [int(v) for v in batch.labels]
+        result = evidence_batch(self.classifier, self.fitted, batch.ids, images, labels, self.generators,
+                                fail_fast=item["fail_fast"], target=self.target, reference=self.reference,
+                                ranges=self.ranges)
+        result.pictures.update({(sid, "original"): images[i] for i, sid in enumerate(batch.ids)})
+        return result.encoded()
+
+
+def _ray_results(engine: RayEngine, worker: dict[str, Any], items: list[dict[str, Any]]):
+    """The actor pool's evidence batches, in order; a set-up error in an actor stops the run as it would locally."""
+    try:
+        yield from ray_map(engine, EvidenceWorker, worker, items)
+    except Exception as exc:  # Ray wraps the actor's exception: surface the set-up error as itself
+        if "ExplainConfigError" in f"{type(exc).__name__}: {exc}":
+            message = str(exc).split("ExplainConfigError: ", 1)[-1].strip().splitlines()[0]
+            raise ExplainConfigError(message) from exc
+        raise
+
+
+def evidence_batch(classifier: Classifier, fitted: Fitted | None, ids: list[str], images: Tensor,
+                   labels: list[int], generators: list[str], fail_fast: bool = False,
+                   target: RunRankTarget | None = None, reference: RunReference | None = None,
+                   ranges: EditRanges | None = None) -> EvidenceBatch:
+    """Evidence for one batch; when the batch fails, each sample alone, so one bad sample becomes an error and the
+    others get their evidence. With ``fail_fast`` (the run's first batch), when the first two samples alone fail
+    exactly as the whole batch did, the cause is the set-up: stop with one message instead of an error per sample."""
     t = time.perf_counter()
     try:
         evidence, pictures = collect_evidence(classifier, fitted, images, ids=ids, labels=labels,
@@ -211,58 +321,84 @@ def _explain_batch(classifier: Classifier, fitted: Fitted | None, reporter, ids:
     except Exception as exc:  # noqa: BLE001 - isolate the bad sample, keep the run going
         message = f"evidence failed: {type(exc).__name__}: {exc}"
         if len(ids) == 1:
-            return [{"id": ids[0], "error": message}], {}
-        rows, pics = [], {}
-        for i, sid in enumerate(ids):
-            r, p = _explain_batch(classifier, fitted, reporter, [sid], images[i:i + 1], generators, store,
-                                  target=target, reference=reference, ranges=ranges)
-            same = [row for row in rows + r if row.get("error") == message]  # explained rows may be stored already
-            if fail_fast and i == 1 and len(same) == 2:
+            return EvidenceBatch(ids, list(images), [None], [message], [None], {}, time.perf_counter() - t)
+        parts = []
+        for i in range(len(ids)):
+            parts.append(evidence_batch(classifier, fitted, ids[i:i + 1], images[i:i + 1], labels[i:i + 1],
+                                        generators, target=target, reference=reference, ranges=ranges))
+            if fail_fast and i == 1 and all(p.errors[0] == message for p in parts):
                 raise ExplainConfigError(f"the first flagged samples all fail the same way, so the set-up is wrong "
                                          f"rather than one image ({message}); nothing more was attempted. Scores "
                                          "and flags are stored: fix the cause and run the same command to resume")
-            rows += r
-            pics.update(p)
-        return rows, pics
+        return EvidenceBatch(ids, list(images), [e for p in parts for e in p.evidence],
+                             [e for p in parts for e in p.errors], [c for p in parts for c in p.counterfactuals],
+                             {k: v for p in parts for k, v in p.pictures.items()},
+                             sum(p.seconds for p in parts) / len(parts))
     seconds = (time.perf_counter() - t) / len(ids)
     main = next((g for g in ("lgd", "reco", "lnn", "igd", "nn") if g in pictures), None)
-    counterfactuals = [pictures[main][i] if main else None for i in range(len(ids))]
+    return EvidenceBatch(ids, list(images), list(evidence), [None] * len(ids),
+                         [pictures[main][i] if main else None for i in range(len(ids))],
+                         {(sid, kind): tensor[i] for kind, tensor in pictures.items() for i, sid in enumerate(ids)},
+                         seconds)
+
+
+def report_batch(reporter, batch: EvidenceBatch, store: RunStore) -> tuple[list[dict], dict]:
+    """The explanation half: the reporter on every sample with evidence (one call for the batch, so batched and
+    concurrent back-ends work at their best; each explanation is stored as it arrives when the reporter supports
+    it; if the call fails, each remaining sample alone). Returns the rows and pictures not stored yet."""
+    good = [i for i, e in enumerate(batch.evidence) if e is not None]
+    ids = batch.ids
 
     def row(i: int, exp: Any) -> tuple[dict, dict]:
-        sid, ev = ids[i], evidence[i]
+        sid, ev = ids[i], batch.evidence[i]
         if isinstance(exp, Exception):
             out = {"id": sid, "evidence": ev.to_dict(), "error": f"explanation failed: {type(exp).__name__}: {exp}",
-                   "seconds": seconds}
+                   "seconds": batch.seconds}
         else:
             out = {"id": sid, "evidence": ev.to_dict(), "explanation": exp.to_dict(), "cause": exp.cause,
-                   "seconds": seconds}
-        return out, {(sid, kind): tensor[i] for kind, tensor in pictures.items()}
+                   "seconds": batch.seconds}
+        return out, {key: value for key, value in batch.pictures.items() if key[0] == sid}
 
     stored: set[int] = set()
 
-    def store_now(i: int, exp: Any) -> None:  # each explanation is stored as it arrives
-        r, p = row(i, exp)
+    def store_now(j: int, exp: Any) -> None:  # each explanation is stored as it arrives
+        r, p = row(good[j], exp)
         store.add_explanations([r], p)
-        stored.add(i)
+        stored.add(good[j])
 
-    explanations: list[Any] = [None] * len(ids)
+    explanations: dict[int, Any] = {}
+    evidence = [batch.evidence[i] for i in good]
+    images = [batch.images[i] for i in good]
+    counterfactuals = [batch.counterfactuals[i] for i in good]
     try:  # one call for the batch (batched or concurrent back-ends); if it fails, each remaining sample alone
-        if "on_result" in inspect.signature(reporter.explain_many).parameters:
-            reporter.explain_many(evidence, list(images), counterfactuals, on_result=store_now)
+        if not good:
+            pass
+        elif "on_result" in inspect.signature(reporter.explain_many).parameters:
+            reporter.explain_many(evidence, images, counterfactuals, on_result=store_now)
         else:
-            explanations = list(reporter.explain_many(evidence, list(images), counterfactuals))
+            explanations = dict(zip(good, reporter.explain_many(evidence, images, counterfactuals)))
     except Exception:  # noqa: BLE001
-        for i, (ev, image, cf) in enumerate(zip(evidence, images, counterfactuals)):
+        for j, i in enumerate(good):
             if i in stored:
                 continue
             try:
-                explanations[i] = reporter.explain(ev, image, cf)
+                explanations[i] = reporter.explain(evidence[j], images[j], counterfactuals[j])
             except Exception as exc:  # noqa: BLE001 - one bad sample is an error row, the run goes on
                 explanations[i] = exc
     rows, pics = [], {}
     for i in range(len(ids)):
-        if i not in stored:
+        if batch.errors[i] is not None:
+            rows.append({"id": ids[i], "error": batch.errors[i]})
+        elif i not in stored:
             r, p = row(i, explanations[i])
             rows.append(r)
             pics.update(p)
     return rows, pics
+
+
+def _labels(store: RunStore, ids: list[str]) -> list[int]:
+    labels = []
+    for sid in ids:
+        row = store.db.execute("SELECT label FROM samples WHERE id = ?", (sid,)).fetchone()
+        labels.append(-1 if row is None or row[0] is None else int(row[0]))
+    return labels
