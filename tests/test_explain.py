@@ -231,3 +231,34 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(shapes_models, fitted, tm
     assert resumed.exit_code == 0, resumed.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["explained"] == summary["counts"]["flagged"] > explained
+
+
+def _evidence_outcomes(out: Path) -> dict:
+    """Per explained image: cause, restoring edit (property, direction, strength), nearest trusted image."""
+    db = sqlite3.connect(out / "run.sqlite")
+    rows = {}
+    for sid, text, cause in db.execute("SELECT id, evidence, cause FROM explanations"):
+        ev = json.loads(text)
+        edit = ev["restoring_edit"] or {}
+        rows[sid] = (cause, edit.get("property"), edit.get("direction"), edit.get("strength"),
+                     (ev.get("neighbour") or {}).get("neighbour_id"))
+    db.close()
+    return rows
+
+
+@pytest.mark.parametrize("with_fitted", [True, False])
+def test_an_images_evidence_does_not_depend_on_the_images_explained_with_it(shapes_models, fitted, tmp_path,
+                                                                            with_fitted):
+    """Chunks of 32 and of 5 flagged images give every image the same cause, restoring edit and nearest trusted
+    image (what lets a Ray run cut the work into smaller chunks than a local one and still agree with it)."""
+    from cfx.demo import demo_source
+
+    source = demo_source("demo:shapes:review")
+    options = dict(flag_percentile=20) if with_fitted else dict(flag_share=15)
+    outcomes = []
+    for size in (32, 5):
+        run = cfx.explain(shapes_models.classifier, source, fitted if with_fitted else None, tmp_path / str(size),
+                          explain_batch_size=size, progress=False, **options)
+        assert run.counts["explained"] == run.counts["flagged"] >= 40
+        outcomes.append(_evidence_outcomes(tmp_path / str(size)))
+    assert outcomes[0] == outcomes[1]

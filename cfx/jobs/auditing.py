@@ -433,6 +433,8 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
         store.set_meta("flag_score", job.flag_choice.to_dict())
     try:
         if engine is None:
+            with store.db:
+                store.set_meta("engine", {"engine": "local"})
             result = _audit(store, job.classifier, job.fitted, job.source, job.threshold, job.methods,
                             list(nuisance), sample, properties, steps, permutations, batch_size, progress, seed,
                             job.model_name, t0)
@@ -548,6 +550,7 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
         "errors": [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]],
         "flag_score": store.get_meta("flag_score"),
         "edit_ranges": store.get_meta("edit_ranges"),
+        "engine": store.get_meta("engine"),
         "timing": {"property_seconds": store.get_meta("audit_property_seconds"),
                    "total_seconds": round(time.perf_counter() - t0, 2)},
     }

@@ -126,7 +126,7 @@ def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | N
                disable=not progress)
     if engine is not None:
         todo = [p for p, sid in enumerate(source.ids()) if sid not in done]
-        chunk = engine.batch_size or batch_size
+        chunk = engine.chunk_size(len(todo), engine.batch_size or batch_size)
         items = [{"positions": todo[i:i + chunk]} for i in range(0, len(todo), chunk)]
         worker = {"context": context, "methods": list(methods), "threshold": threshold.to_dict(),
                   "keep_flagged_images": keep_flagged_images, "annotate": annotate}
@@ -158,7 +158,7 @@ def score_table_on_ray(engine: RayEngine, classifier: Classifier, source: ImageS
         raise ValueError(f"unknown score(s) {unknown}; known: {', '.join(SCORES)}")
     context = worker_context(engine, classifier, fitted, source)
     positions = list(range(len(source)))
-    chunk = engine.batch_size or batch_size
+    chunk = engine.chunk_size(len(positions), engine.batch_size or batch_size)
     items = [{"positions": positions[i:i + chunk]} for i in range(0, len(positions), chunk)]
     options = {k: v for k, v in score_options.items() if k != "fitted"}  # each actor loads the fitted folder
     worker = {"context": context, "methods": list(methods), "threshold": None, "score_options": options}
@@ -343,6 +343,7 @@ class AuditResult(_Result):
     timing: dict[str, Any]
     flag_score: dict[str, Any] | None = None  # which score flagged, and why
     edit_ranges: dict[str, Any] | None = None  # how far the parametric edits went (None: each editor's full range)
+    engine: dict[str, Any] | None = None  # where it ran: this process or Ray actors
     out: Path | None = field(default=None, repr=False)
 
     @property

@@ -14,6 +14,7 @@ Ray is an optional extra (``pip install "cfx[ray]"``); nothing here imports it u
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 from collections.abc import Iterable, Iterator, Sequence
@@ -88,6 +89,11 @@ class RayEngine:
         ray = require_ray()
         cpus = float(ray.cluster_resources().get("CPU", 1))
         return max(1, int(cpus // self.cpus_per_actor))
+
+    def chunk_size(self, n: int, at_most: int) -> int:
+        """Items per task for ``n`` items: at most ``at_most`` (the job's batch size), and small enough that every
+        actor gets about four tasks, so the pool stays busy to the end."""
+        return max(1, min(at_most, math.ceil(n / (4 * self.pool_size()))))
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "ray", "address": self.address or "local", "actors": self.pool_size(),
