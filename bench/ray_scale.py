@@ -48,7 +48,7 @@ def ray_fixed_cost() -> dict[str, float]:
 
     t = time.perf_counter()
     engine = RayEngine(actors=2)
-    with ray_session(engine, progress=False):
+    with ray_session(engine):
         started = time.perf_counter() - t
         classifier = load_classifier(MODEL[1], image_size=MODEL[3], mean=[float(v) for v in MODEL[5].split(",")],
                                      std=[float(v) for v in MODEL[7].split(",")])

@@ -508,7 +508,7 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         if engine is None:
             table = score_source(classifier, source, chosen, batch_size, progress=not quiet, **options)
         else:
-            with ray_session(engine, progress=not quiet):
+            with ray_session(engine):
                 table = score_table_on_ray(engine, classifier, source, chosen, batch_size, progress=not quiet,
                                            **options)
     except ValueError as exc:

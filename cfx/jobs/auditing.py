@@ -439,7 +439,7 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
                             list(nuisance), sample, properties, steps, permutations, batch_size, progress, seed,
                             job.model_name, t0)
         else:
-            with ray_session(engine, progress):
+            with ray_session(engine):
                 with store.db:
                     store.set_meta("engine", engine.describe())
                 context = worker_context(engine, job.classifier, job.fitted, job.source)

@@ -108,6 +108,10 @@ def resolve_engine(engine: str | RayEngine | dict | None) -> RayEngine | None:
     if engine == "ray":
         engine = RayEngine()
     elif isinstance(engine, dict):
+        unknown = sorted(set(engine) - set(RayEngine.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown engine settings {unknown}; RayEngine takes "
+                             f"{', '.join(RayEngine.__dataclass_fields__)}")
         engine = RayEngine(**engine)
     elif not isinstance(engine, RayEngine):
         raise ValueError(f"engine must be 'local', 'ray', a RayEngine or a dict of its fields; got {engine!r}")
@@ -116,7 +120,7 @@ def resolve_engine(engine: str | RayEngine | dict | None) -> RayEngine | None:
 
 
 @contextmanager
-def ray_session(engine: RayEngine, progress: bool = True) -> Iterator[Any]:
+def ray_session(engine: RayEngine) -> Iterator[Any]:
     """Ray connected for one job: joins ``engine.address`` or starts a local Ray, and disconnects (stopping the
     local Ray it started) at the end, errors included. An already connected Ray is used as it is and left running."""
     ray = require_ray()

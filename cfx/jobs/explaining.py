@@ -126,7 +126,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
             summary = _run(store, job.classifier, fitted, job.source, reporter, job.threshold, job.methods,
                            list(generators), batch_size, explain_batch_size, progress, report, edit_range)
         else:
-            with ray_session(engine, progress):
+            with ray_session(engine):
                 with store.db:
                     store.set_meta("engine", engine.describe())
                 context = worker_context(engine, job.classifier, fitted, job.source)
