@@ -260,3 +260,42 @@ def test_real_model_on_a_photo_folder_gives_the_same_results_on_ray(ray_cluster,
         assert _worst(_by_id(sa), _by_id(sb)) <= SCORE_TOLERANCE
         assert [s.get("cause") for s in sa] == [s.get("cause") for s in sb]
     assert json.loads((runs["ray"] / "explain" / "summary.json").read_text())["counts"]["explained"] == 2
+
+
+def _guarded(classifier, refuse):
+    """The demo classifier inside a module that refuses gradient passes on the images ``refuse(x)`` picks (scoring
+    needs no gradient; IGD does). Defined here so that Ray pickles it by value to the actors."""
+
+    class Guarded(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            if torch.is_grad_enabled() and bool(refuse(x).any()):
+                raise RuntimeError("this image refuses gradients")
+            return self.net(x)
+
+    return cfx.Classifier.wrap(Guarded(classifier.model), preprocessing=classifier.preprocessing,
+                               class_names=classifier.class_names)
+
+
+@pytest.mark.slow
+def test_on_ray_a_bad_sample_is_an_error_row_and_a_broken_set_up_stops_with_its_message(ray_cluster, shapes_review,
+                                                                                          tmp_path):
+    classifier, source, _ = shapes_review
+    scores = cfx.score_batch(classifier, source.images, ["gradtrust_topk"]).scores["gradtrust_topk"]
+    worst = int(scores.argmin())  # the least trusted image: flagged at any share
+    bad_input = classifier.preprocessing(source.images[worst:worst + 1])[0]
+    # (the flagged image reaches the model as stored: 8-bit PNG, so within one grey level of the source)
+    one_bad = _guarded(classifier, lambda x: (x - bad_input).flatten(1).abs().amax(1) < 0.05)
+    run = cfx.explain(one_bad, source, None, tmp_path / "one", flag_share=10, generators=["igd"], progress=False,
+                      explain_batch_size=6, engine=ENGINE)
+    errors = {s["id"]: s["error"] for s in run.samples if s.get("error")}
+    assert list(errors) == [source.sample_ids[worst]] and "refuses gradients" in errors[source.sample_ids[worst]]
+    assert run.counts["explained"] == run.counts["flagged"] - 1 == 11
+
+    broken = _guarded(classifier, lambda x: torch.ones(len(x), dtype=torch.bool))
+    with pytest.raises(cfx.jobs.explaining.ExplainConfigError, match="refuses gradients"):
+        cfx.explain(broken, source, None, tmp_path / "all", flag_share=10, generators=["igd"], progress=False,
+                    engine=ENGINE)

@@ -139,6 +139,7 @@ def ray_session(engine: RayEngine) -> Iterator[Any]:
     context.execution_options.preserve_order = True  # results arrive in the order of the chunks
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": by us
     try:
         yield ray
     finally:
@@ -171,7 +172,7 @@ def worker_context(engine: RayEngine, classifier: Classifier, fitted: Fitted | N
         options = dict(options, classes=None)  # the names travel as a list (a --classes file may not be there)
     else:
         try:
-            pickle.dumps(classifier)
+            ray.cloudpickle.dumps(classifier)  # what Ray itself sends (classes defined in a function included)
         except Exception as exc:  # noqa: BLE001 - say what to do instead
             raise ValueError(f"the model cannot be sent to Ray workers ({type(exc).__name__}: {exc}); pass it as a "
                              "spec string (e.g. torchscript:model.pt or python:module:function) so that each "
