@@ -299,3 +299,15 @@ def test_on_ray_a_bad_sample_is_an_error_row_and_a_broken_set_up_stops_with_its_
     with pytest.raises(cfx.jobs.explaining.ExplainConfigError, match="refuses gradients"):
         cfx.explain(broken, source, None, tmp_path / "all", flag_share=10, generators=["igd"], progress=False,
                     engine=ENGINE)
+
+
+@pytest.mark.slow
+def test_a_model_changed_after_loading_is_refused_by_the_workers(ray_cluster, shapes_review, tmp_path):
+    """Workers load a spec-made classifier from its spec; when the driver's weights were changed after loading,
+    they would compute with another model: the run stops and says so."""
+    _, source, _ = shapes_review
+    classifier = cfx.load_classifier("demo:shapes")
+    with torch.no_grad():
+        next(classifier.model.parameters()).add_(0.01)
+    with pytest.raises(Exception, match="not the driver's"):
+        cfx.explain(classifier, source, None, tmp_path / "changed", flag_share=10, progress=False, engine=ENGINE)

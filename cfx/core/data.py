@@ -164,7 +164,8 @@ class ImageSource:
         default iterates once."""
         wanted = [int(p) for p in positions]
         if any(p < 0 or p >= len(self) for p in wanted):
-            raise IndexError(f"positions must be in [0, {len(self)}), got {[p for p in wanted if not 0 <= p < len(self)][:5]}")
+            outside = [p for p in wanted if not 0 <= p < len(self)]
+            raise IndexError(f"positions must be in [0, {len(self)}), got {outside[:5]}")
         found = {}
         lookup = set(wanted)
         for position, record in enumerate(self):

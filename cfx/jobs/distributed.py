@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from cfx.core.data import Batch, ImageSource, iter_batches
-from cfx.core.models import Classifier, load_classifier
+from cfx.core.models import Classifier, load_classifier, model_fingerprint
 from cfx.core.runstore import png_bytes, png_tensor
 from cfx.trust.fitted import Fitted
 
@@ -184,7 +184,8 @@ def worker_context(engine: RayEngine, classifier: Classifier, fitted: Fitted | N
         options["device"] = "cpu"  # an actor without a GPU
     return WorkerContext(model, options, str(fitted.path) if fitted is not None else None, ray.put(source),
                          threads=max(1, int(engine.cpus_per_actor)),
-                         extra={"class_names": classifier.class_names})
+                         extra={"class_names": classifier.class_names,
+                                "fingerprint": model_fingerprint(classifier) if isinstance(model, str) else None})
 
 
 def open_worker(context: WorkerContext) -> tuple[Classifier, Fitted | None, ImageSource]:
@@ -197,6 +198,11 @@ def open_worker(context: WorkerContext) -> tuple[Classifier, Fitted | None, Imag
     else:
         classifier = load_classifier(context.model, **context.model_options)
         classifier.class_names = context.extra.get("class_names") or classifier.class_names  # as on the driver
+        expected = context.extra.get("fingerprint")
+        if expected is not None and model_fingerprint(classifier) != expected:
+            raise RuntimeError(f"the model {context.model!r} loaded by a Ray worker is not the driver's (its weights "
+                               "differ: changed after loading, or another file at that path on this node); pass "
+                               "the model object itself, or make the spec load the same weights everywhere")
     fitted = Fitted.load(context.fitted, classifier) if context.fitted else None
     source = ray.get(context.source) if isinstance(context.source, ray.ObjectRef) else context.source
     return classifier, fitted, source
