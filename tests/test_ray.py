@@ -311,3 +311,29 @@ def test_a_model_changed_after_loading_is_refused_by_the_workers(ray_cluster, sh
         next(classifier.model.parameters()).add_(0.01)
     with pytest.raises(Exception, match="not the driver's"):
         cfx.explain(classifier, source, None, tmp_path / "changed", flag_share=10, progress=False, engine=ENGINE)
+
+
+@pytest.mark.slow
+def test_images_of_mixed_sizes_are_read_at_the_size_a_local_run_uses(ray_cluster, tmp_path):
+    """A model without an input size on a folder of images of two sizes: a local run resizes every image to the
+    first one's size, and so do the actors (each reads only its own chunk, whose first image may differ)."""
+    from PIL import Image
+
+    from cfx.jobs.common import score_table_on_ray
+    from cfx.trust.scoring import score_source
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(12):
+        side = 40 if i == 0 or i % 3 else 56  # the first image is 40 px; a third of the others 56 px
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    net(torch.zeros(1, 3, 40, 40))  # a linear layer over the flattened map: only 40-px inputs fit
+    model = cfx.Classifier.wrap(net.eval(), example_size=(40, 40))  # no preprocessing size: images keep theirs
+    source = cfx.open_source(str(folder))
+    local = score_source(model, source, ["msp", "energy"], batch_size=4, progress=False)
+    on_ray = score_table_on_ray(ENGINE, model, source, ["msp", "energy"], batch_size=4, progress=False)
+    assert on_ray.ids == local.ids and not any(on_ray.errors)
+    assert torch.allclose(on_ray.scores["energy"], local.scores["energy"], rtol=1e-5, atol=1e-6)

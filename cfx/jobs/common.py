@@ -187,13 +187,14 @@ class ScoringWorker:
     def __init__(self, context: WorkerContext, methods: Sequence[str], threshold: dict | None,
                  keep_flagged_images: bool = False, annotate=None, score_options: dict | None = None):
         self.classifier, self.fitted, self.source = open_worker(context)
+        self.size = context.extra.get("size")  # what every image is read at, as in a local run
         self.methods, self.keep, self.annotate = list(methods), keep_flagged_images, annotate
         self.threshold = Threshold.from_dict(threshold) if threshold is not None else None
         # the fitted folder is the actor's own (loaded from its path); the other options go to score_batch
         self.options = {k: v for k, v in (score_options or {}).items() if k != "fitted"}
 
     def run(self, item: dict[str, Any]) -> tuple[list[dict], dict[str, bytes]]:
-        batch = read_batch(self.source, item["positions"], self.classifier.preprocessing.size)
+        batch = read_batch(self.source, item["positions"], self.size)
         rows, images = score_rows(self.classifier, self.fitted, batch, self.threshold, self.methods, self.keep,
                                   self.annotate, self.options)
         return rows, {sid: png_bytes(x) for sid, x in images.items()}

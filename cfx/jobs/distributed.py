@@ -184,8 +184,17 @@ def worker_context(engine: RayEngine, classifier: Classifier, fitted: Fitted | N
         options["device"] = "cpu"  # an actor without a GPU
     return WorkerContext(model, options, str(fitted.path) if fitted is not None else None, ray.put(source),
                          threads=max(1, int(engine.cpus_per_actor)),
-                         extra={"class_names": classifier.class_names,
+                         extra={"class_names": classifier.class_names, "size": _input_size(classifier, source),
                                 "fingerprint": model_fingerprint(classifier) if isinstance(model, str) else None})
+
+
+def _input_size(classifier: Classifier, source: ImageSource) -> tuple[int, int] | None:
+    """The (H, W) every image is read at: the model's input size, else (as a local run does) the size of the
+    source's first readable image."""
+    if classifier.preprocessing.size is not None:
+        return tuple(classifier.preprocessing.size)
+    first = next((r for r in source if r.error is None and r.image is not None), None)
+    return tuple(first.image.shape[-2:]) if first is not None else None
 
 
 def open_worker(context: WorkerContext) -> tuple[Classifier, Fitted | None, ImageSource]:

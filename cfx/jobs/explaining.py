@@ -280,13 +280,14 @@ class EvidenceWorker:
     def __init__(self, context: WorkerContext, generators: list[str], reference: RunReference | None,
                  target: dict[str, Any] | None, ranges: dict | None):
         self.classifier, self.fitted, self.source = open_worker(context)
+        self.size = context.extra.get("size")  # what every image is read at, as in a local run
         self.generators = list(generators)
         self.reference = reference.bind(self.classifier) if reference is not None else None
         self.target = RunRankTarget(self.classifier, **target) if target is not None else None
         self.ranges = EditRanges.from_dict(ranges) if ranges is not None else None
 
     def run(self, item: dict[str, Any]) -> EvidenceBatch:
-        batch = read_batch(self.source, item["positions"], self.classifier.preprocessing.size)
+        batch = read_batch(self.source, item["positions"], self.size)
         if batch.errors or batch.ids != list(item["ids"]):
             raise RuntimeError(f"the data source changed since it was scored: expected {item['ids'][:3]}..., read "
                                f"{batch.ids[:3]}... ({len(batch.errors)} unreadable); rerun with --restart")
