@@ -50,3 +50,19 @@ def photo_tiles(n: int, seed: int, names=("astronaut", "coffee", "chelsea", "roc
         tile = p.crop((x0, y0, x0 + side, y0 + side)).resize((224, 224), Image.BILINEAR)
         tiles.append(torch.from_numpy(np.asarray(tile, dtype=np.float32) / 255).permute(2, 0, 1))
     return torch.stack(tiles)
+
+
+def require_extra(module: str):
+    """Import an optional package of the test extras: skipped locally when missing, a failure in CI
+    (CFX_REQUIRE_EXTRAS=1)."""
+    import importlib
+    import os
+
+    import pytest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CFX_REQUIRE_EXTRAS") == "1":
+            pytest.fail(f"{module} is in the test extras and must be installed here (CFX_REQUIRE_EXTRAS=1)")
+        pytest.skip(f"{module} is not installed: pip install -e '.[test]'")

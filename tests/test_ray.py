@@ -7,10 +7,7 @@ that no Ray process is left behind)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -107,14 +104,10 @@ def ray_cluster():
 
 
 def _require_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-        return ray
-    except ImportError:
-        if os.environ.get("CFX_REQUIRE_EXTRAS") == "1":
-            pytest.fail("ray[data] is in the test extras and must be installed here (CFX_REQUIRE_EXTRAS=1)")
-        pytest.skip("Ray is not installed: pip install -e '.[test]'")
+    from factories import require_extra
+
+    require_extra("ray.data")
+    return require_extra("ray")
 
 
 def _by_id(samples):

@@ -224,15 +224,9 @@ def test_explain_stops_at_once_on_a_set_up_error_but_isolates_one_bad_sample(dig
 
 def _require(module: str):
     """Optional packages of the test extras: skipped locally when missing, a failure in CI (CFX_REQUIRE_EXTRAS=1)."""
-    import importlib
-    import os
+    from factories import require_extra
 
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CFX_REQUIRE_EXTRAS") == "1":
-            pytest.fail(f"{module} is in the test extras and must be installed here (CFX_REQUIRE_EXTRAS=1)")
-        pytest.skip(f"{module} is not installed: pip install -e '.[test]'")
+    return require_extra(module)
 
 
 @pytest.mark.slow
