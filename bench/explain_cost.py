@@ -1,13 +1,19 @@
-"""What explaining one flagged image costs, per stage, in seconds and in plain forward passes of the same model.
+"""What explaining one flagged image costs, per stage, in seconds and in plain forward passes of the same model, and
+whether the screened edit search gives the exhaustive search's answers.
 
-Runs the stages of `cfx.evidence.collect_evidence` one by one on the same images (scores, the restoring search,
-property curves, image statistics, each counterfactual generator, the evidence reporter), for a fitted folder and
-its model, and divides each stage's time per image by a plain forward pass per image measured in the same run.
+Runs :func:`cfx.evidence.collect_evidence` (generators Reco, LGD and LNN, a fitted folder) on the same images three
+ways, side by side in one run (LGD, which the search does not change, once on ``--lgd-images`` of them): the property edits as the first build made them (the restoring search and the curves
+as separate passes, ``restoring_edits`` + ``property_curve``), ``search="full"`` (one shared pass, every direction
+at every strength) and ``search="screened"``. Each stage's seconds per image are divided by a plain forward pass
+per image measured in the same run ("forward-pass equivalents"). Then: how often the screened restoring edit agrees
+with the full one (same property and direction with the strength within one grid step, or both find nothing), and
+the evidence reporter's causes under both (from the evidence of Reco and LNN: LGD is the same under both).
 
-    python bench/explain_cost.py --fitted /tmp/cfx-real224/fitted --model efficientnet [--images 4]
-    python bench/explain_cost.py --model demo:shapes [--images 16]        # the demo CNN at 32 px, its own folder
+    python bench/explain_cost.py --model efficientnet [--fitted /tmp/cfx-real224/fitted] [--images 40]
+    python bench/explain_cost.py --model demo:shapes [--images 150]     # the demo CNN at 32 px, six causes applied
 
-``--model efficientnet`` is the real EfficientNet-Lite0 at 224 px; the folder comes from ``bench/real_224.py``.
+``--model efficientnet`` is the real EfficientNet-Lite0 at 224 px; the folder comes from ``bench/real_224.py``. Its
+images are the incoming crops and reference crops with one of the six causes applied, the least competent kept.
 """
 
 from __future__ import annotations
@@ -20,77 +26,118 @@ from pathlib import Path
 import torch
 
 import cfx
-from cfx.evidence import image_statistics, reference_statistics
-from cfx.generators import (AutoencoderReconstruction, LatentGradientDescent, LatentNearestNeighbours, Occlusion,
-                            competency_target, parametric_editors, property_curve, restoring_edits)
+from cfx.demo.causes import CAUSES, apply_cause, cause_examples
+from cfx.evidence import collect_evidence, resolve_edit_ranges
+from cfx.generators import TrustTarget, parametric_editors, property_curve, restoring_edits
 from cfx.prompts import EvidenceReporter
-from cfx.trust.scores import default_scores, score_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def load(args):
+    torch.manual_seed(0)
     if args.model == "efficientnet":
         from factories import efficientnet_lite0
 
         model = cfx.Classifier.wrap(efficientnet_lite0(), preprocessing=cfx.Preprocessing(
             size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
         fitted = cfx.Fitted.load(args.fitted, model)
-        source = cfx.open_source(Path(args.fitted).parent / "incoming.csv")
+        folder = Path(args.fitted).parent
+        incoming, reference = (next(iter(cfx.iter_batches(cfx.open_source(folder / f), 512, size=(224, 224)))).images
+                               for f in ("incoming.csv", "reference.csv"))
+        g = torch.Generator().manual_seed(args.seed)
+        causes = list(CAUSES)
+        changed = []
+        for i in range(len(reference)):
+            cause = causes[i % len(causes)]
+            k = CAUSES[cause][int(torch.randint(len(CAUSES[cause]), (1,), generator=g))]
+            changed.append(apply_cause(reference[i:i + 1], cause, k, seed=args.seed + i))
+        pool = torch.cat([incoming, *changed])
     else:
-        from cfx.demo import demo_fitted, load_demo, review_set
+        from cfx.demo import demo_fitted, load_demo
 
         demo = load_demo(args.model.split(":", 1)[1], progress=False)
         model, fitted = demo.classifier, demo_fitted(demo, progress=False)
-        source = review_set(demo.data, n=60)
-    batch = next(iter(cfx.iter_batches(source, 256, size=model.preprocessing.size)))
+        x, y = demo.data.split("test")
+        parts = []
+        for cause in CAUSES:
+            ex = cause_examples(x, y, model, cause, score=lambda im: fitted.parce.score(model, im), seed=args.seed)
+            parts.append(ex.images[torch.randperm(len(ex.images))[:max(1, args.images // len(CAUSES))]])
+        pool = torch.cat(parts)
     with torch.inference_mode():
-        competency = fitted.parce.competency_from(model.logits(batch.images), batch.images)
-    order = competency.argsort()[:args.images]  # the least competent: what gets flagged
-    return model, fitted, batch.images[order]
+        competency = fitted.parce.score(model, pool)
+    return model, fitted, pool[competency.argsort()[:args.images]].float()  # the least competent: what gets flagged
+
+
+def legacy_edits(model, fitted, images, ranges, steps=8):
+    """The property edits as the first build made them: two separate searches."""
+    score_fn = lambda x: fitted.parce.competency_from(model.logits(x), x)  # noqa: E731
+    editors = parametric_editors()
+    restoring_edits(score_fn, images, [e for e in editors if e.restores], steps=steps, ranges=ranges)
+    [property_curve(model, e, images, ranges.strengths(e, images, e.directions[0], steps), permutations=200)
+     for e in editors]
+
+
+def agreement(model, fitted, images, full, screened, steps=8) -> tuple[float, int]:
+    """Share of images whose screened restoring edit is the full one's (see the module docs), and the count."""
+    ranges = resolve_edit_ranges("reference", fitted)
+    editors = {e.property: e for e in parametric_editors()}
+    same = 0
+    for i, (a, b) in enumerate(zip(full, screened)):
+        ra, rb = a.restoring_edit, b.restoring_edit
+        if ra["property"] == "none" or rb["property"] == "none":
+            same += ra["property"] == rb["property"]
+            continue
+        if (ra["property"], ra["direction"]) != (rb["property"], rb["direction"]):
+            continue
+        e = editors[ra["property"]]
+        end = float(ranges.limits(e, images[i:i + 1], ra["direction"])[0])
+        same += abs(ra["strength"] - rb["strength"]) <= abs(end - e.neutral) / steps + 1e-6
+    return same / len(full), len(full)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet")
     parser.add_argument("--fitted", default="/tmp/cfx-real224/fitted")
-    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--lgd-images", type=int, default=8, help="LGD's cost is measured on this many of them.")
     args = parser.parse_args()
-    torch.manual_seed(0)
     model, fitted, images = load(args)
     n = len(images)
+    ranges = resolve_edit_ranges("reference", fitted)
     with torch.inference_mode():
         model.logits(images[:2])
         t = time.perf_counter()
-        model.logits(images)
+        for i in range(0, n, 64):
+            model.logits(images[i:i + 64])
         forward = (time.perf_counter() - t) / n
-    target = competency_target(model, fitted)
-    editors = parametric_editors()
-    score_fn = lambda x: fitted.parce.competency_from(model.logits(x), x)  # noqa: E731
-    stages = {
-        "scores": lambda: score_batch(model, images, default_scores(model, fitted), fitted=fitted),
-        "restoring search": lambda: restoring_edits(score_fn, images, [e for e in editors
-                                                                        if not isinstance(e, Occlusion)], steps=8),
-        "property curves": lambda: [property_curve(model, e, images, e.sweep(steps=8), permutations=200)
-                                    for e in editors],
-        "statistics": lambda: (image_statistics(images), reference_statistics(images)),
-        "reco": lambda: AutoencoderReconstruction(target, fitted.autoencoder).generate(images),
-        "lgd": lambda: LatentGradientDescent(target, fitted.autoencoder).generate(images),
-    }
-    if fitted.latent_index is not None:
-        stages["lnn"] = lambda: LatentNearestNeighbours(target, fitted.autoencoder, fitted.latent_index).generate(images)
-    evidence = cfx.evidence.collect_evidence(model, fitted, images[:1], generators=("reco",))
-    stages["reporter"] = lambda: EvidenceReporter().explain_many(evidence * n)
-    print(f"{args.model}: {n} images at {tuple(images.shape[-2:])}, plain forward {forward * 1000:.1f} ms/image")
-    print("| stage | s per image | forward passes |\n|---|---|---|")
-    total = 0.0
-    for name, fn in stages.items():
-        t = time.perf_counter()
-        fn()
-        per = (time.perf_counter() - t) / n
-        total += per
-        print(f"| {name} | {per:.3f} | {per / forward:.0f} |")
-    print(f"| **total** | **{total:.2f}** | **{total / forward:.0f}** |")
+    t = time.perf_counter()
+    legacy_edits(model, fitted, images, ranges)
+    legacy = (time.perf_counter() - t) / n
+    runs, timings = {}, {}
+    for search in ("full", "screened"):  # LGD does not depend on the search: it runs once, on a subset, below
+        timings[search] = {}
+        runs[search] = collect_evidence(model, fitted, images, search=search, timings=timings[search],
+                                        generators=("reco", "lnn"))
+    lgd_images = images[:args.lgd_images]
+    lgd: dict[str, float] = {}
+    collect_evidence(model, fitted, lgd_images, generators=("lgd",), timings=lgd)
+    for search in runs:
+        timings[search]["lgd"] = lgd["lgd"] / len(lgd_images) * n
+        timings[search]["total"] = sum(timings[search].values())
+    print(f"{args.model}: {n} images at {tuple(images.shape[-2:])}, plain forward {forward * 1000:.2f} ms/image\n")
+    print("| stage | first build | full search | screened search |\n|---|---|---|---|")
+    for stage in ["scores", "property edits", "statistics", "reco", "lgd", "lnn", "total"]:
+        first = f"{legacy / forward:.0f}" if stage == "property edits" else ""
+        print(f"| {stage} | {first} | " + " | ".join(f"{timings[s].get(stage, 0.0) / n / forward:.1f}"
+                                                  for s in runs) + " |")
+    share, count = agreement(model, fitted, images, runs["full"], runs["screened"])
+    reporter = EvidenceReporter()
+    causes = {s: [reporter.explain(e).cause for e in runs[s]] for s in runs}
+    same_cause = sum(a == b for a, b in zip(causes["full"], causes["screened"])) / n
+    print(f"\nrestoring edit agreement (screened vs full): {share:.3f} of {count}; same cause named: {same_cause:.3f}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Prints, per cause and strength, how many modified test images were kept (PaRCE c
 of the named cause; the accuracy per cause and the unweighted mean; the ablation without counterfactual evidence;
 and each generator alone (Reco, LGD, LNN).
 
-    python bench/explanations.py [--dataset shapes|digits] [--per-cause 100] [--seed 1]
+    python bench/explanations.py [--dataset shapes|digits] [--per-cause 100] [--seed 1] [--edit-search full]
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ def main():
     parser.add_argument("--dataset", default="shapes")
     parser.add_argument("--per-cause", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1, help="Seed of the cause application and the sample drawn.")
+    parser.add_argument("--edit-search", default="screened", choices=["screened", "full"],
+                        help="How the restoring edit and the property curves are searched.")
     args = parser.parse_args()
     demo = load_demo(args.dataset, progress=False)
     fitted = demo_fitted(demo, progress=False)
     t0 = time.perf_counter()
-    r = explanation_benchmark(demo, fitted, per_cause=args.per_cause, seed=args.seed, progress=True)
+    r = explanation_benchmark(demo, fitted, per_cause=args.per_cause, seed=args.seed, progress=True,
+                              search=args.edit_search)
     seconds = time.perf_counter() - t0
-    print(f"\n{args.dataset}: up to {args.per_cause} images per cause, seed {args.seed}, {seconds:.0f} s\n")
+    print(f"\n{args.dataset}: up to {args.per_cause} images per cause, seed {args.seed}, edit search "
+          f"{args.edit_search}, {seconds:.0f} s\n")
     print("| cause | strength | kept (competency < 0.9) | explained | accuracy |\n|---|---|---|---|---|")
     for cause, c in r["causes"].items():
         for k, s in c["per_strength"].items():

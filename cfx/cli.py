@@ -563,6 +563,9 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
               help="Flag the P percent least trusted samples of this run (fixed once all are scored; a resumed run "
                    "flags the same). Default 10 without --fitted.")
 @click.option("--dataset-description", default=None, help="One sentence about the data, for LLM prompts.")
+@click.option("--edit-search", type=click.Choice(["screened", "full"]), default="screened", show_default=True,
+              help="How the restoring edit and the property curves are searched: screened (every direction at three "
+                   "strengths, the 3 most promising at every strength) or full (every direction at every strength).")
 @click.option("--edit-range", type=click.Choice(["reference", "full"]), default="reference", show_default=True,
               help="How far property edits go: as far as the reference images reach (the fitted folder's, else the "
                    "run's most trusted), or each editor's full range.")
@@ -578,7 +581,8 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
             reporter_model: str | None, reporter_key_env: str | None, reporter_timeout: float | None,
             reporter_concurrency: int | None, generators: str | None, flag_score: str, flag_below: float | None,
             flag_percentile: float | None,
-            flag_share: float | None, dataset_description: str | None, edit_range: str, batch_size: int,
+            flag_share: float | None, dataset_description: str | None, edit_range: str, edit_search: str,
+            batch_size: int,
             explain_batch_size: int, restart: bool, ray_address: str | None, ray_actors: int | None, ray_cpus_per_actor: float,
             ray_gpus_per_actor: float, quiet: bool) -> None:
     """Explain why predictions are untrusted, and write a review report.
@@ -607,7 +611,8 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
                               model_spec=model_spec,
                               reporter_options={"model": reporter_model, "api_key_env": reporter_key_env,
                                                 "timeout": reporter_timeout, "concurrency": reporter_concurrency},
-                              edit_range=edit_range, engine=engine, explain_batch_size=explain_batch_size)
+                              edit_range=edit_range, edit_search=edit_search, engine=engine,
+                              explain_batch_size=explain_batch_size)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     _print_explain_summary(run, Path(out))

@@ -9,6 +9,8 @@ its counterfactual, and the nearest confident neighbour.
 from __future__ import annotations
 
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -26,11 +28,9 @@ from cfx.generators import (
     LatentGradientDescent,
     LatentNearestNeighbours,
     NearestTrustedImage,
-    Occlusion,
     TrustTarget,
     parametric_editors,
-    property_curve,
-    restoring_edits,
+    sweep_edits,
 )
 from cfx.trust.fitted import Fitted
 from cfx.trust.latent_index import LatentIndex
@@ -299,6 +299,22 @@ class RunReference:
         return {"kind": "run", "images": len(self), "description": self.description, "search_space": space}
 
 
+class _Clock:
+    """Adds the seconds of each ``with clock(stage):`` block to ``timings[stage]`` (nothing when timings is None)."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.timings is not None:
+                self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
 def _row(stats: dict[str, Tensor], i: int) -> dict[str, float]:
     return {k: float(v[i]) for k, v in stats.items()}
 
@@ -308,7 +324,8 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
                      generators: Sequence[str] = ("reco", "lgd", "lnn"), steps: int = 8,
                      with_counterfactuals: bool = True, return_images: bool = False,
                      target: TrustTarget | None = None, reference: RunReference | None = None,
-                     ranges: EditRanges | str | None = "reference"):
+                     ranges: EditRanges | str | None = "reference", search: str = "screened",
+                     timings: dict[str, float] | None = None):
     """Build one :class:`Evidence` per image (images ``(N, 3, H, W)`` in [0, 1] at the classifier's input size).
 
     With a fitted folder the trust target is PaRCE competency and the statistics compare with its confident
@@ -319,7 +336,9 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
     editor's full range, or an :class:`~cfx.generators.EditRanges`. ``with_counterfactuals=False`` leaves out the
     counterfactual evidence (for ablations). ``return_images=True`` returns ``(evidence, images)`` with ``images``
     mapping each generator name (and ``"neighbour"`` for the nearest trusted image of LNN or NN) to its
-    ``(N, 3, h, w)`` images, for reports.
+    ``(N, 3, h, w)`` images, for reports. ``search``: how the restoring edit and the property curves are searched
+    (:func:`~cfx.generators.sweep_edits`: ``"screened"``, the default, or ``"full"``). ``timings``: a dict that receives the
+    seconds each stage took (added to what it holds, so one dict can sum over batches).
     """
     n = len(images)
     if n == 0:
@@ -335,20 +354,18 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
                    (labels if labels is not None else [-1] * n)]
     editors = list(editors) if editors is not None else parametric_editors()
     names = classifier.class_names
-    batch = score_batch(classifier, images, default_scores(classifier, fitted), fitted=fitted)
+    clock = _Clock(timings)
+    with clock("scores"):
+        batch = score_batch(classifier, images, default_scores(classifier, fitted), fitted=fitted)
     pred = batch.logits.argmax(1)
     if target is None:
         target = TrustTarget.competency(classifier, fitted)
-        score_fn = lambda x: fitted.parce.competency_from(classifier.logits(x), x)  # noqa: E731
-    else:
-        score_fn = target
     ranges = resolve_edit_ranges(ranges, fitted, reference)
-    # occlusion probes spatial reliance but restores nothing (see cfx.generators.restoring_editors)
-    restoring = restoring_edits(score_fn, images, [e for e in editors if not isinstance(e, Occlusion)], steps=steps,
-                                ranges=ranges)
-    curves = [property_curve(classifier, e, images, ranges.strengths(e, images, e.directions[0], steps)
-                             if ranges is not None else e.sweep(steps=steps), permutations=200) for e in editors]
-    orig_stats = image_statistics(images)
+    with clock("property edits"):  # the restoring search and the property curves, from shared forward passes
+        sweeps = sweep_edits(classifier, target, images, editors, steps=steps, ranges=ranges, search=search)
+    restoring, curves = sweeps.restoring, sweeps.curves
+    with clock("statistics"):
+        orig_stats = image_statistics(images)
     ref_mean = ref_std = reference_name = None
     stored = fitted.manifest.get("reference_statistics") if fitted is not None else None
     if stored and tuple(stored["image_size"]) == tuple(images.shape[-2:]):
@@ -369,10 +386,16 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
               "igd": lambda: ImageGradientDescent(target, threshold=level),
               "nn": lambda: NearestTrustedImage(target, reference.embed, reference.index, threshold=level)}
     for name in usable:
-        cfs[name] = makers[name]().generate(images)
+        with clock(name):
+            cfs[name] = makers[name]().generate(images)
     main_name = next((g for g in _PRIMARY if g in cfs), None)
-    cf_stats = {name: image_statistics(cf.images.to(images.device)) for name, cf in cfs.items()}
-    masses = {name: difference_mass(images, cf.images.to(images.device)) for name, cf in cfs.items()}
+    with clock("statistics"):
+        cf_stats = {name: image_statistics(cf.images.to(images.device)) for name, cf in cfs.items()}
+        masses = {name: difference_mass(images, cf.images.to(images.device)) for name, cf in cfs.items()}
+    position = [{} for _ in range(n)]  # per image: which row of each curve is its own
+    for c, curve in enumerate(curves):
+        for row, i in enumerate(range(n) if curve.rows is None else curve.rows.tolist()):
+            position[i][c] = row
     out = []
     for i in range(n):
         ev = Evidence(id=ids[i], prediction=int(pred[i]),
@@ -396,12 +419,12 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
         ev.restoring_edit = {"property": r.property, "direction": r.direction, "strength": r.strength,
                              "score_before": r.score_before, "score_after": r.score_after, "gain": r.gain,
                              "all_gains": r.all_gains}
-        ev.property_curves = [{"property": c.property, "epgm": float(c.epgm[i]), "p_value": float(c.p_value[i]),
-                               "flips": bool(c.flips[i]),
+        ev.property_curves = [{"property": c.property, "direction": c.direction, "epgm": float(c.epgm[row]),
+                               "p_value": float(c.p_value[row]), "flips": bool(c.flips[row]),
                                "strengths": [round(float(v), 4) for v in
-                                             (c.strengths[i] if c.strengths.dim() == 2 else c.strengths)],
-                               "probabilities": [round(float(v), 4) for v in c.probabilities[i]]}
-                              for c in curves]
+                                             (c.strengths[row] if c.strengths.dim() == 2 else c.strengths)],
+                               "probabilities": [round(float(v), 4) for v in c.probabilities[row]]}
+                              for c, row in ((curves[k], row) for k, row in position[i].items())]
         ev.statistics = {"original": _row(orig_stats, i)}
         if main_name is not None:
             ev.statistics["counterfactual"] = _row(cf_stats[main_name], i)

@@ -11,7 +11,7 @@ PaRCE, by default;
 Gradual property edits: editors with one verb, ``edit(images, strengths)`` (the parametric ones registered in
 :data:`EDITORS`, diffusion editors, and :class:`AttributeEditor` for worlds registered in :data:`WORLDS`),
 :func:`property_curve` (EPGM, shuffle-test p-value, prediction flips) and :func:`restoring_edits` (which edit
-raises competency the most). The methods are described in ``docs/methods.md``.
+raises competency the most); :func:`sweep_edits` computes both from shared forward passes, exhaustively or screened. The methods are described in ``docs/methods.md``.
 
 Installed as ``cfx.generators`` (``pyproject.toml`` maps this folder into the ``cfx`` namespace).
 """
@@ -72,13 +72,14 @@ from .latent import AutoencoderReconstruction, LatentNearestNeighbours
 from .metrics import counterfactual_metrics, kernel_inception_distance
 from .neighbours import NearestTrustedImage
 from .ranges import PROPERTY_STATISTICS, EditRanges
+from .sweeps import SEARCHES, EditSweeps, sweep_edits
 
 __all__ = [
     "DDPMEditor", "DEFAULT_INSTRUCTIONS", "InstructPix2PixEditor", "SDEditCounterfactual", "train_ddpm",
     "EditRanges", "PROPERTY_STATISTICS", "AttributeEditor", "Blur", "Brightness", "Contrast", "Denoise", "EDITORS", "Editor", "HueShift", "Noise",
     "Occlusion", "Pixelation", "PropertyCurve", "RenderingWorld", "RestoringEdit", "Saturation", "Sharpen", "WORLDS",
     "epgm", "parametric_editors", "property_curve", "restoring_editors", "restoring_edits", "shuffle_test",
-    "strength_grid",
+    "strength_grid", "SEARCHES", "EditSweeps", "sweep_edits",
     "AutoencoderReconstruction", "Counterfactuals", "FeatureGradientDescent", "ImageGradientDescent",
     "LatentGradientDescent", "LatentIndex", "LatentNearestNeighbours", "NearestTrustedImage", "RunRankTarget",
     "TargetScore", "TrustTarget", "competency_target",

@@ -64,13 +64,16 @@ class TrustTarget:
     """A differentiable trust score to raise, with the level that counts as trusted and what it is.
 
     ``name`` is what the evidence and the report call it (``parce``, or e.g. ``gradtrust_topk rank in this run``);
-    calling the target scores images ``(N, 3, H, W)`` in [0, 1] → ``(N,)``.
+    calling the target scores images ``(N, 3, H, W)`` in [0, 1] → ``(N,)``. ``from_logits(logits, images)``, when
+    given, computes the same score from logits already computed, so one forward pass serves both the class
+    probabilities and the score (:func:`~cfx.generators.sweep_edits` uses it).
     """
 
     name: str
     fn: Callable[[Tensor], Tensor]
     threshold: float
     description: str = ""
+    from_logits: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.fn(images)
@@ -79,7 +82,8 @@ class TrustTarget:
     def competency(cls, classifier: Classifier, fitted: Fitted) -> "TrustTarget":
         """PaRCE competency of the fitted folder, trusted from its threshold (0.9 by default)."""
         return cls("parce", competency_target(classifier, fitted), float(fitted.parce.threshold),
-                   "PaRCE competency: the estimated probability that the prediction is right")
+                   "PaRCE competency: the estimated probability that the prediction is right",
+                   fitted.parce.competency_from)
 
 
 class RunRankTarget(TrustTarget):
@@ -115,11 +119,14 @@ class RunRankTarget(TrustTarget):
         self.bandwidth = max(0.9 * scale * len(values) ** -0.2, 1e-6 * max(1.0, float(values.abs().max())))
         self.values, self.classifier, self.score_fn = values.float(), classifier, entry.fn
         super().__init__(f"{score} rank in this run", self._rank, float(threshold),
-                         f"the share of this run's images that {score} trusts less (smoothed)")
+                         f"the share of this run's images that {score} trusts less (smoothed)", self._rank_from_logits)
         self.score = score
 
     def _rank(self, images: Tensor) -> Tensor:
-        s = self.score_fn(self.classifier.logits(images)).float()
+        return self._rank_from_logits(self.classifier.logits(images), images)
+
+    def _rank_from_logits(self, logits: Tensor, images: Tensor | None = None) -> Tensor:
+        s = self.score_fn(logits).float()
         v = self.values.to(s.device)
         return torch.special.ndtr((s.unsqueeze(1) - v.unsqueeze(0)) / self.bandwidth).mean(1)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +84,18 @@ class Editor:
     neutral: float = 0.0
     range: tuple[float, float] = (0.0, 1.0)
     directions: tuple[str, ...] = ("increase",)
+    #: whether the edit can correct an image (tried by the restoring search) or only probes it (occlusion)
+    restores: ClassVar[bool] = True
 
     def _apply(self, images: Tensor, strength: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _anchor(self, images: Tensor) -> Tensor | None:
+        """What the edit blends toward when it does not depend on the strength (e.g. the median-filtered image), so
+        a sweep computes it once per image instead of once per strength; None when there is no such image."""
+        return None
+
+    def _blend(self, images: Tensor, anchor: Tensor, strength: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def apply(self, images: Tensor, strength: float | Tensor) -> Tensor:
@@ -111,7 +121,12 @@ class Editor:
         if (s < lo - 1e-9).any() or (s > hi + 1e-9).any():
             raise ValueError(f"{self.property} strengths must lie in {self.range}, got {s.min():.3g}..{s.max():.3g}")
         n, steps = s.shape
-        flat = self.apply(images.repeat_interleave(steps, 0), s.reshape(-1))
+        anchor = self._anchor(images)
+        if anchor is None:
+            flat = self.apply(images.repeat_interleave(steps, 0), s.reshape(-1))
+        else:  # the strength-free part once per image, then one blend per strength
+            flat = self._blend(images.repeat_interleave(steps, 0), anchor.repeat_interleave(steps, 0),
+                               s.reshape(-1)).clamp(0, 1)
         return torch.cat([images.unsqueeze(1), flat.view(n, steps, *images.shape[1:])], dim=1)
 
     def sweep(self, direction: str | None = None, steps: int = 10) -> Tensor:
@@ -207,9 +222,14 @@ class Denoise(Editor):
     range: tuple[float, float] = (0.0, 1.0)
 
     def _apply(self, x, s):
+        return self._blend(x, self._anchor(x), s)
+
+    def _anchor(self, x):
         n, c, h, w = x.shape
         patches = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(n, c, 9, h * w)
-        median = patches.median(dim=2).values.view(n, c, h, w)
+        return patches.median(dim=2).values.view(n, c, h, w)
+
+    def _blend(self, x, median, s):
         return x + s.view(-1, 1, 1, 1) * (median - x)
 
 
@@ -243,7 +263,12 @@ class Sharpen(Editor):
     range: tuple[float, float] = (0.0, 4.0)
 
     def _apply(self, x, s):
-        blurred = _gaussian_blur(x, torch.ones(len(x), device=x.device))
+        return self._blend(x, self._anchor(x), s)
+
+    def _anchor(self, x):
+        return _gaussian_blur(x, torch.ones(len(x), device=x.device, dtype=x.dtype))
+
+    def _blend(self, x, blurred, s):
         return x + s.view(-1, 1, 1, 1) * (x - blurred)
 
 
@@ -267,6 +292,7 @@ class Occlusion(Editor):
     neutral: float = 0.0
     range: tuple[float, float] = (0.0, 0.8)
     value: float = 0.5
+    restores: ClassVar[bool] = False  # covering content with grey corrects nothing (see restoring_editors)
 
     def _apply(self, x, s):
         h, w = x.shape[-2:]
@@ -294,7 +320,7 @@ def restoring_editors() -> list[Editor]:
     Occlusion is left out: covering the object with grey can raise a reconstruction-based competency (a flat patch
     is easy to reconstruct), but it restores nothing; it stays available as a property probe.
     """
-    return [e for e in parametric_editors() if not isinstance(e, Occlusion)]
+    return [e for e in parametric_editors() if e.restores]
 
 
 class RenderingWorld(Protocol):

@@ -22,7 +22,7 @@ from torch import Tensor
 from .editors import restoring_editors
 from .ranges import PROPERTY_STATISTICS, EditRanges, within_band
 
-__all__ = ["PropertyCurve", "RestoringEdit", "epgm", "property_curve", "restoring_edits", "shuffle_test"]
+__all__ = ["ContentCheck", "PropertyCurve", "RestoringEdit", "epgm", "property_curve", "restoring_edits", "shuffle_test"]
 
 
 def epgm(y: Tensor | np.ndarray, strengths: Sequence[float] | None = None) -> Tensor:
@@ -62,11 +62,13 @@ class PropertyCurve:
     p_value: Tensor              # (N,)
     flips: Tensor                # (N,) whether the argmax changes anywhere along the sequence
     scores: Tensor | None = None  # (N, S + 1) optional trust score (e.g. competency) along the sequence
+    direction: str = ""          # the editor's direction swept ("" when not recorded)
+    rows: Tensor | None = None   # which images of the batch the N curves belong to (None: all, in order)
 
     def to_dict(self, i: int) -> dict:
         """One image's curve as plain JSON-ready values."""
         strengths = self.strengths[i] if self.strengths.dim() == 2 else self.strengths
-        return {"property": self.property, "strengths": strengths.tolist(),
+        return {"property": self.property, "direction": self.direction, "strengths": strengths.tolist(),
                 "probabilities": self.probabilities[i].tolist(), "class_index": int(self.class_index[i]),
                 "epgm": float(self.epgm[i]), "p_value": float(self.p_value[i]), "flips": bool(self.flips[i]),
                 "scores": self.scores[i].tolist() if self.scores is not None else None}
@@ -146,7 +148,7 @@ def restoring_edits(score: Callable[[Tensor], Tensor], images: Tensor, editors: 
     n = len(images)
     with torch.inference_mode():
         before = torch.cat([score(images[i:i + batch_size]).float().cpu() for i in range(0, n, batch_size)])
-    kept = _ContentCheck(images, ranges, min_contrast_kept) if ranges is not None else None
+    kept = ContentCheck(images, ranges, min_contrast_kept) if ranges is not None else None
     names, top_scores, top_strengths = [], [], []   # one entry per (editor, direction): best over its strengths
     for editor in editors:
         for direction in editor.directions:
@@ -181,14 +183,24 @@ def restoring_edits(score: Callable[[Tensor], Tensor], images: Tensor, editors: 
     return out
 
 
-class _ContentCheck:
-    """Whether edited images keep the original's content (see :func:`restoring_edits`)."""
+class ContentCheck:
+    """Whether edited images keep the original's content (see :func:`restoring_edits`): called on edits ``(N, S, 3, H, W)``
+    of the N images it was made for, it returns ``(N, S)`` booleans."""
 
-    def __init__(self, images: Tensor, ranges: EditRanges, min_contrast_kept: float):
+    def __init__(self, images: Tensor | None, ranges: EditRanges | None, min_contrast_kept: float):
+        if images is None:  # filled by subset()
+            return
         self.std = images.float().flatten(1).std(1).cpu()                       # (N,)
         self.band = ranges.bands.get("brightness")
         self.brightness = PROPERTY_STATISTICS["brightness"](images.float()).cpu()
         self.min_contrast_kept = min_contrast_kept
+
+    def subset(self, rows: Tensor) -> "ContentCheck":
+        """The same check for the images at ``rows``."""
+        out = ContentCheck(None, None, self.min_contrast_kept)
+        out.std, out.brightness, out.band = self.std[rows], self.brightness[rows], self.band
+        out.min_contrast_kept = self.min_contrast_kept
+        return out
 
     def __call__(self, seq: Tensor) -> Tensor:
         n, s = seq.shape[:2]

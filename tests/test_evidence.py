@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from cfx.evidence import Evidence, collect_evidence, difference_mass, image_statistics
+from cfx.generators import parametric_editors
 
 
 def test_image_statistics_by_hand():
@@ -48,7 +49,12 @@ def test_collect_evidence_on_demo_cause_images(shapes_models):
     evs = collect_evidence(clf, fitted, bright, ids=[f"b{i}" for i in range(20)], labels=y[:20])
     assert len(evs) == 20 and evs[0].id == "b0" and evs[0].label == int(y[0])
     assert {c["method"] for c in evs[0].counterfactuals} == {"reco", "lgd", "lnn"} and evs[0].neighbour
-    assert {c["property"] for c in evs[0].property_curves} >= {"brightness", "noise"}
+    # the screened search's curves are those of the 3 directions it swept in full: darkening among them
+    assert all(len(e.property_curves) == 3 for e in evs)
+    assert sum(any((c["property"], c["direction"]) == ("brightness", "decrease") for c in e.property_curves)
+               for e in evs) >= 15
+    full = collect_evidence(clf, fitted, bright[:2], search="full")  # a curve per editor, first direction
+    assert [c["property"] for c in full[0].property_curves] == [e.property for e in parametric_editors()]
     # the measured statistics point at the injected cause: far brighter than the confident reference images
     assert sum(e.statistics_z["brightness"] > 3 for e in evs) >= 15
     assert Evidence.from_json(evs[0].to_json()) == evs[0]

@@ -192,6 +192,8 @@ def test_changed_config_is_refused_and_cfx_report_rerenders(shapes_models, fitte
     assert again.exit_code == 0 and "explained" in again.output
     changed = runner.invoke(main, args + ["--flag-below", "0.5"])
     assert changed.exit_code != 0 and "another config" in changed.output and "--restart" in changed.output
+    other_search = runner.invoke(main, args + ["--edit-search", "full"])  # other evidence: not the same run
+    assert other_search.exit_code != 0 and "another config" in other_search.output
     cards = (tmp_path / "report.html").read_text().count('<article class="card"')
     (tmp_path / "report.html").unlink()
     rerun = runner.invoke(main, ["report", "--run", str(tmp_path)])
@@ -199,6 +201,10 @@ def test_changed_config_is_refused_and_cfx_report_rerenders(shapes_models, fitte
     assert (tmp_path / "report.html").read_text().count('<article class="card"') == cards > 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert cards == summary["counts"]["flagged"]
+    stages = summary["timing"]["explain_stages"]  # seconds per stage, summed over the batches
+    assert {"scores", "property edits", "statistics", "lgd"} <= set(stages) and all(v > 0 for v in stages.values())
+    assert sum(stages.values()) <= summary["timing"]["explain_seconds"]
+    assert summary["config"]["edit_search"] == "screened"
     # the review set's injected causes are named by the explanations far more often than chance
     meta = {s["id"]: s for s in RunStore(tmp_path).samples()}
     hits = [s["cause"] == meta[s["id"]]["metadata"]["injected_cause"] for s in summary["samples"]

@@ -17,12 +17,13 @@ __all__ = ["explanation_benchmark"]
 
 
 def explanation_benchmark(models: "DemoModels", fitted, per_cause: int = 100, seed: int = 1,
-                          reporter=None, progress: bool = False) -> dict:
+                          reporter=None, progress: bool = False, search: str = "screened") -> dict:
     """The six-cause benchmark of the explanation study on a demo data set, with the offline evidence reporter by default.
 
     Each cause is applied at every strength of its grid to the test split (causes seeded with ``seed``); only
     modified images whose PaRCE competency falls below 0.9 are kept, up to ``per_cause`` per cause drawn at
-    random; evidence is collected once with the Reco, LGD and LNN counterfactuals and explained in five views: all
+    random; evidence is collected once with the Reco, LGD and LNN counterfactuals (property edits searched with
+    ``search``, see :func:`cfx.generators.sweep_edits`) and explained in five views: all
     of it, without counterfactual evidence (ablation), and with each generator alone. Saturation is skipped on grey
     images. Returns ``{"causes": {cause: {"kept": n_kept, "used": n, "per_strength": {k: {"n", "accuracy"}}}},
     "views": {view: {"per_cause", "counts", "mean"}}}``.
@@ -44,7 +45,7 @@ def explanation_benchmark(models: "DemoModels", fitted, per_cause: int = 100, se
             causes[cause] = {"kept": 0, "used": 0, "per_strength": {}}
             continue
         pick = torch.randperm(len(ex.images), generator=torch.Generator().manual_seed(seed))[:per_cause]
-        evidence = collect_evidence(clf, fitted, ex.images[pick])
+        evidence = collect_evidence(clf, fitted, ex.images[pick], search=search)
         strengths = ex.strength[pick].tolist()
         hits: dict[float, list[bool]] = {}
         for view, gens in views.items():

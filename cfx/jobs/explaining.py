@@ -17,7 +17,7 @@ import inspect
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from cfx.core.models import Classifier, model_fingerprint
 from cfx.core.runstore import RunStore, png_bytes, png_tensor
 from cfx.evidence import (GENERATORS, Evidence, RunReference, collect_evidence, generator_availability,
                           resolve_edit_ranges)
-from cfx.generators import EditRanges, RunRankTarget
+from cfx.generators import SEARCHES, EditRanges, RunRankTarget
 from cfx.prompts import make_reporter, reporter_name
 from cfx.reports import render_review, write_summary
 from cfx.trust.fitted import Fitted
@@ -51,6 +51,8 @@ __all__ = ["DEFAULT_GENERATORS", "GENERATORS", "ExplainConfigError", "explain"]
 
 #: The counterfactual generators used when none are named: with a fitted folder, and without one.
 DEFAULT_GENERATORS = {"fitted": ("reco", "lgd", "lnn"), "none": ("igd", "nn")}
+#: How the restoring edit and the property curves are searched by default (see cfx.generators.sweep_edits)
+DEFAULT_EDIT_SEARCH = "screened"
 
 
 def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, fitted: str | Path | Fitted | None,
@@ -60,7 +62,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
             dataset_description: str | None = None, report: bool = True, data_spec: str | None = None,
             model_spec: str | None = None, flag_share: float | None = None,
             reporter_options: dict[str, Any] | None = None, edit_range: str = "reference",
-            engine: str | RayEngine | dict | None = None, **model_options: Any) -> ExplainResult:
+            engine: str | RayEngine | dict | None = None, edit_search: str = DEFAULT_EDIT_SEARCH,
+            **model_options: Any) -> ExplainResult:
     """Explain why predictions are untrusted, resumably; returns an :class:`ExplainResult` (the same content as
     OUT/summary.json).
 
@@ -76,7 +79,10 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     :data:`cfx.evidence.GENERATORS` (default :data:`DEFAULT_GENERATORS`); those the situation does not allow are
     left out with a warning and listed as unavailable in the summary and the report. ``edit_range``: property
     edits sweep only as far as the reference images reach (``"reference"``, default: see
-    :class:`cfx.generators.EditRanges`) or over each editor's full range (``"full"``).
+    :class:`cfx.generators.EditRanges`) or over each editor's full range (``"full"``). ``edit_search``: how the
+    restoring edit and the property curves are searched (:func:`cfx.generators.sweep_edits`): ``"screened"``
+    (default: every direction at three strengths, the three most promising swept in full) or ``"full"`` (every direction at
+    every strength). The seconds each stage of explaining took are kept in the summary (``timing.explain_stages``).
     ``reporter`` and ``reporter_options`` (e.g. ``{"model": "llava", "timeout": 20, "concurrency": 8,
     "api_key_env": "MY_KEY"}`` for ``openai:URL``): see :func:`cfx.prompts.make_reporter`. ``data_spec`` /
     ``model_spec`` name the data and model in the report when they are passed as objects. ``engine``: None or
@@ -92,6 +98,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
                          f"{explain_batch_size}")
     if edit_range not in ("reference", "full"):
         raise ValueError(f"edit_range must be 'reference' or 'full', got {edit_range!r}")
+    if edit_search not in SEARCHES:
+        raise ValueError(f"edit_search must be one of {', '.join(SEARCHES)}, got {edit_search!r}")
     if generators is not None:
         generator_availability(generators, None)  # unknown names fail before anything is loaded
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
@@ -106,7 +114,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     config = {"model": model_fingerprint(job.classifier), "data": job.data_name,
               "fitted": fitted.manifest.get("config_hash") if fitted is not None else None,
               "threshold": job.threshold.to_dict(), "generators": list(generators),
-              "reporter": reporter_name(reporter), "methods": job.methods, "edit_range": edit_range}
+              "reporter": reporter_name(reporter), "methods": job.methods, "edit_range": edit_range,
+              "edit_search": edit_search}
     store = RunStore(out, config, restart=restart)
     unavailable = dict(fitted.unavailable) if fitted is not None else {}
     unavailable.update(left_out)
@@ -124,7 +133,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
             with store.db:
                 store.set_meta("engine", {"engine": "local"})
             summary = _run(store, job.classifier, fitted, job.source, reporter, job.threshold, job.methods,
-                           list(generators), batch_size, explain_batch_size, progress, report, edit_range)
+                           list(generators), batch_size, explain_batch_size, progress, report, edit_range,
+                           edit_search=edit_search)
         else:
             with ray_session(engine):
                 with store.db:
@@ -132,7 +142,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
                 context = worker_context(engine, job.classifier, fitted, job.source)
                 summary = _run(store, job.classifier, fitted, job.source, reporter, job.threshold, job.methods,
                                list(generators), batch_size, explain_batch_size, progress, report, edit_range,
-                               engine, context)
+                               engine, context, edit_search=edit_search)
     finally:
         store.close()
     return ExplainResult.from_summary(summary, Path(out), time.perf_counter() - t_start)
@@ -150,7 +160,7 @@ def _trust_target_spec(store: RunStore, score: str) -> dict[str, Any]:
 def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source: ImageSource, reporter,
          threshold: Threshold, methods, generators, batch_size, explain_batch_size, progress,
          report, edit_range: str = "reference", engine: RayEngine | None = None,
-         context: WorkerContext | None = None) -> dict[str, Any]:
+         context: WorkerContext | None = None, edit_search: str = DEFAULT_EDIT_SEARCH) -> dict[str, Any]:
     names = classifier.class_names
     if store.get_meta("class_names") is None:
         with store.db:
@@ -198,11 +208,12 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
         batches = (evidence_batch(classifier, fitted, ids,
                                   torch.stack([png_tensor(store.image(sid, "original")) for sid in ids]),
                                   _labels(store, ids), generators, fail_fast=k == 0, target=target,
-                                  reference=reference, ranges=ranges) for k, ids in enumerate(chunks))
+                                  reference=reference, ranges=ranges, search=edit_search)
+                   for k, ids in enumerate(chunks))
     else:
         position = {sid: p for p, sid in enumerate(source.ids())}
         worker = {"context": context, "generators": generators, "reference": reference, "target": target_spec,
-                  "ranges": ranges.to_dict() if ranges is not None else None}
+                  "ranges": ranges.to_dict() if ranges is not None else None, "search": edit_search}
         items = [{"ids": ids, "positions": [position[sid] for sid in ids], "fail_fast": k == 0}
                  for k, ids in enumerate(chunks)]
         batches = (payload.decoded() for payload in _ray_results(engine, worker, items))
@@ -210,6 +221,10 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
         batch = batch.without(explained)
         if batch.ids:
             store.add_explanations(*report_batch(reporter, batch, store))
+            with store.db:  # seconds per stage of explaining, summed over batches (and over resumed runs)
+                stages = store.get_meta("explain_stages") or {}
+                store.set_meta("explain_stages", {k: stages.get(k, 0.0) + batch.stages.get(k, 0.0)
+                                                  for k in {**stages, **batch.stages}})
         bar.update(len(batch.ids))
     bar.close()
     if todo:
@@ -245,6 +260,7 @@ class EvidenceBatch:
     counterfactuals: list[Tensor | None]
     pictures: dict[tuple[str, str], Any]
     seconds: float  # per sample
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage of collect_evidence, whole batch
 
     def without(self, ids: set[str]) -> "EvidenceBatch":
         """The same batch less the samples in ``ids`` (already stored by an earlier, interrupted run)."""
@@ -255,7 +271,7 @@ class EvidenceBatch:
         return EvidenceBatch([self.ids[i] for i in keep], [self.images[i] for i in keep],
                              [self.evidence[i] for i in keep], [self.errors[i] for i in keep],
                              [self.counterfactuals[i] for i in keep],
-                             {k: v for k, v in self.pictures.items() if k[0] in kept}, self.seconds)
+                             {k: v for k, v in self.pictures.items() if k[0] in kept}, self.seconds, self.stages)
 
     def encoded(self) -> "EvidenceBatch":
         """Every image as PNG bytes, to send between processes (:meth:`decoded` reverses it exactly: the images
@@ -264,13 +280,13 @@ class EvidenceBatch:
             return png_bytes(x) if isinstance(x, Tensor) else x
         return EvidenceBatch(self.ids, [enc(x) for x in self.images], self.evidence, self.errors,
                              [enc(x) for x in self.counterfactuals], {k: enc(v) for k, v in self.pictures.items()},
-                             self.seconds)
+                             self.seconds, self.stages)
 
     def decoded(self) -> "EvidenceBatch":
         def dec(x):
             return png_tensor(x) if isinstance(x, bytes) else x
         return EvidenceBatch(self.ids, [dec(x) for x in self.images], self.evidence, self.errors,
-                             [dec(x) for x in self.counterfactuals], self.pictures, self.seconds)
+                             [dec(x) for x in self.counterfactuals], self.pictures, self.seconds, self.stages)
 
 
 class EvidenceWorker:
@@ -278,13 +294,14 @@ class EvidenceWorker:
     would give them back), and returns their :class:`EvidenceBatch` with the originals, encoded."""
 
     def __init__(self, context: WorkerContext, generators: list[str], reference: RunReference | None,
-                 target: dict[str, Any] | None, ranges: dict | None):
+                 target: dict[str, Any] | None, ranges: dict | None, search: str = "full"):
         self.classifier, self.fitted, self.source = open_worker(context)
         self.size = context.extra.get("size")  # what every image is read at, as in a local run
         self.generators = list(generators)
         self.reference = reference.bind(self.classifier) if reference is not None else None
         self.target = RunRankTarget(self.classifier, **target) if target is not None else None
         self.ranges = EditRanges.from_dict(ranges) if ranges is not None else None
+        self.search = search
 
     def run(self, item: dict[str, Any]) -> EvidenceBatch:
         batch = read_batch(self.source, item["positions"], self.size)
@@ -295,7 +312,7 @@ class EvidenceWorker:
         labels = [int(v) for v in batch.labels]
         result = evidence_batch(self.classifier, self.fitted, batch.ids, images, labels, self.generators,
                                 fail_fast=item["fail_fast"], target=self.target, reference=self.reference,
-                                ranges=self.ranges)
+                                ranges=self.ranges, search=self.search)
         result.pictures.update({(sid, "original"): images[i] for i, sid in enumerate(batch.ids)})
         return result.encoded()
 
@@ -314,15 +331,16 @@ def _ray_results(engine: RayEngine, worker: dict[str, Any], items: list[dict[str
 def evidence_batch(classifier: Classifier, fitted: Fitted | None, ids: list[str], images: Tensor,
                    labels: list[int], generators: list[str], fail_fast: bool = False,
                    target: RunRankTarget | None = None, reference: RunReference | None = None,
-                   ranges: EditRanges | None = None) -> EvidenceBatch:
+                   ranges: EditRanges | None = None, search: str = "full") -> EvidenceBatch:
     """Evidence for one batch; when the batch fails, each sample alone, so one bad sample becomes an error and the
     others get their evidence. With ``fail_fast`` (the run's first batch), when the first two samples alone fail
     exactly as the whole batch did, the cause is the set-up: stop with one message instead of an error per sample."""
     t = time.perf_counter()
+    stages: dict[str, float] = {}
     try:
         evidence, pictures = collect_evidence(classifier, fitted, images, ids=ids, labels=labels,
                                               generators=generators, return_images=True, target=target,
-                                              reference=reference, ranges=ranges)
+                                              reference=reference, ranges=ranges, search=search, timings=stages)
     except Exception as exc:  # noqa: BLE001 - isolate the bad sample, keep the run going
         message = f"evidence failed: {type(exc).__name__}: {exc}"
         if len(ids) == 1:
@@ -330,7 +348,8 @@ def evidence_batch(classifier: Classifier, fitted: Fitted | None, ids: list[str]
         parts = []
         for i in range(len(ids)):
             parts.append(evidence_batch(classifier, fitted, ids[i:i + 1], images[i:i + 1], labels[i:i + 1],
-                                        generators, target=target, reference=reference, ranges=ranges))
+                                        generators, target=target, reference=reference, ranges=ranges,
+                                        search=search))
             if fail_fast and i == 1 and all(p.errors[0] == message for p in parts):
                 raise ExplainConfigError(f"the first flagged samples all fail the same way, so the set-up is wrong "
                                          f"rather than one image ({message}); nothing more was attempted. Scores "
@@ -338,13 +357,14 @@ def evidence_batch(classifier: Classifier, fitted: Fitted | None, ids: list[str]
         return EvidenceBatch(ids, list(images), [e for p in parts for e in p.evidence],
                              [e for p in parts for e in p.errors], [c for p in parts for c in p.counterfactuals],
                              {k: v for p in parts for k, v in p.pictures.items()},
-                             sum(p.seconds for p in parts) / len(parts))
+                             sum(p.seconds for p in parts) / len(parts),
+                             {k: sum(p.stages.get(k, 0.0) for p in parts) for p in parts for k in p.stages})
     seconds = (time.perf_counter() - t) / len(ids)
     main = next((g for g in ("lgd", "reco", "lnn", "igd", "nn") if g in pictures), None)
     return EvidenceBatch(ids, list(images), list(evidence), [None] * len(ids),
                          [pictures[main][i] if main else None for i in range(len(ids))],
                          {(sid, kind): tensor[i] for kind, tensor in pictures.items() for i, sid in enumerate(ids)},
-                         seconds)
+                         seconds, stages)
 
 
 def report_batch(reporter, batch: EvidenceBatch, store: RunStore) -> tuple[list[dict], dict]:

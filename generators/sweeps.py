@@ -1,0 +1,204 @@
+"""The explanation stage's property edits in one pass: the restoring search and the property curves share their
+forward passes.
+
+The restoring search (:func:`~cfx.generators.restoring_edits`) and the property curves
+(:func:`~cfx.generators.property_curve`) edit the same images along the same strengths. :func:`sweep_edits` edits each
+image once per strength, runs the classifier once on each edited image and reads both the trust target (from the
+logits, when the target can: :attr:`TrustTarget.from_logits`) and the class probabilities from that one pass. Each
+edit range is computed once.
+
+Two searches (``search=``):
+
+* ``"full"``: every restoring editor in every direction at every strength (the exhaustive search), and a curve for
+  every editor's first direction, occlusion included. Gives the same answers as ``restoring_edits`` and
+  ``property_curve`` run separately.
+* ``"screened"``: every restoring direction at ``screen_steps`` of its strengths first (three of eight by default); only the
+  ``screen_top`` directions that reached the highest score are swept at every strength. Their best edit is the
+  restoring edit and their sweeps are the property curves shown. ``docs/results.md`` has how often this agrees
+  with the full search and what it saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from .editors import Editor, parametric_editors
+from .epgm import PropertyCurve, RestoringEdit, ContentCheck, epgm, shuffle_test
+from .ranges import EditRanges
+
+__all__ = ["EditSweeps", "SEARCHES", "sweep_edits"]
+
+SEARCHES = ("full", "screened")
+
+
+@dataclass
+class EditSweeps:
+    """What :func:`sweep_edits` found: one restoring edit per image, the curves swept, and the cost."""
+
+    restoring: list[RestoringEdit]
+    curves: list[PropertyCurve]
+    evaluated: int  # images the classifier ran on (originals included), over all images of the batch
+
+
+class _Scorer:
+    """The classifier's class probabilities and the target score of images, from one forward pass."""
+
+    def __init__(self, classifier, target: Callable[[Tensor], Tensor], batch_size: int):
+        self.classifier, self.target, self.batch_size = classifier, target, batch_size
+        self.from_logits = getattr(target, "from_logits", None)
+        self.evaluated = 0
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        probs, scores = [], []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = images[i:i + self.batch_size]
+                logits = self.classifier.logits(x)
+                probs.append(torch.softmax(logits, 1).float().cpu())
+                score = self.from_logits(logits, x) if self.from_logits is not None else self.target(x)
+                scores.append(score.float().cpu())
+        self.evaluated += len(images)
+        return torch.cat(probs), torch.cat(scores)
+
+
+def _curve(editor: Editor, direction: str, strengths: Tensor, probs0: Tensor, probs: Tensor, rows: Tensor | None,
+           permutations: int, seed: int) -> PropertyCurve:
+    """A :class:`PropertyCurve` from probabilities already computed: ``probs0 (N, C)`` of the originals and
+    ``probs (N, S, C)`` along the edit, following each original's predicted class."""
+    seq = torch.cat([probs0.unsqueeze(1), probs], 1)                          # (N, S + 1, C)
+    k = probs0.argmax(1)
+    y = seq.gather(2, k.view(-1, 1, 1).expand(-1, seq.shape[1], 1)).squeeze(2)
+    flips = (seq.argmax(2) != k.unsqueeze(1)).any(1)
+    return PropertyCurve(editor.property, strengths, y, k, epgm(y).float(), shuffle_test(y, permutations, seed).float(),
+                         flips, direction=direction, rows=rows)
+
+
+def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, editors: Sequence[Editor] | None = None,
+                steps: int = 8, ranges: EditRanges | None = None, *, search: Literal["full", "screened"] = "full",
+                screen_top: int = 3, screen_steps: Sequence[int] = (2, 5, 8), permutations: int = 200, seed: int = 0,
+                min_contrast_kept: float = 0.25, batch_size: int = 256) -> EditSweeps:
+    """Restoring edits and property curves of ``images (N, 3, H, W)`` in [0, 1] from shared forward passes.
+
+    ``target`` is the trust score to raise (a :class:`~cfx.generators.TrustTarget`, or any callable images → (N,)).
+    ``editors`` defaults to every parametric editor; those with ``restores = False`` (occlusion) only get a curve.
+    ``ranges``, ``steps`` and ``min_contrast_kept`` mean what they mean for
+    :func:`~cfx.generators.restoring_edits`; ``search`` is ``"full"`` or ``"screened"`` (see the module docs);
+    ``screen_steps`` are 1-based positions among the ``steps`` strengths.
+    """
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
+        raise ValueError(f"images must be a non-empty (N, 3, H, W) tensor in [0, 1], got {tuple(images.shape)}")
+    if steps < 1 or screen_top < 1:
+        raise ValueError(f"steps and screen_top must be at least 1, got {steps} and {screen_top}")
+    screen = sorted({int(s) - 1 for s in screen_steps})
+    if search == "screened" and (not screen or screen[0] < 0 or screen[-1] >= steps):
+        raise ValueError(f"screen_steps must be positions 1..{steps} among the strengths, got {list(screen_steps)}")
+    editors = list(editors) if editors is not None else parametric_editors()
+    n = len(images)
+    scorer = _Scorer(classifier, target, batch_size)
+    probs0, before = scorer(images)
+    kept = ContentCheck(images, ranges, min_contrast_kept) if ranges is not None else None
+
+    def strengths_of(editor: Editor, direction: str) -> Tensor:
+        if ranges is not None:
+            return ranges.strengths(editor, images, direction, steps)
+        return editor.sweep(direction, steps).unsqueeze(0).expand(n, -1)
+
+    def evaluate(editor: Editor, s: Tensor, restores: bool) -> tuple[Tensor, Tensor]:
+        """Scores ``(N, S)`` (−inf where the edit loses the content) and probabilities ``(N, S, C)`` along ``s``."""
+        seq = editor.edit(images, s)[:, 1:]
+        m = s.shape[1]
+        probs, after = scorer(seq.reshape(n * m, *seq.shape[2:]))
+        after = after.view(n, m)
+        if restores and kept is not None:
+            after = torch.where(kept(seq), after, torch.full_like(after, -torch.inf))
+        return after, probs.view(n, m, -1)
+
+    rows = [(e, d) for e in editors if e.restores for d in e.directions]   # the restoring search's directions
+    sweeps: dict[tuple[int, str], tuple[Tensor, Tensor, Tensor | None]] = {}  # (editor #, direction) → s, after, probs
+    if search == "full":
+        for j, e in enumerate(editors):
+            for d in (e.directions if e.restores else e.directions[:1]):
+                s = strengths_of(e, d)
+                after, probs = evaluate(e, s, e.restores)
+                sweeps[(j, d)] = (s, after, probs)
+        swept = list(sweeps)
+    else:
+        position = {id(e): j for j, e in enumerate(editors)}
+        screened = {}
+        for e, d in rows:
+            s = strengths_of(e, d)
+            after, probs = evaluate(e, s[:, screen], True)
+            screened[(position[id(e)], d)] = (s, after, probs)
+        keys = list(screened)
+        best = torch.stack([screened[k][1].max(1).values for k in keys], 1)     # (N, E) best screened score
+        # per image the screen_top most promising directions; each direction is swept for the images that chose it
+        top = torch.argsort(best, dim=1, descending=True, stable=True)[:, :screen_top]
+        rest = [i for i in range(steps) if i not in screen]
+        for c, key in enumerate(keys):
+            s, after_screen, probs_screen = screened[key]
+            chosen = (top == c).any(1)
+            after = torch.full((n, steps), -torch.inf)
+            after[:, screen] = after_screen
+            probs = torch.zeros(n, steps, probs_screen.shape[2])
+            probs[:, screen] = probs_screen
+            if chosen.any() and rest:
+                e = editors[key[0]]
+                idx = torch.nonzero(chosen).flatten()
+                sub_images = images[idx]
+                seq = e.edit(sub_images, s[idx][:, rest])[:, 1:]
+                p, a = scorer(seq.reshape(len(idx) * len(rest), *seq.shape[2:]))
+                a = a.view(len(idx), len(rest))
+                if kept is not None:
+                    a = torch.where(kept.subset(idx)(seq), a, torch.full_like(a, -torch.inf))
+                after[idx.unsqueeze(1), torch.tensor(rest).unsqueeze(0)] = a
+                probs[idx.unsqueeze(1), torch.tensor(rest).unsqueeze(0)] = p.view(len(idx), len(rest), -1)
+            sweeps[key] = (s, after, probs)
+        swept_mask = {key: (top == c).any(1) for c, key in enumerate(keys)}
+        swept = [k for k in keys if swept_mask[k].any()]
+
+    restoring = _best_edits([(editors[j], d) for j, d in sweeps if editors[j].restores],
+                            [sweeps[k] for k in sweeps if editors[k[0]].restores], before, kept is not None)
+    curves = []
+    for key in swept:
+        e = editors[key[0]]
+        if search == "full" and key[1] != e.directions[0]:
+            continue  # one curve per editor, along its first direction, as property_curve draws it
+        s, _, probs = sweeps[key]
+        if search == "screened":
+            rows = torch.nonzero(swept_mask[key]).flatten()
+            curves.append(_curve(e, key[1], s[rows], probs0[rows], probs[rows], rows, permutations, seed))
+        else:
+            curves.append(_curve(e, key[1], s, probs0, probs, None, permutations, seed))
+    return EditSweeps(restoring, curves, scorer.evaluated)
+
+
+def _best_edits(names: list[tuple[Editor, str]], sweeps: list[tuple[Tensor, Tensor, Tensor]], before: Tensor,
+                ranged: bool) -> list[RestoringEdit]:
+    """Per image, the (editor, direction, strength) with the highest score; ``"none"`` when nothing inside the
+    ranges raises it (as :func:`~cfx.generators.restoring_edits`)."""
+    if not names:
+        return [RestoringEdit("none", "", 0.0, float(b), float(b)) for b in before]
+    tops, strengths = [], []
+    for s, after, _ in sweeps:
+        top, where = after.max(1)
+        tops.append(top)
+        strengths.append(s.float().cpu().gather(1, where.view(-1, 1)).squeeze(1))
+    tops_t, strengths_t = torch.stack(tops, 1), torch.stack(strengths, 1)
+    gains = tops_t - before.unsqueeze(1)
+    best = gains.argmax(1)   # the first maximum wins ties, in the editors' order
+    keys = [f"{e.property}:{d}" for e, d in names]
+    out = []
+    for i, j in enumerate(best.tolist()):
+        finite = {k: (float(g) if torch.isfinite(g) else None) for k, g in zip(keys, gains[i])}
+        if ranged and not gains[i, j] > 0:
+            out.append(RestoringEdit("none", "", 0.0, float(before[i]), float(before[i]), finite))
+        else:
+            out.append(RestoringEdit(names[j][0].property, names[j][1], float(strengths_t[i, j]), float(before[i]),
+                                     float(tops_t[i, j]), finite))
+    return out

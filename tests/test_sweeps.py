@@ -1,0 +1,95 @@
+"""The shared property-edit sweep against the two searches it replaces, the screened search's accounting, and the
+strength-free part of the denoise and sharpen edits against scipy."""
+
+import numpy as np
+import pytest
+import torch
+from factories import tiny_cnn
+from scipy import ndimage
+
+import cfx
+from cfx.generators import (Denoise, EditRanges, Sharpen, TrustTarget, parametric_editors, property_curve,
+                            restoring_edits, sweep_edits)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = cfx.Classifier.wrap(tiny_cnn().eval(), preprocessing=cfx.Preprocessing(size=(24, 24)))
+    reference = torch.rand(40, 3, 24, 24) * 0.6 + 0.2
+    images = torch.cat([reference[:6] * 0.3, reference[6:12]])  # half of them darkened
+    msp = lambda logits, x=None: torch.softmax(logits, 1).max(1).values  # noqa: E731
+    target = TrustTarget("msp", lambda x: msp(model.logits(x)), 0.9, "maximum softmax probability", msp)
+    return model, images, target, EditRanges.measure(reference)
+
+
+def test_full_sweep_gives_what_the_two_separate_searches_give(setup):
+    model, images, target, ranges = setup
+    editors = parametric_editors()
+    sweeps = sweep_edits(model, target, images, editors, steps=6, ranges=ranges, search="full")
+    separate = restoring_edits(lambda x: target(x), images, [e for e in editors if e.restores], steps=6,
+                               ranges=ranges)
+    assert [(r.property, r.direction, r.strength) for r in sweeps.restoring] == \
+           [(r.property, r.direction, r.strength) for r in separate]
+    np.testing.assert_allclose([r.score_after for r in sweeps.restoring], [r.score_after for r in separate],
+                               atol=1e-6)
+    assert [c.property for c in sweeps.curves] == [e.property for e in editors]  # one per editor, first direction
+    for curve, editor in zip(sweeps.curves, editors):
+        alone = property_curve(model, editor, images, ranges.strengths(editor, images, editor.directions[0], 6),
+                               permutations=200)
+        torch.testing.assert_close(curve.probabilities, alone.probabilities, atol=1e-6, rtol=0)
+        torch.testing.assert_close(curve.p_value, alone.p_value)
+        assert curve.direction == editor.directions[0] and torch.equal(curve.flips, alone.flips)
+    # every image once, then each restoring direction (13) and occlusion's one at every strength
+    directions = sum(len(e.directions) for e in editors if e.restores) + 1
+    assert sweeps.evaluated == len(images) * (1 + directions * 6)
+
+
+def test_screened_search_sweeps_only_the_most_promising_directions(setup):
+    model, images, target, ranges = setup
+    editors = [e for e in parametric_editors() if e.restores]
+    rows = sum(len(e.directions) for e in editors)
+    full = sweep_edits(model, target, images, editors, steps=8, ranges=ranges, search="full")
+    # screening every direction is the full search again
+    everything = sweep_edits(model, target, images, editors, steps=8, ranges=ranges, search="screened",
+                             screen_top=rows)
+    assert [(r.property, r.direction, r.strength) for r in everything.restoring] == \
+           [(r.property, r.direction, r.strength) for r in full.restoring]
+    screened = sweep_edits(model, target, images, editors, steps=8, ranges=ranges, search="screened", screen_top=2,
+                           screen_steps=(2, 5, 8))
+    n = len(images)
+    assert screened.evaluated == n * (1 + rows * 3 + 2 * 5)  # 3 strengths everywhere, the other 5 for 2 per image
+    assert len(screened.curves) >= 2 and all(c.rows is not None for c in screened.curves)
+    per_image = torch.zeros(n, dtype=torch.long)
+    for c in screened.curves:
+        per_image[c.rows] += 1
+        assert c.probabilities.shape == (len(c.rows), 9)
+    assert per_image.tolist() == [2] * n  # each image's two swept directions have a curve
+    # the screened answer is one of the directions it swept in full, and never better than the full search's
+    for r, f in zip(screened.restoring, full.restoring):
+        assert r.score_after <= f.score_after + 1e-6
+    # darkened images: brightening restores them, and the screen finds it as the full search does
+    assert [r.property + ":" + r.direction for r in screened.restoring[:6]] == \
+           [r.property + ":" + r.direction for r in full.restoring[:6]]
+
+
+def test_sweep_edits_refuses_bad_settings(setup):
+    model, images, target, ranges = setup
+    with pytest.raises(ValueError, match="search must be one of"):
+        sweep_edits(model, target, images, search="fast")
+    with pytest.raises(ValueError, match="screen_steps must be positions 1..8"):
+        sweep_edits(model, target, images, steps=8, search="screened", screen_steps=(0, 9))
+    with pytest.raises(ValueError, match="non-empty"):
+        sweep_edits(model, target, images[:0])
+
+
+def test_denoise_and_sharpen_sweeps_match_scipy_filters():
+    x = torch.rand(3, 3, 20, 17)
+    median = torch.from_numpy(ndimage.median_filter(x.numpy(), size=(1, 1, 3, 3), mode="nearest"))
+    seq = Denoise().edit(x, [0.5, 1.0])
+    torch.testing.assert_close(seq[:, 2], median.clamp(0, 1))
+    torch.testing.assert_close(seq[:, 1], (x + 0.5 * (median - x)).clamp(0, 1))
+    # unsharp mask with a sigma-1 Gaussian (truncated at 3 sigma, reflected at the border as scipy's "mirror")
+    blurred = torch.from_numpy(ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, 1, 1), mode="mirror", truncate=3.0))
+    seq = Sharpen().edit(x, [2.0])
+    torch.testing.assert_close(seq[:, 1], (x + 2.0 * (x - blurred)).clamp(0, 1), atol=1e-5, rtol=0)
