@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from cfx.generators import parametric_editors, property_curve, restoring_edits
+from cfx.prompts import EvidenceReporter
 
 import cfx
 from cfx.demo.causes import CAUSES, apply_cause, cause_examples
 from cfx.evidence import collect_evidence, resolve_edit_ranges
-from cfx.generators import TrustTarget, parametric_editors, property_curve, restoring_edits
-from cfx.prompts import EvidenceReporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -71,7 +71,7 @@ def load(args):
 
 def legacy_edits(model, fitted, images, ranges, steps=8):
     """The property edits as the first build made them: two separate searches."""
-    score_fn = lambda x: fitted.parce.competency_from(model.logits(x), x)  # noqa: E731
+    score_fn = lambda x: fitted.parce.competency_from(model.logits(x), x)
     editors = parametric_editors()
     restoring_edits(score_fn, images, [e for e in editors if e.restores], steps=steps, ranges=ranges)
     [property_curve(model, e, images, ranges.strengths(e, images, e.directions[0], steps), permutations=200)

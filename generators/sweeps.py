@@ -20,17 +20,18 @@ Two searches (``search=``):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from .editors import Editor, parametric_editors
-from .epgm import PropertyCurve, RestoringEdit, ContentCheck, epgm, shuffle_test
+from .epgm import ContentCheck, PropertyCurve, RestoringEdit, epgm, shuffle_test
 from .ranges import EditRanges
 
-__all__ = ["EditSweeps", "SEARCHES", "sweep_edits"]
+__all__ = ["SEARCHES", "EditSweeps", "sweep_edits"]
 
 SEARCHES = ("full", "screened")
 

@@ -4,12 +4,20 @@ strength-free part of the denoise and sharpen edits against scipy."""
 import numpy as np
 import pytest
 import torch
+from cfx.generators import (
+    Denoise,
+    EditRanges,
+    Sharpen,
+    TrustTarget,
+    parametric_editors,
+    property_curve,
+    restoring_edits,
+    sweep_edits,
+)
 from factories import tiny_cnn
 from scipy import ndimage
 
 import cfx
-from cfx.generators import (Denoise, EditRanges, Sharpen, TrustTarget, parametric_editors, property_curve,
-                            restoring_edits, sweep_edits)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +26,7 @@ def setup():
     model = cfx.Classifier.wrap(tiny_cnn().eval(), preprocessing=cfx.Preprocessing(size=(24, 24)))
     reference = torch.rand(40, 3, 24, 24) * 0.6 + 0.2
     images = torch.cat([reference[:6] * 0.3, reference[6:12]])  # half of them darkened
-    msp = lambda logits, x=None: torch.softmax(logits, 1).max(1).values  # noqa: E731
+    msp = lambda logits, x=None: torch.softmax(logits, 1).max(1).values
     target = TrustTarget("msp", lambda x: msp(model.logits(x)), 0.9, "maximum softmax probability", msp)
     return model, images, target, EditRanges.measure(reference)
 
@@ -74,7 +82,7 @@ def test_screened_search_sweeps_only_the_most_promising_directions(setup):
 
 
 def test_sweep_edits_refuses_bad_settings(setup):
-    model, images, target, ranges = setup
+    model, images, target, _ = setup
     with pytest.raises(ValueError, match="search must be one of"):
         sweep_edits(model, target, images, search="fast")
     with pytest.raises(ValueError, match="screen_steps must be positions 1..8"):
