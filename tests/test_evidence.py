@@ -49,6 +49,8 @@ def test_collect_evidence_on_demo_cause_images(shapes_models):
     evs = collect_evidence(clf, fitted, bright, ids=[f"b{i}" for i in range(20)], labels=y[:20])
     assert len(evs) == 20 and evs[0].id == "b0" and evs[0].label == int(y[0])
     assert {c["method"] for c in evs[0].counterfactuals} == {"reco", "lgd", "lnn"} and evs[0].neighbour
+    # LGD's budget in the evidence stage: at most 10 optimisation steps per image
+    assert all(c["steps"] <= 10 for e in evs for c in e.counterfactuals if c["method"] == "lgd")
     # the screened search's curves are those of the 3 directions it swept in full: darkening among them
     assert all(len(e.property_curves) == 3 for e in evs)
     assert sum(any((c["property"], c["direction"]) == ("brightness", "decrease") for c in e.property_curves)

@@ -33,6 +33,28 @@ def test_cnn_head_features_and_logits_match_manual_forward():
     torch.testing.assert_close(clf.features(x), ref_feats)
 
 
+def test_large_batches_run_in_chunks_on_the_cpu_with_the_same_results_and_gradients(monkeypatch):
+    net = SmallCNN(5, image_size=32).eval()
+    clf = Classifier.wrap(net)
+    monkeypatch.setattr(Classifier, "cpu_chunk_pixels", 2 * 32 * 32)  # 2 images per forward pass
+    calls = []
+    net.register_forward_pre_hook(lambda _m, inputs: calls.append(len(inputs[0])))
+    x = torch.rand(5, 3, 32, 32, requires_grad=True)
+    logits, feats = clf.logits_and_features(x)
+    assert calls == [2, 2, 1]
+    ref_feats = net.body(net.convs(x))
+    torch.testing.assert_close(feats, ref_feats)
+    torch.testing.assert_close(logits, ref_feats @ net.head.weight.T + net.head.bias, rtol=1e-5, atol=1e-5)
+    # autograd through the chunks: the gradient of the whole batch's loss, as one pass would give it
+    (grad,) = torch.autograd.grad(clf.logits(x).logsumexp(1).sum(), x)
+    (ref,) = torch.autograd.grad(net(x).logsumexp(1).sum(), x)
+    torch.testing.assert_close(grad, ref)
+    monkeypatch.setattr(Classifier, "cpu_chunk_pixels", 0)  # off: one pass
+    calls.clear()
+    clf.logits(x)
+    assert calls == [5]
+
+
 def test_mlp_without_bias_head_found():
     net = mlp(3, bias=False)
     clf = Classifier.wrap(net, example_size=(8, 8))
