@@ -71,12 +71,12 @@ from .gradient import (
 from .latent import AutoencoderReconstruction, LatentNearestNeighbours
 from .metrics import counterfactual_metrics, kernel_inception_distance
 from .neighbours import NearestTrustedImage
-from .ranges import PROPERTY_STATISTICS, EditRanges
+from .ranges import MONOTONE_PROPERTIES, PROPERTY_STATISTICS, EditRanges
 from .sweeps import SEARCHES, EditSweeps, sweep_edits
 
 __all__ = [
     "DDPMEditor", "DEFAULT_INSTRUCTIONS", "InstructPix2PixEditor", "SDEditCounterfactual", "train_ddpm",
-    "EditRanges", "PROPERTY_STATISTICS", "AttributeEditor", "Blur", "Brightness", "Contrast", "Denoise", "EDITORS", "Editor", "HueShift", "Noise",
+    "EditRanges", "MONOTONE_PROPERTIES", "PROPERTY_STATISTICS", "AttributeEditor", "Blur", "Brightness", "Contrast", "Denoise", "EDITORS", "Editor", "HueShift", "Noise",
     "Occlusion", "Pixelation", "PropertyCurve", "RenderingWorld", "RestoringEdit", "Saturation", "Sharpen", "WORLDS",
     "epgm", "parametric_editors", "property_curve", "restoring_editors", "restoring_edits", "shuffle_test",
     "strength_grid", "SEARCHES", "EditSweeps", "sweep_edits",

@@ -46,6 +46,30 @@ def test_bands_are_the_reference_percentiles_and_sweeps_end_inside_them():
     assert EditRanges.from_dict(json.loads(json.dumps(ranges.to_dict()))).bands == ranges.bands
 
 
+def test_binary_search_for_the_sweeps_end_agrees_with_the_full_scan_on_photographs():
+    from factories import photo_tiles
+
+    from cfx.core.images import resize
+    from cfx.demo.causes import CAUSES, apply_cause
+    from cfx.generators import MONOTONE_PROPERTIES
+
+    tiles = resize(photo_tiles(36, seed=4), (64, 64))
+    ranges = EditRanges.measure(tiles[:18])
+    incoming = torch.cat([tiles[18:]] + [apply_cause(tiles[18:], cause, CAUSES[cause][3], seed=2)
+                                         for cause in ("brightness", "contrast", "saturation", "noise")])
+    checked = 0
+    for name in sorted(MONOTONE_PROPERTIES):
+        editor = EDITORS.get(name)()
+        for direction in editor.directions:
+            scan = ranges.limits(editor, incoming, direction, search="scan")
+            bisect = ranges.limits(editor, incoming, direction)
+            assert torch.equal(scan, bisect), (name, direction)
+            checked += int((scan != editor.neutral).sum())
+    assert checked > 100  # most sweeps go somewhere: the search has boundaries to find
+    with pytest.raises(ValueError, match="'bisect' or 'scan'"):
+        ranges.limits(Brightness(), incoming, "increase", search="binary")
+
+
 @pytest.fixture(scope="module")
 def digits_model():
     x, y = colour_digits(400)
