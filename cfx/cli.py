@@ -628,6 +628,10 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
     if t.get("score_seconds") and t.get("explain_seconds"):
         click.echo(f"throughput: {c['samples'] / t['score_seconds']:.0f} images/s scored, "
                    f"{c['explained'] / t['explain_seconds']:.1f} flagged images/s explained")
+    stages = t.get("explain_stages") or {}
+    if stages and c["explained"]:
+        click.echo("per flagged image: " + ", ".join(f"{name} {seconds / c['explained']:.2g} s" for name, seconds in
+                                                     sorted(stages.items(), key=lambda kv: -kv[1])))
     if c["causes"]:
         click.echo("causes: " + ", ".join(f"{k} {v}" for k, v in sorted(c["causes"].items(), key=lambda kv: -kv[1])))
     if c.get("backends"):

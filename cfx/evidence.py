@@ -27,6 +27,7 @@ from cfx.generators import (
     ImageGradientDescent,
     LatentGradientDescent,
     LatentNearestNeighbours,
+    SEARCHES,
     NearestTrustedImage,
     TrustTarget,
     parametric_editors,
@@ -342,12 +343,14 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
     counterfactual evidence (for ablations). ``return_images=True`` returns ``(evidence, images)`` with ``images``
     mapping each generator name (and ``"neighbour"`` for the nearest trusted image of LNN or NN) to its
     ``(N, 3, h, w)`` images, for reports. ``search``: how the restoring edit and the property curves are searched
-    (:func:`~cfx.generators.sweep_edits`: ``"screened"``, the default, or ``"full"``). ``timings``: a dict that receives the
-    seconds each stage took (added to what it holds, so one dict can sum over batches).
+    (:func:`~cfx.generators.sweep_edits`: ``"screened"``, the default, or ``"full"``). ``timings``: a dict that
+    receives the seconds each stage took (added to what it holds, so one dict can sum over batches).
     """
     n = len(images)
     if n == 0:
         raise ValueError("no images to collect evidence for")
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     if fitted is None and target is None:
         raise ValueError("without a fitted folder, pass the trust target to raise (target=RunRankTarget(...)); "
                          "or fit one with cfx fit")

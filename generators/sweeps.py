@@ -12,8 +12,8 @@ Two searches (``search=``):
 * ``"full"``: every restoring editor in every direction at every strength (the exhaustive search), and a curve for
   every editor's first direction, occlusion included. Gives the same answers as ``restoring_edits`` and
   ``property_curve`` run separately.
-* ``"screened"``: every restoring direction at ``screen_steps`` of its strengths first (three of eight by default); only the
-  ``screen_top`` directions that reached the highest score are swept at every strength. Their best edit is the
+* ``"screened"``: every restoring direction at ``screen_steps`` of its strengths first (three of eight by default);
+  per image, only the ``screen_top`` directions that reached the highest score are swept at every strength. Their best edit is the
   restoring edit and their sweeps are the property curves shown. ``docs/results.md`` has how often this agrees
   with the full search and what it saves.
 """
@@ -120,7 +120,7 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
             after = torch.where(kept(seq), after, torch.full_like(after, -torch.inf))
         return after, probs.view(n, m, -1)
 
-    rows = [(e, d) for e in editors if e.restores for d in e.directions]   # the restoring search's directions
+    directions = [(e, d) for e in editors if e.restores for d in e.directions]   # the restoring search's
     sweeps: dict[tuple[int, str], tuple[Tensor, Tensor, Tensor | None]] = {}  # (editor #, direction) → s, after, probs
     if search == "full":
         for j, e in enumerate(editors):
@@ -132,7 +132,7 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
     else:
         position = {id(e): j for j, e in enumerate(editors)}
         screened = {}
-        for e, d in rows:
+        for e, d in directions:
             s = strengths_of(e, d)
             after, probs = evaluate(e, s[:, screen], True)
             screened[(position[id(e)], d)] = (s, after, probs)
@@ -172,8 +172,9 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
             continue  # one curve per editor, along its first direction, as property_curve draws it
         s, _, probs = sweeps[key]
         if search == "screened":
-            rows = torch.nonzero(swept_mask[key]).flatten()
-            curves.append(_curve(e, key[1], s[rows], probs0[rows], probs[rows], rows, permutations, seed))
+            members = torch.nonzero(swept_mask[key]).flatten()  # the images that swept this direction in full
+            curves.append(_curve(e, key[1], s[members], probs0[members], probs[members], members, permutations,
+                                 seed))
         else:
             curves.append(_curve(e, key[1], s, probs0, probs, None, permutations, seed))
     return EditSweeps(restoring, curves, scorer.evaluated)

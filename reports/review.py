@@ -25,6 +25,17 @@ __all__ = ["render_review", "review_context"]
 THUMB = 96  # displayed size of image thumbnails in CSS pixels
 
 
+def _stages(summary: dict) -> dict | None:
+    """Seconds per flagged image of each stage of explaining, largest first, for the report's header."""
+    stages = (summary.get("timing") or {}).get("explain_stages") or {}
+    explained = summary["counts"].get("explained") or 0
+    if not stages or not explained:
+        return None
+    parts = sorted(stages.items(), key=lambda kv: -kv[1])
+    return {"total": f"{sum(stages.values()) / explained:.3g}",
+            "parts": [(name, f"{seconds / explained:.2g}") for name, seconds in parts]}
+
+
 def _heat_map(original: bytes | None, counterfactual: bytes | None) -> str | None:
     """|original − counterfactual| summed over channels, as a colour-mapped PNG data URI (at the original's size)."""
     if original is None or counterfactual is None:
@@ -137,7 +148,8 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
                           "strength": fmt(restoring.get("strength"), 2), "before": fmt(restoring.get("score_before")),
                           "after": fmt(restoring.get("score_after"))} if restoring else None,
             "gains": [{"edit": k, "gain": fmt(v), "width": max(0.0, min(1.0, v)) * 100} for k, v in gains],
-            "curves": [{"property": c["property"], "epgm": fmt(c.get("epgm")), "p": fmt(c.get("p_value")),
+            "curves": [{"property": c["property"], "direction": c.get("direction") or "", "epgm": fmt(c.get("epgm")),
+                        "p": fmt(c.get("p_value")),
                         "flips": c.get("flips"), "points": _sparkline(c.get("probabilities", []))} for c in curves],
             "neighbour": {"id": neighbour.get("neighbour_id"), "label": name(neighbour.get("neighbour_label")),
                           "distance": fmt(neighbour.get("neighbour_distance")),
@@ -156,7 +168,7 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
             "metrics": metrics, "plots": _plots(samples, score, threshold["value"]), "cards": cards,
             "hidden": max(0, len(flagged) - max_cards), "errors": errors, "thumb": THUMB,
             "causes": sorted(counts["causes"].items(), key=lambda kv: -kv[1]),
-            "timing": summary["timing"], "unavailable": summary.get("unavailable") or {},
+            "timing": summary["timing"], "stages": _stages(summary), "unavailable": summary.get("unavailable") or {},
             "uncalibrated": summary.get("uncalibrated") or {},
             "flag_score": summary.get("flag_score") or {}, "reference": summary.get("reference") or {},
             "edit_ranges": summary.get("edit_ranges") or {},

@@ -205,6 +205,9 @@ def test_changed_config_is_refused_and_cfx_report_rerenders(shapes_models, fitte
     assert {"scores", "property edits", "statistics", "lgd"} <= set(stages) and all(v > 0 for v in stages.values())
     assert sum(stages.values()) <= summary["timing"]["explain_seconds"]
     assert summary["config"]["edit_search"] == "screened"
+    assert "per flagged image: " in first.output and "property edits" in first.output
+    html = (tmp_path / "report.html").read_text()
+    assert "Explaining took" in html and "property edits" in html
     # the review set's injected causes are named by the explanations far more often than chance
     meta = {s["id"]: s for s in RunStore(tmp_path).samples()}
     hits = [s["cause"] == meta[s["id"]]["metadata"]["injected_cause"] for s in summary["samples"]

@@ -81,8 +81,9 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     edits sweep only as far as the reference images reach (``"reference"``, default: see
     :class:`cfx.generators.EditRanges`) or over each editor's full range (``"full"``). ``edit_search``: how the
     restoring edit and the property curves are searched (:func:`cfx.generators.sweep_edits`): ``"screened"``
-    (default: every direction at three strengths, the three most promising swept in full) or ``"full"`` (every direction at
-    every strength). The seconds each stage of explaining took are kept in the summary (``timing.explain_stages``).
+    (default: every direction at three strengths, the three most promising swept in full) or ``"full"`` (every
+    direction at every strength). The seconds each stage of explaining took are kept in the summary
+    (``timing.explain_stages``).
     ``reporter`` and ``reporter_options`` (e.g. ``{"model": "llava", "timeout": 20, "concurrency": 8,
     "api_key_env": "MY_KEY"}`` for ``openai:URL``): see :func:`cfx.prompts.make_reporter`. ``data_spec`` /
     ``model_spec`` name the data and model in the report when they are passed as objects. ``engine``: None or
@@ -294,7 +295,7 @@ class EvidenceWorker:
     would give them back), and returns their :class:`EvidenceBatch` with the originals, encoded."""
 
     def __init__(self, context: WorkerContext, generators: list[str], reference: RunReference | None,
-                 target: dict[str, Any] | None, ranges: dict | None, search: str = "full"):
+                 target: dict[str, Any] | None, ranges: dict | None, search: str = DEFAULT_EDIT_SEARCH):
         self.classifier, self.fitted, self.source = open_worker(context)
         self.size = context.extra.get("size")  # what every image is read at, as in a local run
         self.generators = list(generators)
@@ -331,7 +332,7 @@ def _ray_results(engine: RayEngine, worker: dict[str, Any], items: list[dict[str
 def evidence_batch(classifier: Classifier, fitted: Fitted | None, ids: list[str], images: Tensor,
                    labels: list[int], generators: list[str], fail_fast: bool = False,
                    target: RunRankTarget | None = None, reference: RunReference | None = None,
-                   ranges: EditRanges | None = None, search: str = "full") -> EvidenceBatch:
+                   ranges: EditRanges | None = None, search: str = DEFAULT_EDIT_SEARCH) -> EvidenceBatch:
     """Evidence for one batch; when the batch fails, each sample alone, so one bad sample becomes an error and the
     others get their evidence. With ``fail_fast`` (the run's first batch), when the first two samples alone fail
     exactly as the whole batch did, the cause is the set-up: stop with one message instead of an error per sample."""
