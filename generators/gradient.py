@@ -8,7 +8,9 @@ fixes the reference code's weaknesses:
   changing and costs nothing more); the batch ends when all have, or after ``steps``. ``stopping="batch"`` keeps
   the paper's rule (everyone continues until all pass) for comparison;
 - pixels stay in [0, 1] (projected steps), results are seedable, any device, and ``internal_batch_size`` bounds
-  memory.
+  memory;
+- optionally (``patience=k``) a sample also stops when its score rose by less than ``min_improvement`` over its
+  last k steps: it has stalled, and more steps would cost passes without changing the counterfactual.
 """
 
 from __future__ import annotations
@@ -53,9 +55,15 @@ class _GradientGenerator:
 
     def __init__(self, target: Callable[[Tensor], Tensor], threshold: float = 0.9, steps: int = 100,
                  lr: float = 1e-3, gamma: float = 0.1, stopping: Stopping = "sample", internal_batch_size: int = 64,
-                 seed: int | None = 0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 seed: int | None = 0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 patience: int | None = None, min_improvement: float = 1e-3):
         if steps < 0 or lr <= 0 or internal_batch_size < 1:
             raise ValueError("steps must be ≥ 0, lr > 0 and internal_batch_size ≥ 1")
+        if patience is not None and (patience < 1 or min_improvement < 0):
+            raise ValueError(f"patience must be ≥ 1 (or None) and min_improvement ≥ 0, got {patience} and "
+                             f"{min_improvement}")
+        # a sample also stops when its score rose by less than min_improvement over its last `patience` steps
+        self.patience, self.min_improvement = patience, min_improvement
         if stopping not in ("sample", "batch"):
             raise ValueError(f"stopping must be 'sample' or 'batch', got {stopping!r}")
         self.target, self.threshold, self.steps, self.lr, self.gamma = target, threshold, steps, lr, gamma
@@ -100,12 +108,17 @@ class _GradientGenerator:
         steps_used = torch.zeros(n, dtype=torch.long)
         final_images = torch.empty_like(images)
         final_scores = torch.empty(n)
+        history = torch.full((self.steps + 1, n), float("nan"))  # each sample's score at each step
         for it in range(self.steps + 1):
             sub = var[active].detach().requires_grad_(True)
             with torch.enable_grad():
                 rendered = self._render(sub, ctx, active)
                 score = self.target(rendered)
                 done = score.detach() >= self.threshold
+                history[it, active.cpu()] = score.detach().float().cpu()
+                if self.patience is not None and it >= self.patience:
+                    gained = history[it, active.cpu()] - history[it - self.patience, active.cpu()]
+                    done = done | (gained < self.min_improvement).to(done.device)
                 if self.stopping == "sample":
                     finished = done
                 else:  # the paper's rule: nobody stops until everyone passes

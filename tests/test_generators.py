@@ -205,3 +205,18 @@ def test_autoencoder_generators_work_at_the_images_own_resolution():
     lnn = LatentNearestNeighbours(target, ae, index).generate(x)
     assert lnn.extra["neighbour_ids"] == ["a", "b", "c"]
     torch.testing.assert_close(lnn.images, x, atol=1e-5, rtol=0)
+
+
+def test_patience_stops_a_sample_whose_score_has_stalled():
+    # the score rises with the mean pixel value up to 0.3, then is flat: the threshold (0.9) is out of reach
+    target = lambda x: torch.clamp(x.mean((1, 2, 3)), max=0.3)  # noqa: E731
+    images = torch.full((3, 3, 8, 8), 0.1)
+    images[2] = 0.35  # already on the flat part
+    plain = ImageGradientDescent(target, steps=40, lr=0.02, gamma=0.0).generate(images)
+    assert plain.steps.tolist() == [40, 40, 40] and not plain.success.any()
+    patient = ImageGradientDescent(target, steps=40, lr=0.02, gamma=0.0, patience=3).generate(images)
+    assert patient.steps[2] == 3  # flat from the start: stops after 3 steps without a gain
+    assert (patient.steps[:2] < 40).all() and (patient.steps[:2] > 3).all()  # climbed, then stalled at 0.3
+    torch.testing.assert_close(patient.score_after[:2], torch.full((2,), 0.3))
+    with pytest.raises(ValueError, match="patience must be"):
+        ImageGradientDescent(target, patience=0)
