@@ -21,7 +21,7 @@ def main():
     parser.add_argument("--dataset", default="shapes")
     parser.add_argument("--per-cause", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1, help="Seed of the cause application and the sample drawn.")
-    parser.add_argument("--edit-search", default="screened", choices=["screened", "full"],
+    parser.add_argument("--edit-search", default="auto", choices=["auto", "screened", "full"],
                         help="How the restoring edit and the property curves are searched.")
     args = parser.parse_args()
     demo = load_demo(args.dataset, progress=False)

@@ -39,7 +39,7 @@ from cfx.trust.scores import default_scores, score_batch
 
 __all__ = ["CAUSE_LABELS", "GENERATORS", "STATISTICS", "Evidence", "RunReference", "blockiness", "collect_evidence",
            "difference_mass", "generator_availability", "image_statistics", "reference_statistics",
-           "resolve_edit_ranges"]
+           "resolve_edit_ranges", "resolve_search"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
@@ -238,6 +238,17 @@ def generator_availability(generators: Sequence[str], fitted: Fitted | None,
     return usable, reasons
 
 
+def resolve_search(search: str, target: TrustTarget) -> str:
+    """``"auto"`` → ``"screened"`` for PaRCE competency (agreement with the full search 0.95–1.00 on shapes, digits
+    and photographs), ``"full"`` for any other target (a run-rank target agreed 0.85 on photographs; docs/results.md);
+    ``"screened"`` and ``"full"`` stay."""
+    if search == "auto":
+        return "screened" if target.name == "parce" else "full"
+    if search not in SEARCHES:
+        raise ValueError(f"search must be 'auto' or one of {', '.join(SEARCHES)}, got {search!r}")
+    return search
+
+
 def resolve_edit_ranges(ranges: EditRanges | str | None, fitted: Fitted | None,
                         reference: "RunReference | None" = None) -> EditRanges | None:
     """The edit ranges to use: ``"reference"`` → the fitted folder's (else the run reference's, else none),
@@ -330,7 +341,7 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
                      generators: Sequence[str] = ("reco", "lgd", "lnn"), steps: int = 8,
                      with_counterfactuals: bool = True, return_images: bool = False,
                      target: TrustTarget | None = None, reference: RunReference | None = None,
-                     ranges: EditRanges | str | None = "reference", search: str = "screened",
+                     ranges: EditRanges | str | None = "reference", search: str = "auto",
                      timings: dict[str, float] | None = None):
     """Build one :class:`Evidence` per image (images ``(N, 3, H, W)`` in [0, 1] at the classifier's input size).
 
@@ -343,14 +354,16 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
     counterfactual evidence (for ablations). ``return_images=True`` returns ``(evidence, images)`` with ``images``
     mapping each generator name (and ``"neighbour"`` for the nearest trusted image of LNN or NN) to its
     ``(N, 3, h, w)`` images, for reports. ``search``: how the restoring edit and the property curves are searched
-    (:func:`~cfx.generators.sweep_edits`: ``"screened"``, the default, or ``"full"``). ``timings``: a dict that
-    receives the seconds each stage took (added to what it holds, so one dict can sum over batches).
+    (:func:`~cfx.generators.sweep_edits`: ``"screened"`` or ``"full"``; ``"auto"``, the default, screens when the
+    target is PaRCE competency, where the screen was measured to agree with the full search, and searches in full
+    otherwise). ``timings``: a dict that receives the seconds each stage took (added to what it holds, so one dict
+    can sum over batches).
     """
     n = len(images)
     if n == 0:
         raise ValueError("no images to collect evidence for")
-    if search not in SEARCHES:
-        raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    if search != "auto" and search not in SEARCHES:
+        raise ValueError(f"search must be 'auto' or one of {', '.join(SEARCHES)}, got {search!r}")
     if fitted is None and target is None:
         raise ValueError("without a fitted folder, pass the trust target to raise (target=RunRankTarget(...)); "
                          "or fit one with cfx fit")
@@ -369,6 +382,7 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
     if target is None:
         target = TrustTarget.competency(classifier, fitted)
     ranges = resolve_edit_ranges(ranges, fitted, reference)
+    search = resolve_search(search, target)
     with clock("property edits"):  # the restoring search and the property curves, from shared forward passes
         sweeps = sweep_edits(classifier, target, images, editors, steps=steps, ranges=ranges, search=search)
     restoring, curves = sweeps.restoring, sweeps.curves

@@ -114,13 +114,15 @@ def test_explain_without_labels_or_fitted_folder(model_and_production, tmp_path)
         ev = explained[s["id"]]["evidence"]
         assert {c["method"] for c in ev["counterfactuals"]} == {"igd", "nn"}
         assert ev["statistics_z"] and ev["reference"] == reference["statistics"]
-        assert ev["restoring_edit"] is not None and len(ev["property_curves"]) > 0
+        # without a fitted folder the edit search is the full one (the screen was measured against PaRCE only)
+        assert ev["restoring_edit"] is not None and len(ev["property_curves"]) == 10
         text = explained[s["id"]]["explanation"]["text"]
         assert text.startswith("The model predicts") and "competency" not in text
         assert ("trust rank" in text) == (ev["restoring_edit"]["gain"] > 0.05)
         # nearest trusted image: brute-force cosine over the reference images' features
         sims = feats[ref_pos] @ feats[ids.index(s["id"])]
         assert ev["neighbour"]["neighbour_id"] == ref_ids[int(sims.argmax())]
+    assert json.loads((tmp_path / "review" / "summary.json").read_text())["config"]["edit_search"] == "full"
     html = (tmp_path / "review" / "report.html").read_text()
     assert "most trusted images of this run" in html and "no fitted folder" in html
     # resumes identically, without recomputing

@@ -17,7 +17,7 @@ __all__ = ["explanation_benchmark"]
 
 
 def explanation_benchmark(models: "DemoModels", fitted, per_cause: int = 100, seed: int = 1,
-                          reporter=None, progress: bool = False, search: str = "screened") -> dict:
+                          reporter=None, progress: bool = False, search: str = "auto") -> dict:
     """The six-cause benchmark of the explanation study on a demo data set, with the offline evidence reporter by default.
 
     Each cause is applied at every strength of its grid to the test split (causes seeded with ``seed``); only

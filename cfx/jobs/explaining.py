@@ -52,7 +52,7 @@ __all__ = ["DEFAULT_GENERATORS", "GENERATORS", "ExplainConfigError", "explain"]
 #: The counterfactual generators used when none are named: with a fitted folder, and without one.
 DEFAULT_GENERATORS = {"fitted": ("reco", "lgd", "lnn"), "none": ("igd", "nn")}
 #: How the restoring edit and the property curves are searched by default (see cfx.generators.sweep_edits)
-DEFAULT_EDIT_SEARCH = "screened"
+DEFAULT_EDIT_SEARCH = "auto"
 
 
 def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, fitted: str | Path | Fitted | None,
@@ -81,8 +81,9 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     edits sweep only as far as the reference images reach (``"reference"``, default: see
     :class:`cfx.generators.EditRanges`) or over each editor's full range (``"full"``). ``edit_search``: how the
     restoring edit and the property curves are searched (:func:`cfx.generators.sweep_edits`): ``"screened"``
-    (default: every direction at three strengths, the three most promising swept in full) or ``"full"`` (every
-    direction at every strength). The seconds each stage of explaining took are kept in the summary
+    (every direction at three strengths, the three most promising swept in full), ``"full"`` (every direction at
+    every strength) or ``"auto"`` (default: screened with a fitted folder, full without; see
+    :func:`cfx.evidence.resolve_search`). The seconds each stage of explaining took are kept in the summary
     (``timing.explain_stages``).
     ``reporter`` and ``reporter_options`` (e.g. ``{"model": "llava", "timeout": 20, "concurrency": 8,
     "api_key_env": "MY_KEY"}`` for ``openai:URL``): see :func:`cfx.prompts.make_reporter`. ``data_spec`` /
@@ -99,8 +100,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
                          f"{explain_batch_size}")
     if edit_range not in ("reference", "full"):
         raise ValueError(f"edit_range must be 'reference' or 'full', got {edit_range!r}")
-    if edit_search not in SEARCHES:
-        raise ValueError(f"edit_search must be one of {', '.join(SEARCHES)}, got {edit_search!r}")
+    if edit_search != "auto" and edit_search not in SEARCHES:
+        raise ValueError(f"edit_search must be 'auto' or one of {', '.join(SEARCHES)}, got {edit_search!r}")
     if generators is not None:
         generator_availability(generators, None)  # unknown names fail before anything is loaded
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
@@ -111,6 +112,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     generators, left_out = generator_availability(generators, fitted, reference=True)
     for name, why in left_out.items():
         warnings.warn(f"{name} counterfactuals are left out: {why}", RuntimeWarning, stacklevel=2)
+    if edit_search == "auto":  # the screen was measured against PaRCE, the target of a fitted folder
+        edit_search = "screened" if fitted is not None else "full"
     reporter = make_reporter(reporter, dataset_description, reporter_options)
     config = {"model": model_fingerprint(job.classifier), "data": job.data_name,
               "fitted": fitted.manifest.get("config_hash") if fitted is not None else None,
