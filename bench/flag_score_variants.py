@@ -14,7 +14,7 @@ wraps). Higher score = more trusted, so every number below is the AUROC of detec
    clean test split, on the test split under each of the six known causes (every strength of its grid, pooled), on
    all causes pooled, and on clean + causes pooled; plus the held-out star shape (never in training) against the
    clean test split (bad = star).
-2. **Colourised handwritten digits** (``colour_digits`` of ``tests/test_zoo.py``): the PlainBNCNN of the zoo tests
+2. **Colourised handwritten digits** (``colour_digits`` of ``tests/factories.py``): the PlainBNCNN of the zoo tests
    and the demo's SmallCNN, trained on 1200 digits, tested on the other 597; misprediction AUROC on the clean
    held-out digits, darkened (×0.4), washed out (0.5 + 0.3·(x − 0.5)), both, and all four pooled. Seeds 0..4 (data
    order, initialisation, batch order).
@@ -168,7 +168,8 @@ def bench_shapes(seeds: int, tmp: Path) -> None:
 # ---------------------------------------------------------------------------------------------- 2. colour digits
 
 def bench_digits(seeds: int, epochs_plain: int, n_train: int = 1200) -> None:
-    from test_zoo import PlainBNCNN, colour_digits
+    from factories import colour_digits
+    from test_zoo import PlainBNCNN
 
     from cfx.core.nets import SmallCNN
     from cfx.core.training import train_model

@@ -37,20 +37,29 @@ from cfx.trust.fitted import Fitted
 from cfx.trust.latent_index import LatentIndex
 from cfx.trust.scores import default_scores, score_batch
 
-__all__ = ["CAUSE_LABELS", "GENERATORS", "STATISTICS", "Evidence", "RunReference", "blockiness", "collect_evidence",
-           "difference_mass", "generator_availability", "image_statistics", "reference_statistics",
-           "resolve_edit_ranges", "resolve_search"]
+__all__ = ["CAUSE_LABELS", "FACTOR_CAUSES", "GENERATORS", "STATISTICS", "STATISTICS_VERSION", "Evidence",
+           "FactorModel", "RunReference", "blockiness", "collect_evidence", "difference_mass",
+           "generator_availability", "image_statistics", "reference_statistics", "resolve_edit_ranges",
+           "resolve_search"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
               "border_brightness_imbalance", "border_detail_imbalance")
 
 
+#: The definition of :func:`image_statistics` and :class:`FactorModel`; a fitted folder whose stored reference
+#: statistics carry another version (or none) has them measured again from its confident images.
+STATISTICS_VERSION = 3
+
 _RING = torch.tensor([i for i in range(16) if i // 4 in (0, 3) or i % 4 in (0, 3)])  # border tiles of a 4×4 grid
 
 
+def _spread(tiles: Tensor) -> Tensor:
+    return tiles.max(1).values - tiles.min(1).values
+
+
 def _imbalance(tiles: Tensor) -> Tensor:
-    return (tiles.max(1).values - tiles.min(1).values) / tiles.mean(1).clamp_min(1e-3)
+    return _spread(tiles) / tiles.mean(1).clamp_min(1e-3)
 
 
 def image_statistics(images: Tensor) -> dict[str, Tensor]:
@@ -63,14 +72,15 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
     detail localisation (the most detailed of 4×4 tiles over the mean tile: ≈ 1 for noise spread everywhere, high
     when fine detail sits in one region).
 
-    Three ratios do not change when the whole image is scaled brighter or darker, so they tell a brightness change
-    (ratios ordinary) from new content (ratios atypical): relative contrast (contrast / brightness), relative detail
-    (high-frequency energy / brightness), and edge abruptness (mean |Laplacian| over mean |gradient|: high for
+    Three ratios do not change when the whole image is scaled brighter or darker: relative contrast (contrast /
+    brightness); relative detail (high-frequency energy / contrast, which a contrast change leaves alone too: more
+    detail than the image's contrast explains), and edge abruptness (mean |Laplacian| over mean |gradient|: high for
     isolated pixel changes and the steps between uniform blocks, lower for smooth gradients and natural edges).
 
     Two imbalances tell a change to part of the image from one to all of it: over the 12 border tiles of a 4×4 grid,
-    (max − min) / mean of the tiles' brightness and of their high-frequency energy. A global change keeps the border
-    tiles alike (a brightness scale leaves the ratio unchanged); new content over part of the border sets them apart.
+    the tiles' brightness range (max − min) over the image's contrast, and their high-frequency energy's range over
+    its mean. A global change of brightness, contrast or detail keeps both ratios; new content over part of the
+    border sets the tiles apart.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
@@ -89,14 +99,16 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
             "high_frequency": detail, "blockiness": blockiness(x),
             "detail_localisation": tiles.max(1).values / tiles.mean(1).clamp_min(1e-6),
             "relative_contrast": contrast / brightness.clamp_min(1e-3),
-            "relative_detail": detail / brightness.clamp_min(1e-3),
+            "relative_detail": detail / contrast.clamp_min(1e-3),
             "edge_abruptness": detail / gradient.clamp_min(1e-4),
-            "border_brightness_imbalance": _imbalance(F.adaptive_avg_pool2d(y.unsqueeze(1), 4).flatten(1)[:, _RING]),
+            "border_brightness_imbalance": _spread(F.adaptive_avg_pool2d(y.unsqueeze(1), 4).flatten(1)[:, _RING])
+            / contrast.clamp_min(1e-3),
             "border_detail_imbalance": _imbalance(tiles_full[:, _RING])}
 
 
-def reference_statistics(reference: Tensor) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean and spread of :func:`image_statistics` over confident reference images, for z-scores.
+def reference_statistics(reference: Tensor, factors: bool = False):
+    """Mean and spread of :func:`image_statistics` over confident reference images, for z-scores; with ``factors``
+    also their :class:`FactorModel` (``(mean, std, factors)``).
 
     The spread has a floor (5 % of the mean, at least 0.01) so z stays finite where the reference barely varies
     (e.g. the saturation of grey digits).
@@ -108,7 +120,123 @@ def reference_statistics(reference: Tensor) -> tuple[dict[str, float], dict[str,
     stats = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     mean = {k: float(v.mean()) for k, v in stats.items()}
     std = {k: max(float(v.std()), 0.05 * abs(mean[k]), 0.01) for k, v in stats.items()}
+    if factors:
+        return mean, std, FactorModel.measure(reference, stats) if len(reference) >= 5 else None
     return mean, std
+
+
+#: The global changes an image can undergo and the known cause (:data:`cfx.core.shifts.SHIFTS`) that makes each,
+#: in the directions it declares: brightness, contrast and saturation both ways; fine detail up (noise).
+FACTOR_CAUSES: dict[str, str] = {"brightness": "brightness", "contrast": "contrast", "saturation": "saturation",
+                                 "detail": "noise"}
+_FACTORS = ("brightness", "contrast", "saturation", "high_frequency")
+_FLOORS = (1e-3, 1e-3, 1e-3, 1e-4)
+
+
+def _factor_statistics(x: Tensor) -> dict[str, Tensor]:
+    """Brightness, contrast, saturation and high-frequency energy alone (see :func:`image_statistics`)."""
+    y = luma(x)
+    lap = (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
+    smooth = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)  # colour of regions, not speckle
+    chroma = smooth.max(1).values - smooth.min(1).values
+    return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)), "saturation": chroma.mean((1, 2)),
+            "high_frequency": lap.mean((1, 2))}
+
+
+def _log_factors(stats: dict[str, Tensor]) -> Tensor:
+    return torch.stack([torch.log(stats[k].double().clamp_min(f)) for k, f in zip(_FACTORS, _FLOORS)], 1)
+
+
+def _path_strengths(neutral: float, strong: float, steps: int) -> list[float]:
+    """``steps`` strengths from just past ``neutral`` to ``strong``: geometric for factors (neutral 1), linear for
+    amounts (neutral 0)."""
+    if neutral == 0:
+        return [strong * (j + 1) / steps for j in range(steps)]
+    strong = max(strong, 0.02)  # a factor of 0 (all grey) has no logarithm: its path ends just short of it
+    return [float(strong ** ((j + 1) / steps)) for j in range(steps)]
+
+
+@dataclass
+class FactorModel:
+    """How an image's global look departs from the reference images, one z-score per global change.
+
+    An image's log factors are its log brightness, contrast, saturation and high-frequency energy. Over the reference
+    images they have a mean and a covariance. Each global change, applied to the reference images by its known cause
+    (:data:`FACTOR_CAUSES`) at strengths from mild to the strong end of the cause's grid, moves the log factors along
+    a *path* (the mean displacement per strength; a straight line while nothing clips, bent where highlights or
+    shadows clip): measured once, on up to 32 reference images, at 8 strengths per direction.
+
+    An image's departure ``v`` (its log factors minus the reference mean) is explained by a change at strength ``k``
+    as far as ``v - p_k`` is shorter than ``v`` in the reference's Mahalanobis metric. The change's z-score is the
+    root of the best reduction of the squared distance along its path, ``max_k 2 p_kᵀ Σ⁻¹ v − p_kᵀ Σ⁻¹ p_k`` (for a
+    straight path, the projection ``dᵀ Σ⁻¹ v / √(dᵀ Σ⁻¹ d)``), signed by the direction that explains it best:
+    brighter, more contrast, more saturated and more detail are positive. On grey references saturation is left out.
+    """
+
+    mean: list[float]
+    covariance: list[list[float]]
+    paths: dict[str, list[list[float]]]  # "change:direction" → displacement of the log factors per strength
+    grey: bool = False
+
+    STEPS = 8
+    SAMPLE = 32
+
+    @classmethod
+    def measure(cls, images: Tensor, stats: dict[str, Tensor] | None = None, seed: int = 0) -> "FactorModel":
+        """Fit on reference images ``(N, 3, H, W)`` (at least 5; uint8 or float in [0, 1]). ``stats``: their
+        statistics when already measured (only the four factors are read)."""
+        from cfx.core.shifts import SHIFTS  # the known causes: what each change is
+
+        if len(images) < 5:
+            raise ValueError(f"a factor model needs at least 5 reference images, got {len(images)}")
+        if stats is None:
+            parts = [_factor_statistics(as_float_images(images[i:i + 256])) for i in range(0, len(images), 256)]
+            stats = {k: torch.cat([p[k] for p in parts]) for k in _FACTORS}
+        x = _log_factors(stats)
+        cov = torch.cov(x.T) + torch.eye(4, dtype=x.dtype) * 1e-4  # a floor: no direction is ever exactly fixed
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:cls.SAMPLE]
+        sample = as_float_images(images[pick])
+        base = _log_factors(_factor_statistics(sample))
+        paths = {}
+        for change, cause in FACTOR_CAUSES.items():
+            shift = SHIFTS.get(cause)
+            for direction, grid in shift.grids.items():
+                path = []
+                for j, k in enumerate(_path_strengths(shift.neutral, grid[-1], cls.STEPS)):
+                    moved = shift.transform(sample, k, torch.Generator().manual_seed(seed + j)).clamp(0, 1)
+                    path.append((_log_factors(_factor_statistics(moved)) - base).mean(0).tolist())
+                paths[f"{change}:{direction}"] = path
+        return cls(x.mean(0).tolist(), cov.tolist(), paths, grey=bool(stats["saturation"].double().mean() < 0.02))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FactorModel":
+        return cls(list(data["mean"]), [list(r) for r in data["covariance"]],
+                   {k: [list(p) for p in v] for k, v in data["paths"].items()}, bool(data.get("grey", False)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def shifts(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``{change: z (N,)}`` for each change of :data:`FACTOR_CAUSES` (see the class doc)."""
+        keep = [0, 1, 3] if self.grey else [0, 1, 2, 3]
+        v = (_log_factors(stats) - torch.tensor(self.mean, dtype=torch.float64))[:, keep]
+        precision = torch.linalg.inv(torch.tensor(self.covariance, dtype=torch.float64)[keep][:, keep])
+        out = {}
+        for change in FACTOR_CAUSES:
+            best = torch.zeros(len(v), dtype=torch.float64)
+            signed = torch.zeros(len(v), dtype=torch.float64)
+            for key, path in self.paths.items():
+                if not key.startswith(change + ":") or (self.grey and change == "saturation"):
+                    continue
+                p = torch.tensor(path, dtype=torch.float64)[:, keep]                    # (K, D)
+                gain = 2 * v @ precision @ p.T - torch.einsum("kd,de,ke->k", p, precision, p)  # (N, K)
+                reduction = gain.max(1).values.clamp_min(0)
+                better = reduction > best
+                best = torch.where(better, reduction, best)
+                sign = 1.0 if key.endswith(":increase") else -1.0
+                signed = torch.where(better, sign * reduction.sqrt(), signed)
+            out[change] = signed.float()
+        return out
 
 
 def blockiness(images: Tensor, block_sizes: Sequence[int] = range(2, 9)) -> Tensor:
@@ -165,6 +293,7 @@ class Evidence:
     restoring_edit: dict[str, Any] | None = None
     statistics: dict[str, dict[str, float]] = field(default_factory=dict)   # original / counterfactual / reference
     statistics_z: dict[str, float] = field(default_factory=dict)            # original vs confident reference images
+    shift_z: dict[str, float] = field(default_factory=dict)  # z of each global change (FactorModel) vs the reference
     difference_mass: float | None = None
     neighbour: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -287,7 +416,7 @@ class RunReference:
                              for i in range(0, len(images), batch_size)])
         self.index = LatentIndex("cos" if self.embedding == "features" else "l2").build(
             vectors, list(ids), torch.as_tensor(predictions), images)
-        self.mean, self.std = reference_statistics(images)
+        self.mean, self.std, self.factors = reference_statistics(images, factors=True)
         self.edit_ranges = EditRanges.measure(images, source=description)
 
     def __len__(self) -> int:
@@ -388,16 +517,22 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
     restoring, curves = sweeps.restoring, sweeps.curves
     with clock("statistics"):
         orig_stats = image_statistics(images)
-    ref_mean = ref_std = reference_name = None
+    ref_mean = ref_std = reference_name = factors = None
     stored = fitted.manifest.get("reference_statistics") if fitted is not None else None
-    if stored and tuple(stored["image_size"]) == tuple(images.shape[-2:]):
+    if (stored and tuple(stored["image_size"]) == tuple(images.shape[-2:]) and stored.get("factors")
+            and stored.get("version") == STATISTICS_VERSION):
         # measured by cfx fit on the confident reference images at the classifier's resolution
-        ref_mean, ref_std = stored["mean"], stored["std"]
+        ref_mean, ref_std, factors = stored["mean"], stored["std"], FactorModel.from_dict(stored["factors"])
     elif fitted is not None and fitted.latent_index is not None and len(fitted.latent_index) > 1:
-        ref_images = fitted.latent_index.images_  # at the autoencoder's size: comparable only when it is the same
-        ref_mean, ref_std = reference_statistics(resize(ref_images.float() / 255, tuple(images.shape[-2:])))
+        # a folder fitted before the factor model (or without statistics): its confident images, at the
+        # autoencoder's size (comparable only when it is the classifier's)
+        ref_images = fitted.latent_index.images_
+        ref_mean, ref_std, factors = reference_statistics(resize(ref_images.float() / 255, tuple(images.shape[-2:])),
+                                                          factors=True)
     elif reference is not None:
         ref_mean, ref_std, reference_name = reference.mean, reference.std, reference.description
+        factors = getattr(reference, "factors", None)
+    shifts = factors.shifts(orig_stats) if factors is not None else None
     if ref_mean is not None and reference_name is None:
         reference_name = "the fitted folder's confident calibration images"
     cfs: dict[str, Any] = {}
@@ -454,6 +589,8 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
         if ref_mean is not None:
             ev.statistics["reference_mean"] = ref_mean
             ev.statistics_z = {k: (ev.statistics["original"][k] - ref_mean[k]) / ref_std[k] for k in STATISTICS}
+        if shifts is not None:
+            ev.shift_z = {k: round(float(v[i]), 4) for k, v in shifts.items()}
         out.append(ev)
     if return_images:
         pictures = {name: cf.images.detach().cpu() for name, cf in cfs.items()}

@@ -3,31 +3,36 @@
 :class:`EvidenceReporter` is the offline default: no model, it infers the most likely cause of low competency from
 the measured evidence alone and says why in one or two sentences with the numbers behind them.
 
-Cause signals (z-scores are the original image's statistics against the confident reference images of the fitted
-folder; see :func:`cfx.evidence.image_statistics`):
+Every threshold is a z-score against the reference images (the fitted folder's confident calibration images, or
+the run's most trusted images without one), so the same rules hold on data whose typical look differs: one
+threshold ``z_threshold`` (2) for the global changes, twice it for blockiness, and a few z thresholds for the
+signs of new content. Cause signals (each 1 at its threshold):
 
-- brightness: |z(brightness)| ≥ 3 (too bright or too dark). Counted at half strength when a brighter image is not
-  a scaled version of a familiar one: its relative contrast (contrast / brightness) or the imbalance of its border
-  tiles' brightness has z ≥ 1.5 (new content brought the light, not a global change);
-- saturation: z(saturation) ≥ 3 and more than twice z(high-frequency energy) (colour without new detail), not
-  confined to one region (z(colour localisation) < 3);
-- noise: z(high-frequency energy) ≥ 3 when the detail is spread evenly (detail localisation < 1.5), ≥ 6 otherwise;
-  half strength unless the detail is abrupt (z(edge abruptness) ≥ 1: pixel-level, not natural edges); never when
-  the detail sits in one region (localisation ≥ 2) or the image is blocky;
-- pixelation: blockiness ≥ 0.1 (equal pixels inside nearest-neighbour blocks, not across their edges); half
-  strength unless the detail is very abrupt (z(edge abruptness) ≥ 2: steps between uniform blocks);
-- contrast: the image is flat: brightness ordinary but contrast, saturation and high-frequency energy all low
-  (mean of their z-scores ≤ −1), or |z(contrast)| ≥ 3 without extra detail;
-- spatial (unfamiliar content): the change to the counterfactual is localised (difference mass ≥ 0.27), extra fine
-  detail or colour sits in one region, more (not pixel-level) detail than the brightness explains (z(relative
-  detail) ≥ 1.5), the border tiles disagree (z of either border imbalance ≥ 2.5), or nothing global stands out.
+- brightness, contrast, saturation: the z-score of the image's departure along that global change
+  (:class:`cfx.evidence.FactorModel`: the path the change's known cause moves the reference images along in log
+  brightness, contrast, saturation and detail, in the reference's Mahalanobis metric), in either direction (too
+  dark or too bright, washed out or harsh, desaturated or over-saturated). Full strength for the change that explains
+  the image best, half for the others. The paths are measured on the reference, so over-exposure that clips the
+  highlights (and with them contrast and colour) still reads as brightness. Saturation never counts when the colour
+  sits in one region (z(colour localisation) ≥ T);
+- noise: the z-score along the detail change (more fine detail than the image's contrast explains), halved unless
+  detail is what explains the image best, halved unless the detail is abrupt (z(edge abruptness) ≥ 1: pixel-level,
+  not natural edges), halved unless it is spread evenly (detail localisation < 1.5); never when the image is blocky
+  or the detail sits in one region (z(detail localisation) ≥ T);
+- pixelation: z(blockiness) over twice the threshold (equal pixels inside nearest-neighbour blocks, not across their
+  edges), halved unless the detail is very abrupt (z(edge abruptness) ≥ 2: steps between uniform blocks);
+- spatial (unfamiliar content): the change to the counterfactual is localised (difference mass ≥ 0.27, the share of
+  the change carried by a tenth of the pixels: 0.1 for a change spread evenly), fine detail sits in one region
+  (z(detail localisation) ≥ T), more smooth detail than the image's contrast explains (z(relative detail) ≥ 1.5 when
+  the detail is not abrupt), or the border tiles disagree (z of either border imbalance ≥ 2.5). Colour in one
+  region is not counted: brightening an image until its channels clip moves it as well.
 
-The thresholds were set on the demo world's shapes (seed 0 causes) and checked on fresh causes (seed 1) and on
-scikit-learn's digits, which they were not set on (``bench/explanations.py``).
-
-A restoring edit that is the plain inverse of a cause (brightness either way, saturation down, contrast up,
-denoise) and raises competency by at least 0.3 adds 0.5 to that cause. The strongest signal (each scaled to 1 at
-its threshold) wins; the confidence is its share of the two strongest.
+A restoring edit that undoes a cause in the direction measured (brighter for a dark image, less contrast for a
+harsh one, denoise for extra detail) and raises the trust score by at least 0.3 adds 0.5 to that cause. The
+strongest signal wins; when none reaches 1 the explanation is "other" (no single cause), with the evidence. The
+confidence is the winner's share of the two strongest. The thresholds were set on the demo world's shapes (seed 0,
+grid strengths) and are reported on fresh shapes, colourised digits and photographs (``bench/explanations.py``,
+``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -109,74 +114,88 @@ class Reporter:
 
 
 class EvidenceReporter(Reporter):
-    """Explains from the measured evidence alone (no model, no network)."""
+    """Explains from the measured evidence alone (no model, no network). Every threshold is a z-score against the
+    reference images (see the module doc)."""
 
     backend = "evidence"
 
-    def __init__(self, z_threshold: float = 3.0, flat_threshold: float = 1.0, block_threshold: float = 0.1,
-                 mass_threshold: float = 0.27, localisation_threshold: float = 2.0, restore_gain: float = 0.3,
-                 relative_threshold: float = 1.5, abrupt_threshold: float = 1.0, noise_threshold: float = 6.0,
-                 spread_threshold: float = 1.5, imbalance_threshold: float = 2.5):
-        self.z_threshold, self.flat_threshold = z_threshold, flat_threshold
-        self.block_threshold, self.mass_threshold = block_threshold, mass_threshold
-        self.localisation_threshold = localisation_threshold
+    def __init__(self, z_threshold: float = 2.0, mass_threshold: float = 0.27, restore_gain: float = 0.3,
+                 relative_threshold: float = 1.5, abrupt_threshold: float = 1.0, spread_threshold: float = 1.5,
+                 imbalance_threshold: float = 2.5):
+        for name, value in (("z_threshold", z_threshold), ("mass_threshold", mass_threshold),
+                            ("relative_threshold", relative_threshold), ("spread_threshold", spread_threshold),
+                            ("imbalance_threshold", imbalance_threshold)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.z_threshold, self.mass_threshold = z_threshold, mass_threshold
         self.restore_gain = restore_gain
         self.relative_threshold, self.abrupt_threshold = relative_threshold, abrupt_threshold
-        self.noise_threshold, self.spread_threshold = noise_threshold, spread_threshold
-        self.imbalance_threshold = imbalance_threshold
+        self.spread_threshold, self.imbalance_threshold = spread_threshold, imbalance_threshold
+
+    @staticmethod
+    def shifts(ev: Evidence) -> dict[str, float]:
+        """The z-score of each global change (brightness, contrast, saturation, detail): the evidence's own
+        (:class:`cfx.evidence.FactorModel`), else, for records made before it, the plain z-scores."""
+        if ev.shift_z:
+            return {k: float(ev.shift_z.get(k, 0.0)) for k in ("brightness", "contrast", "saturation", "detail")}
+        z = ev.statistics_z or {}
+        return {"brightness": z.get("brightness", 0.0), "contrast": z.get("contrast", 0.0),
+                "saturation": z.get("saturation", 0.0), "detail": z.get("high_frequency", 0.0)}
 
     def signals(self, ev: Evidence) -> dict[str, float]:
         """Strength of each cause's evidence, 1 at its threshold."""
+        t = self.shifts(ev)
         z = ev.statistics_z or {}
-        zb, zc, zs, zh = (z.get(k, 0.0) for k in ("brightness", "contrast", "saturation", "high_frequency"))
-        # ratios that a global brightness change leaves alone, and how abrupt the fine detail is
-        z_rel = z.get("relative_contrast", 0.0)
+        T = self.z_threshold
+        best = max(t, key=lambda k: abs(t[k]))  # the one global change that explains the image's look best
         z_abrupt = z.get("edge_abruptness", 0.0)
-        orig = ev.statistics.get("original") or {}
-        block = orig.get("blockiness", 0.0)
-        localised = orig.get("detail_localisation", 1.0) >= self.localisation_threshold
-        colour_localised = z.get("colour_localisation", 0.0) >= self.z_threshold  # more than in typical images
-        flat = -(zc + zs + zh) / 3
-        spread = orig.get("detail_localisation", 2.0) < self.spread_threshold  # detail even over the whole image
-        detail = zh / self.z_threshold
-        # a brighter image whose detail and contrast grew faster than its brightness holds new content
-        scaled = zb < 0 or (z_rel < self.relative_threshold
-                            and z.get("border_brightness_imbalance", 0.0) < self.relative_threshold)
         abrupt = z_abrupt >= self.abrupt_threshold
+        orig = ev.statistics.get("original") or {}
+        localised = z.get("detail_localisation", 0.0) >= T  # fine detail in one region, more than typical images
+        spread = orig.get("detail_localisation", 2.0) < self.spread_threshold  # detail even over the whole image
+        colour_localised = z.get("colour_localisation", 0.0) >= T
+        blocky = z.get("blockiness", 0.0) / (2 * T)  # twice the threshold: flat regions are blocky by nature
+
+        def global_change(name: str) -> float:  # full strength when it is the best explanation, half otherwise
+            return abs(t[name]) / T * (1.0 if best == name else 0.5)
+
         out = {
-            "brightness": abs(zb) / self.z_threshold * (1.0 if scaled else 0.5),
-            "saturation": (abs(zs) / self.z_threshold if (zs > 0 or abs(zb) < self.z_threshold)
-                           and not colour_localised and zs > 2 * zh else 0.0),
-            "noise": (zh / (self.z_threshold if spread else self.noise_threshold) * (1.0 if abrupt else 0.5)
-                      if block < self.block_threshold and not localised else 0.0),
-            "pixelation": block / self.block_threshold * (1.0 if z_abrupt >= 2 * self.abrupt_threshold else 0.5),
-            "contrast": max(flat / self.flat_threshold if abs(zb) < self.z_threshold else 0.0,
-                            abs(zc) / self.z_threshold if zh < self.z_threshold else 0.0),
-            # unfamiliar content: a localised change to the counterfactual, fine detail confined to one region, or
-            # more (smooth, not pixel-level) detail than the image's brightness explains
-            "spatial": max((ev.difference_mass or 0.0) / self.mass_threshold, detail if localised else 0.0,
-                           abs(zs) / self.z_threshold if colour_localised else 0.0,
+            "brightness": global_change("brightness"),
+            "contrast": global_change("contrast"),
+            "saturation": 0.0 if colour_localised else global_change("saturation"),
+            "noise": (max(t["detail"], 0.0) / T * (1.0 if best == "detail" else 0.5) * (1.0 if abrupt else 0.5)
+                      * (1.0 if spread else 0.5) if blocky < 1 and not localised else 0.0),
+            "pixelation": blocky * (1.0 if z_abrupt >= 2 * self.abrupt_threshold else 0.5),
+            # unfamiliar content: a localised change to the counterfactual, fine detail confined to one region, more
+            # (smooth, not pixel-level) detail than the contrast explains, or border tiles that disagree
+            "spatial": max((ev.difference_mass or 0.0) / self.mass_threshold,
+                           z.get("detail_localisation", 0.0) / T,
                            z.get("relative_detail", 0.0) / self.relative_threshold if not abrupt else 0.0,
                            max(z.get("border_brightness_imbalance", 0.0), z.get("border_detail_imbalance", 0.0))
                            / self.imbalance_threshold),
         }
-        # The restoring edit agrees: an edit that is the plain inverse of a cause and really restores competency
-        # adds to that cause (half a threshold), so mild cases that the statistics alone miss are still named.
+        # The restoring edit agrees: an edit that undoes the measured change (brighter for a dark image, less
+        # contrast for a harsh one, ...) and really restores the trust score adds half a threshold to that cause.
         r = ev.restoring_edit or {}
         inverse = _INVERSE_EDITS.get((r.get("property"), r.get("direction")))
+        undoes = {"brightness": "brightness", "contrast": "contrast", "saturation": "saturation", "noise": "detail"}
         if inverse is not None and r.get("gain", 0.0) >= self.restore_gain:
-            out[inverse] += 0.5
+            factor = undoes.get(inverse)
+            sign = 1.0 if r.get("direction") == "decrease" else -1.0  # the edit goes against the change it undoes
+            if factor is None or (inverse == "noise" and t["detail"] > 0) or sign * t[factor] > 0:
+                out[inverse] += 0.5
         return {k: max(0.0, float(v)) for k, v in out.items()}
 
     def explain(self, evidence: Evidence, image: Tensor | None = None,
                 counterfactual: Tensor | None = None) -> Explanation:
-        """The cause with the strongest evidence and why (the images are not needed: the evidence has it all)."""
+        """The cause with the strongest evidence and why (the images are not needed: the evidence has it all);
+        "other" (no single cause) when no cause reaches its threshold."""
         ev = evidence
         s = self.signals(ev)
         ranked = sorted(s.items(), key=lambda kv: -kv[1])
         (cause, top), (_, second) = ranked[0], ranked[1]
-        if top < 1.0:  # nothing stands out clearly: unfamiliar content if anything points there, else "other"
-            cause = "spatial" if s["spatial"] >= 0.5 else "other"
+        if top < 1.0:
+            cause = "other"
         confidence = float(top / (top + second)) if top + second > 0 else 0.0
         return Explanation(self._text(ev, cause), cause, round(confidence, 3), self.backend, None, None, s)
 
@@ -192,19 +211,28 @@ class EvidenceReporter(Reporter):
                 return f"{_NAMES[key]} {orig[key]:.3f} vs {ref[key]:.3f} typical, z = {z[key]:+.1f}"
             return _NAMES[key]
 
+        t = self.shifts(ev)
+
+        def more(name: str, up: str, down: str) -> str:
+            return up if t.get(name, 0.0) > 0 else down
+
         lead = {
-            "brightness": (f"The image is much {'brighter' if z.get('brightness', 0) > 0 else 'darker'} than the "
-                           f"images the model is confident about ({stat('brightness')})."),
-            "saturation": f"The colours are far more saturated than usual ({stat('saturation')}).",
+            "brightness": (f"The image is much {more('brightness', 'brighter', 'darker')} than the images the model "
+                           f"is confident about ({stat('brightness')}; z = {t['brightness']:+.1f} for a global "
+                           "brightness change)."),
+            "saturation": (f"The colours are far {more('saturation', 'more', 'less')} saturated than usual "
+                           f"({stat('saturation')}; z = {t['saturation']:+.1f} for a global saturation change)."),
             "noise": f"The image is grainy: it carries much more pixel noise than usual ({stat('high_frequency')}).",
             "pixelation": (f"The image is pixelated: it is made of uniform blocks (blockiness "
                            f"{orig.get('blockiness', 0):.2f}, near 0 for ordinary images)."),
-            "contrast": (f"The image is washed out: contrast, colour and detail are all lower than usual "
-                         f"({stat('contrast')})."),
+            "contrast": (more("contrast", "The image is harsh: its contrast is much higher than usual",
+                              "The image is washed out: its contrast is much lower than usual")
+                         + f" ({stat('contrast')}; z = {t['contrast']:+.1f} for a global contrast change)."),
             "spatial": ("Part of the image shows content the model has not seen in training: the most similar image "
                         f"it is confident about differs mostly in one region (difference mass "
                         f"{ev.difference_mass if ev.difference_mass is not None else float('nan'):.2f})."),
-            "other": "No single image property stands out as the reason.",
+            "other": ("No single image property stands out as the reason (global changes against the reference: "
+                      + ", ".join(f"{k} z = {v:+.1f}" for k, v in t.items()) + ")."),
         }[cause]
         r = ev.restoring_edit
         tail = ""

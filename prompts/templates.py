@@ -38,6 +38,14 @@ def evidence_facts(ev: Evidence) -> list[str]:
         z = (ev.statistics_z or {}).get(key)
         if z is not None and abs(z) >= 2:
             facts.append(f"{label} is {'far above' if z > 0 else 'far below'} that of trusted images (z = {z:+.1f})")
+    changes = {"brightness": ("brighter", "darker"),
+               "contrast": ("more contrast (harsh)", "less contrast (washed out)"),
+               "saturation": ("more saturated", "less saturated"), "detail": ("more fine detail", "less fine detail")}
+    for key, (up, down) in changes.items():
+        z = (ev.shift_z or {}).get(key)
+        if z is not None and abs(z) >= 2:
+            facts.append(f"the whole image looks {up if z > 0 else down} than trusted images, as if changed globally "
+                         f"(z = {z:+.1f})")
     r = ev.restoring_edit
     if r and r.get("property") == "none":
         facts.append("no edit that stays within the range of the reference images raises the trust score")

@@ -60,6 +60,22 @@ def photo_tiles(n: int, seed: int, names=("astronaut", "coffee", "chelsea", "roc
     return torch.stack(tiles)
 
 
+def colour_digits(n: int = 400, seed: int = 0):
+    """scikit-learn's handwritten digits upsampled to 32 px, white strokes on a dark background of random hue, as
+    ``(images (n, 3, 32, 32) in [0, 1], labels (n,))`` (n up to 1797)."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(d.target), generator=g)[:n]
+    x = torch.from_numpy(d.images[idx.numpy()].astype(np.float32) / 16).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).clamp(0, 1)
+    hue = torch.rand(len(idx), 3, 1, 1, generator=g) * 0.4
+    return (hue * (1 - x) + x).clamp(0, 1), torch.from_numpy(d.target[idx.numpy()]).long()
+
+
 def require_extra(module: str):
     """Import an optional package of the test extras: skipped locally when missing, a failure in CI
     (CFX_REQUIRE_EXTRAS=1)."""

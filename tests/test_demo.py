@@ -5,6 +5,7 @@ from PIL import Image, ImageEnhance
 
 from cfx.core.data import open_source
 from cfx.core.training import train_model
+from cfx.core.shifts import SHIFTS
 from cfx.demo import (CAUSES, SHAPES, ShapesWorld, WorldConfig, apply_cause, cause_examples, digits_data,
                       shapes_data, split_indices)
 from cfx.core.nets import ConvAutoencoder, SmallCNN
@@ -107,7 +108,10 @@ def _from_pil(img):
 def test_enhance_causes_match_pil(cause, enhancer):
     u8 = _uint8_images()
     x = u8.float() / 255
-    for k in CAUSES[cause] + (0.0, 0.7):
+    grids = SHIFTS.get(cause).grids
+    assert set(grids) == {"increase", "decrease"}  # both directions: too dark and too bright, and so on
+    assert all(k > 1 for k in grids["increase"]) and all(0 <= k < 1 for k in grids["decrease"])
+    for k in grids["increase"] + grids["decrease"] + (0.7,):
         ours = apply_cause(x, cause, k)
         ref = torch.stack([_from_pil(enhancer(_pil(img)).enhance(k)) for img in u8])
         # PIL truncates its float blend to uint8: at most one grey level apart.

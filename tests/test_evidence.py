@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from cfx.core.shifts import apply_shift
 from cfx.evidence import Evidence, collect_evidence, difference_mass, image_statistics
 from cfx.generators import parametric_editors
 
@@ -57,8 +58,11 @@ def test_collect_evidence_on_demo_cause_images(shapes_models):
                for e in evs) >= 15
     full = collect_evidence(clf, fitted, bright[:2], search="full")  # a curve per editor, first direction
     assert [c["property"] for c in full[0].property_curves] == [e.property for e in parametric_editors()]
-    # the measured statistics point at the injected cause: far brighter than the confident reference images
+    # the measured statistics point at the injected cause: far brighter than the confident reference images, and
+    # brightening is the global change that explains the image best
     assert sum(e.statistics_z["brightness"] > 3 for e in evs) >= 15
+    assert sum(max(e.shift_z, key=lambda k: abs(e.shift_z[k])) == "brightness" and e.shift_z["brightness"] > 2
+               for e in evs) >= 15
     assert Evidence.from_json(evs[0].to_json()) == evs[0]
 
 
@@ -90,12 +94,81 @@ def test_restricted_to_picks_the_generators_evidence():
 
 
 def test_border_imbalance_tells_a_partial_change_from_a_global_one():
+    # a textured image: brightening it or raising its contrast moves every border tile alike (the ratio of their
+    # spread to the image's contrast stays put); new content over one corner sets the tiles apart
     ramp = torch.linspace(0, 1, 32)
-    base = (0.3 + 0.03 * torch.sin(4 * ramp).view(1, -1) * torch.cos(3 * ramp).view(-1, 1)).expand(1, 3, 32, 32)
-    brighter = base * 2.0
+    base = (0.4 + 0.15 * torch.sin(12 * ramp).view(1, -1) * torch.cos(9 * ramp).view(-1, 1)).expand(1, 3, 32, 32)
     corner = base.clone()
-    corner[:, :, :14, :14] = 0.9  # part of the border changed
-    s = {k: image_statistics(v) for k, v in (("base", base), ("brighter", brighter), ("corner", corner))}
-    assert float(s["brighter"]["border_brightness_imbalance"]) == pytest.approx(
-        float(s["base"]["border_brightness_imbalance"]), rel=1e-4)
-    assert float(s["corner"]["border_brightness_imbalance"]) > 5 * float(s["base"]["border_brightness_imbalance"]) + 0.5
+    corner[:, :, :12, :12] = 0.95
+    s = {k: float(image_statistics(v)["border_brightness_imbalance"]) for k, v in
+         (("base", base), ("brighter", base * 1.5), ("harsher", 0.4 + 2 * (base - 0.4)), ("corner", corner))}
+    assert s["brighter"] == pytest.approx(s["base"], rel=1e-4) and s["harsher"] == pytest.approx(s["base"], rel=1e-4)
+    assert s["corner"] > 1.4 * s["base"]
+
+
+def test_relative_statistics_ignore_a_contrast_change_around_the_mean():
+    # a contrast change around the mean luma scales every luma deviation, the fine detail and the border tiles'
+    # spread alike: detail per contrast and the border brightness imbalance stay put (no clipping here)
+    from factories import photo_tiles
+
+    x = photo_tiles(4, seed=5) * 0.6 + 0.2
+    for k in (0.4, 1.5):
+        y = apply_shift(x, "contrast", k)
+        assert not ((y == 0) | (y == 1)).any()
+        a, b = image_statistics(x), image_statistics(y)
+        assert torch.allclose(b["contrast"], a["contrast"] * k, rtol=2e-2)
+        for key in ("relative_detail", "border_brightness_imbalance", "detail_localisation"):
+            assert torch.allclose(a[key], b[key], rtol=2e-2), (key, k)
+
+
+def test_factor_model_z_is_the_whitened_projection_for_a_straight_path():
+    # independent route: whiten with the Cholesky factor of the covariance and project on the whitened direction;
+    # z² is also how much the best multiple of that direction lowers the whitened residual (least squares)
+    import numpy as np
+
+    from cfx.evidence import FactorModel
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 4))
+    cov = a @ a.T + 0.5 * np.eye(4)
+    direction = np.array([1.0, 1.0, 1.0, 1.0])
+    fine = np.linspace(-3, 3, 6001)[:, None] * direction  # a straight path, finely sampled, both ways
+    model = FactorModel([0.0] * 4, cov.tolist(), {"brightness:increase": fine[3001:].tolist(),
+                                                  "brightness:decrease": fine[:3000][::-1].tolist()})
+    v = rng.normal(size=(6, 4)) * 2
+    stats = dict(zip(("brightness", "contrast", "saturation", "high_frequency"), torch.from_numpy(np.exp(v)).T))
+    z = model.shifts(stats)["brightness"].double().numpy()
+    chol = np.linalg.cholesky(cov)
+    vw, dw = np.linalg.solve(chol, v.T).T, np.linalg.solve(chol, direction)
+    expected = vw @ dw / np.linalg.norm(dw)
+    np.testing.assert_allclose(z, expected, atol=2e-2)
+    for i in range(len(v)):
+        k = np.linalg.lstsq(dw[:, None], vw[i], rcond=None)[0]
+        assert np.sum(vw[i] ** 2) - np.sum((vw[i] - k * dw) ** 2) == pytest.approx(expected[i] ** 2, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def photo_factor_model():
+    from factories import photo_tiles
+
+    from cfx.evidence import FactorModel
+
+    return FactorModel.measure(photo_tiles(40, seed=0))
+
+
+@pytest.mark.parametrize("cause, strength, change", [
+    ("brightness", 0.4, "brightness"), ("brightness", 2.0, "brightness"), ("brightness", 3.0, "brightness"),
+    ("contrast", 0.3, "contrast"), ("contrast", 3.0, "contrast"), ("saturation", 0.1, "saturation"),
+    ("saturation", 4.0, "saturation"), ("noise", 40.0, "detail")])
+def test_each_global_change_is_best_explained_by_its_own_direction(photo_factor_model, cause, strength, change):
+    # photographs the factor model was not measured on, changed by a known cause in a known direction
+    from factories import photo_tiles
+
+    model = photo_factor_model
+    changed = apply_shift(photo_tiles(12, seed=7), cause, strength, seed=1)
+    z = model.shifts(image_statistics(changed))
+    names = ("brightness", "contrast", "saturation", "detail")
+    best = torch.stack([z[k].abs() for k in names]).argmax(0)
+    assert (best == names.index(change)).float().mean() >= 0.75, {k: z[k] for k in names}
+    sign = 1 if strength > 1 or cause == "noise" else -1
+    assert (sign * z[change] > 0).float().mean() >= 0.9

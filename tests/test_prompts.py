@@ -34,38 +34,61 @@ def test_score_explanations_per_cause_and_unweighted_mean():
         score_explanations(exps, ["noise"])
 
 
-def _evidence(**z):
-    stats = {"original": {"brightness": 0.9, "blockiness": z.pop("blockiness", 0.0),
-                          "detail_localisation": z.pop("loc", 1.2)},
+def _evidence(shift=None, **z):
+    """Hand-made evidence: ``shift`` the z-scores of the global changes, ``z`` the statistics' z-scores."""
+    stats = {"original": {"brightness": 0.9, "blockiness": 0.0, "detail_localisation": z.pop("loc", 1.2)},
              "reference_mean": {"brightness": 0.4}}
     mass = z.pop("mass", 0.15)
     base = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "high_frequency": 0.0}
     base.update(z)
+    shift_z = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "detail": 0.0}
+    shift_z.update(shift or {})
     return Evidence(id="x", prediction=1, prediction_name="<script>alert(1)</script>", competency=0.3,
-                    statistics=stats, statistics_z=base, difference_mass=mass,
-                    restoring_edit={"property": "brightness", "direction": "decrease", "strength": 0.5,
+                    statistics=stats, statistics_z=base, shift_z=shift_z, difference_mass=mass,
+                    restoring_edit={"property": "blur", "direction": "increase", "strength": 0.5,
                                     "score_before": 0.3, "score_after": 0.95, "gain": 0.65})
 
 
-@pytest.mark.parametrize("z, cause", [
-    ({"brightness": 7.0}, "brightness"), ({"saturation": 9.0}, "saturation"), ({"high_frequency": 12.0}, "noise"),
-    ({"high_frequency": 12.0, "loc": 3.5}, "spatial"), ({"blockiness": 0.7}, "pixelation"),
-    ({"contrast": -2.0, "saturation": -2.5, "high_frequency": -1.5}, "contrast"), ({"mass": 0.4}, "spatial"),
-    ({"mass": 0.05}, "other"),
-    # brighter, but contrast and detail grew faster than brightness: new content, not a brightness change
-    ({"brightness": 4.0, "relative_contrast": 2.5, "relative_detail": 3.0, "mass": 0.2}, "spatial"),
-    ({"brightness": 4.0, "relative_contrast": 0.2, "relative_detail": 0.3, "mass": 0.2}, "brightness"),
-    # moderate grain counts as noise only when spread evenly over the image
-    ({"high_frequency": 4.5, "edge_abruptness": 1.5}, "noise"),
-    ({"high_frequency": 4.5, "edge_abruptness": 1.5, "loc": 1.8, "mass": 0.3}, "spatial"),
-    # saturation must dominate: colour that comes with much more detail is new content
-    ({"saturation": 5.0, "high_frequency": 1.0}, "saturation"),
-    ({"saturation": 5.0, "high_frequency": 4.0, "relative_detail": 2.5, "loc": 1.8, "mass": 0.25}, "spatial"),
+@pytest.mark.parametrize("shift, z, cause", [
+    # each global change in both directions
+    ({"brightness": 7.0}, {}, "brightness"), ({"brightness": -5.0}, {}, "brightness"),
+    ({"contrast": 6.0}, {}, "contrast"), ({"contrast": -6.0}, {}, "contrast"),
+    ({"saturation": 9.0}, {}, "saturation"), ({"saturation": -4.0}, {}, "saturation"),
+    # the change that explains the image best wins, even when another one moves too
+    ({"contrast": -6.0, "saturation": -4.5}, {}, "contrast"),
+    ({"contrast": -4.5, "saturation": -6.0}, {}, "saturation"),
+    # extra fine detail: noise when abrupt and spread, new content when it sits in one region
+    ({"detail": 12.0}, {"edge_abruptness": 1.5}, "noise"),
+    ({"detail": 12.0}, {"edge_abruptness": 1.5, "detail_localisation": 3.5}, "spatial"),
+    ({}, {"blockiness": 20.0, "edge_abruptness": 2.5}, "pixelation"),
+    ({}, {"mass": 0.4}, "spatial"), ({}, {"mass": 0.05}, "other"),
+    # colour confined to one region is no saturation change (and, alone, no cause either: brightening an image
+    # whose channels clip moves it too)
+    ({"saturation": 9.0}, {"colour_localisation": 4.0}, "other"),
+    # below every threshold: no single cause, not the closest label
+    ({"brightness": 1.5, "contrast": -1.2}, {}, "other"),
 ])
-def test_evidence_reporter_names_the_injected_signal(z, cause):
-    e = EvidenceReporter().explain(_evidence(**z))
+def test_evidence_reporter_names_the_injected_signal(shift, z, cause):
+    e = EvidenceReporter().explain(_evidence(shift, **z))
     assert e.cause == cause and e.backend == "evidence" and 0 <= e.confidence <= 1
     assert "competency 0.30" in e.text
+
+
+def test_records_without_global_change_scores_fall_back_to_the_statistics():
+    old = _evidence(brightness=-5.0)
+    old.shift_z = {}  # made before the factor model
+    assert EvidenceReporter().explain(old).cause == "brightness"
+
+
+def test_texts_say_which_way_the_image_changed():
+    r = EvidenceReporter()
+    assert "darker" in r.explain(_evidence({"brightness": -5.0})).text
+    assert "brighter" in r.explain(_evidence({"brightness": 5.0})).text
+    assert "washed out" in r.explain(_evidence({"contrast": -5.0})).text
+    assert "harsh" in r.explain(_evidence({"contrast": 5.0})).text
+    assert "less saturated" in r.explain(_evidence({"saturation": -5.0})).text
+    other = r.explain(_evidence({"brightness": 1.0}))
+    assert other.cause == "other" and "brightness z = +1.0" in other.text  # no single cause, with its evidence
 
 
 def test_untrusted_text_is_capped_and_kept_as_plain_data():
@@ -75,9 +98,26 @@ def test_untrusted_text_is_capped_and_kept_as_plain_data():
     assert "<script>" in ev.text  # the class name is quoted as given, never interpreted
 
 
-def test_restoring_edit_tips_a_mild_case():
-    mild = _evidence(brightness=2.4, mass=0.05)
-    assert EvidenceReporter().explain(mild).cause == "brightness"  # 0.8 from the statistics + 0.5 from the edit
-    mild.restoring_edit = {"property": "blur", "direction": "increase", "strength": 1.0, "score_before": 0.3,
+def test_restoring_edit_tips_a_mild_case_only_when_it_undoes_the_measured_change():
+    mild = _evidence({"brightness": -1.6})  # darker than usual, below the threshold on its own (0.8)
+    mild.restoring_edit = {"property": "brightness", "direction": "increase", "strength": 2.0, "score_before": 0.3,
                            "score_after": 0.9, "gain": 0.6}
-    assert EvidenceReporter().explain(mild).cause == "other"  # not an inverse of brightness: not enough evidence
+    assert EvidenceReporter().explain(mild).cause == "brightness"  # 0.8 from the statistics + 0.5 from the edit
+    mild.restoring_edit["direction"] = "decrease"  # darkening a dark image further does not undo anything
+    assert EvidenceReporter().explain(mild).cause == "other"
+    mild.restoring_edit["gain"] = 0.1  # an edit that barely helps is no evidence
+    mild.restoring_edit["direction"] = "increase"
+    assert EvidenceReporter().explain(mild).cause == "other"
+
+
+def test_reporter_rejects_a_non_positive_threshold():
+    with pytest.raises(ValueError, match="z_threshold must be positive"):
+        EvidenceReporter(z_threshold=0)
+
+
+def test_grounded_prompt_states_the_global_change_and_its_direction():
+    from cfx.prompts import render_prompt
+
+    text = render_prompt("grounded", "Photographs.", _evidence({"brightness": -5.0, "contrast": 1.0}))
+    assert "looks darker than trusted images" in text and "z = -5.0" in text
+    assert "harsh" not in text  # a change below z = 2 is no fact

@@ -114,6 +114,7 @@ def test_explain_without_labels_or_fitted_folder(model_and_production, tmp_path)
         ev = explained[s["id"]]["evidence"]
         assert {c["method"] for c in ev["counterfactuals"]} == {"igd", "nn"}
         assert ev["statistics_z"] and ev["reference"] == reference["statistics"]
+        assert set(ev["shift_z"]) == {"brightness", "contrast", "saturation", "detail"}  # against the run's images
         # without a fitted folder the edit search is the full one (the screen was measured against PaRCE only)
         assert ev["restoring_edit"] is not None and len(ev["property_curves"]) == 10
         text = explained[s["id"]]["explanation"]["text"]

@@ -18,19 +18,7 @@ import cfx
 from cfx.core.data import TensorSource
 from cfx.core.models import Classifier, Preprocessing, model_fingerprint
 from cfx.core.training import train_model
-
-
-def colour_digits(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits upsampled to 32 px, white strokes on a dark background of random hue."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(d.target), generator=g)[:n]
-    x = torch.from_numpy(d.images[idx.numpy()].astype(np.float32) / 16).unsqueeze(1)
-    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).clamp(0, 1)
-    hue = torch.rand(n, 3, 1, 1, generator=g) * 0.4
-    return (hue * (1 - x) + x).clamp(0, 1), torch.from_numpy(d.target[idx.numpy()]).long()
+from factories import colour_digits
 
 
 class BatchNormCNN(nn.Module):

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from .registry import Registry
 
-__all__ = ["CAUSES", "CAUSE_LABELS", "SHIFTS", "Shift", "apply_shift", "pil_luminance", "scale_brightness"]
+__all__ = ["CAUSES", "CAUSE_DIRECTIONS", "CAUSE_LABELS", "SHIFTS", "Shift", "apply_shift", "pil_luminance",
+           "scale_brightness"]
 
 Transform = Callable[[Tensor, float, torch.Generator], Tensor]
 
@@ -44,6 +45,20 @@ class Shift:
     choice: str                        # wording as a multiple-choice answer
     inverse_edits: tuple[tuple[str, str], ...] = ()  # (property, direction) of the edits that undo it
     colour: bool = False               # acts on colour only (nothing to do on grey images)
+    direction: str = "increase"        # what ``grid`` does to the property
+    neutral: float = 1.0               # the strength that changes nothing (a factor 1, or an amount 0)
+    opposite: tuple[float, ...] = ()   # strengths of the other direction, mild → strong (empty: one way only)
+
+    @property
+    def grids(self) -> dict[str, tuple[float, ...]]:
+        """``{direction: grid}``: ``grid`` under :attr:`direction`, and :attr:`opposite` under the other one."""
+        out = {self.direction: self.grid}
+        if self.opposite:
+            out[_OTHER[self.direction]] = self.opposite
+        return out
+
+
+_OTHER = {"increase": "decrease", "decrease": "increase"}
 
 
 def pil_luminance(images: Tensor) -> Tensor:
@@ -125,21 +140,26 @@ for _shift in (
           ("unfamiliar", "unusual object", "unknown object", "novel object", "unseen", "never seen",
            "out-of-distribution", "out of distribution", "foreign object", "structure", "structures",
            "occlusion", "occluded", "patch", "spatial"),
-          "an unfamiliar object or region"),
+          "an unfamiliar object or region", neutral=0.0),
     Shift("brightness", (1.5, 2.0, 2.5, 3.0, 4.0, 5.0), _brightness,
           ("bright", "brighter", "brightness", "overexposed", "over-exposed", "dark", "darker", "darkness",
-           "underexposed", "under-exposed", "lighting", "illumination"),
-          "brightness", (("brightness", "decrease"), ("brightness", "increase"))),
+           "underexposed", "under-exposed", "lighting", "illumination", "dim", "too light", "too dark"),
+          "brightness", (("brightness", "decrease"), ("brightness", "increase")),
+          opposite=(0.6, 0.45, 0.35, 0.25, 0.15, 0.1)),
     Shift("contrast", (0.5, 0.35, 0.25, 0.15, 0.1, 0.05), _contrast,
-          ("contrast", "washed out", "washed-out", "faded", "flat", "low-contrast", "dull"),
-          "contrast", (("contrast", "increase"),)),
+          ("contrast", "washed out", "washed-out", "faded", "flat", "low-contrast", "dull", "high-contrast",
+           "harsh"),
+          "contrast", (("contrast", "increase"), ("contrast", "decrease")), direction="decrease",
+          opposite=(1.5, 2.0, 2.5, 3.0, 4.0, 5.0)),
     Shift("saturation", (2.0, 4.0, 6.0, 8.0, 12.0, 16.0), _saturation,
           ("saturation", "saturated", "oversaturated", "over-saturated", "colourful", "colorful", "vivid",
-           "vibrant", "intense colours", "intense colors"),
-          "colour saturation", (("saturation", "decrease"),), colour=True),
+           "vibrant", "intense colours", "intense colors", "desaturated", "unsaturated", "muted", "colourless",
+           "colorless", "greyish", "grayish", "pale colours", "pale colors"),
+          "colour saturation", (("saturation", "decrease"), ("saturation", "increase")), colour=True,
+          opposite=(0.5, 0.35, 0.25, 0.15, 0.05, 0.0)),
     Shift("noise", (20.0, 40.0, 60.0, 80.0, 100.0, 120.0), _noise,
           ("noise", "noisy", "grain", "grainy", "speckle", "speckled", "static"),
-          "noise", (("denoise", "increase"),)),
+          "noise", (("denoise", "increase"),), neutral=0.0),
     Shift("pixelation", (2.0, 3.0, 4.0, 5.0, 6.0, 8.0), _pixelation,
           ("pixelated", "pixelation", "pixelised", "pixelized", "pixellated", "blocky", "blockiness",
            "low resolution", "low-resolution", "mosaic"),
@@ -147,8 +167,12 @@ for _shift in (
 ):
     SHIFTS.register(_shift.name, _shift)
 
-#: ``{cause: grid}`` of every registered shift (mild → strong).
+#: ``{cause: grid}`` of every registered shift (mild → strong), in the direction of the explanation study.
 CAUSES: dict[str, tuple[float, ...]] = {s.name: s.grid for s in SHIFTS.values()}
+#: ``{(cause, direction): grid}``: every cause in every direction it goes (under- and over-exposure, low and high
+#: contrast, desaturation and over-saturation; noise, pixelation and unfamiliar content one way).
+CAUSE_DIRECTIONS: dict[tuple[str, str], tuple[float, ...]] = {
+    (s.name, d): g for s in SHIFTS.values() for d, g in s.grids.items()}
 #: Every cause an explanation can name: the shifts, then "other" (no single cause).
 CAUSE_LABELS: tuple[str, ...] = tuple(CAUSES) + ("other",)
 

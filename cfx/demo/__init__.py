@@ -20,7 +20,7 @@ from cfx.core.models import MODEL_KINDS, ClassifierError, Classifier, ModelOptio
 from cfx.core.shifts import CAUSES
 from cfx.generators.editors import WORLDS
 
-from .benchmark import explanation_benchmark
+from .benchmark import VIEWS, cause_benchmark, drawn_strengths, explanation_benchmark, score_cause_evidence
 from .causes import CauseExamples, apply_cause, cause_conditions, cause_examples, demo_source, review_set
 from .models import DATASETS, DemoModels, TrainingConfig, default_cache_dir, demo_config, demo_fitted, load_demo
 from .world import (BANDS, BIAS_BAND, HELD_OUT_SHAPE, SHAPES, TEXTURES, DemoData, ShapesWorld, WorldConfig,
@@ -29,9 +29,9 @@ from .world import (BANDS, BIAS_BAND, HELD_OUT_SHAPE, SHAPES, TEXTURES, DemoData
 __all__ = [
     "BANDS", "BIAS_BAND", "CAUSES", "CauseExamples", "DATASETS", "DemoData", "DemoModels", "HELD_OUT_SHAPE",
     "SHAPES", "ShapesWorld", "TEXTURES", "TrainingConfig", "WorldConfig", "apply_cause", "cause_conditions",
-    "cause_examples", "default_cache_dir", "demo_config", "demo_fitted", "demo_source", "digits_data",
-    "explanation_benchmark", "load_demo", "register", "review_set", "shapes_data", "split_indices",
-    "world_attributes",
+    "VIEWS", "cause_benchmark", "cause_examples", "default_cache_dir", "demo_config", "demo_fitted", "demo_source",
+    "digits_data", "drawn_strengths", "explanation_benchmark", "load_demo", "register", "review_set",
+    "score_cause_evidence", "shapes_data", "split_indices", "world_attributes",
 ]
 
 

@@ -20,6 +20,7 @@ import torch
 from cfx.core.models import Classifier, Preprocessing
 from cfx.core.nets import ConvAutoencoder, SmallCNN
 from cfx.core.training import train_model
+from cfx.evidence import STATISTICS_VERSION
 from cfx.jobs.fitting import fit
 from cfx.trust.fitted import Fitted, FittedError, TrustOracle
 
@@ -138,7 +139,8 @@ def demo_fitted(models: DemoModels, progress: bool = True, refit: bool = False):
         try:
             fitted = Fitted.load(path, models.classifier)
             current = (fitted.manifest.get("oracle") == TrustOracle(seed=seed).config()
-                       and "latent_index" in fitted.manifest["counts"])  # made by this version of cfx fit
+                       and "latent_index" in fitted.manifest["counts"]  # made by this version of cfx fit
+                       and (fitted.manifest.get("reference_statistics") or {}).get("version") == STATISTICS_VERSION)
             if current:
                 return fitted
         except FittedError:
