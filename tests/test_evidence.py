@@ -147,13 +147,18 @@ def test_factor_model_z_is_the_whitened_projection_for_a_straight_path():
         assert np.sum(vw[i] ** 2) - np.sum((vw[i] - k * dw) ** 2) == pytest.approx(expected[i] ** 2, rel=1e-6)
 
 
+def _small(tiles):
+    """Photograph tiles at 96 px: the same physics as at 224 px, five times less work."""
+    return torch.nn.functional.interpolate(tiles, size=(96, 96), mode="bilinear", antialias=True).clamp(0, 1)
+
+
 @pytest.fixture(scope="module")
 def photo_factor_model():
     from factories import photo_tiles
 
     from cfx.evidence import FactorModel
 
-    return FactorModel.measure(photo_tiles(40, seed=0))
+    return FactorModel.measure(_small(photo_tiles(40, seed=0)))
 
 
 @pytest.mark.parametrize("cause, strength, change", [
@@ -165,7 +170,7 @@ def test_each_global_change_is_best_explained_by_its_own_direction(photo_factor_
     from factories import photo_tiles
 
     model = photo_factor_model
-    changed = apply_shift(photo_tiles(12, seed=7), cause, strength, seed=1)
+    changed = apply_shift(_small(photo_tiles(12, seed=7)), cause, strength, seed=1)
     z = model.shifts(image_statistics(changed))
     names = ("brightness", "contrast", "saturation", "detail")
     best = torch.stack([z[k].abs() for k in names]).argmax(0)
