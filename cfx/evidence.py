@@ -20,7 +20,7 @@ from torch import Tensor
 
 from cfx.core.images import as_float_images, luma, resize
 from cfx.core.models import Classifier
-from cfx.core.shifts import CAUSE_LABELS
+from cfx.core.shifts import CAUSE_LABELS, SHIFTS
 from cfx.generators import (
     AutoencoderReconstruction,
     EditRanges,
@@ -185,8 +185,6 @@ class FactorModel:
     def measure(cls, images: Tensor, stats: dict[str, Tensor] | None = None, seed: int = 0) -> "FactorModel":
         """Fit on reference images ``(N, 3, H, W)`` (at least 5; uint8 or float in [0, 1]). ``stats``: their
         statistics when already measured (only the four factors are read)."""
-        from cfx.core.shifts import SHIFTS  # the known causes: what each change is
-
         if len(images) < 5:
             raise ValueError(f"a factor model needs at least 5 reference images, got {len(images)}")
         if stats is None:
