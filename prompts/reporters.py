@@ -181,8 +181,13 @@ class EvidenceReporter(Reporter):
         undoes = {"brightness": "brightness", "contrast": "contrast", "saturation": "saturation", "noise": "detail"}
         if inverse is not None and r.get("gain", 0.0) >= self.restore_gain:
             factor = undoes.get(inverse)
-            sign = 1.0 if r.get("direction") == "decrease" else -1.0  # the edit goes against the change it undoes
-            if factor is None or (inverse == "noise" and t["detail"] > 0) or sign * t[factor] > 0:
+            if factor is None:
+                agrees = True
+            elif inverse == "noise":  # denoising undoes extra detail, never missing detail
+                agrees = t["detail"] > 0
+            else:  # the edit goes against the change it undoes: brightening undoes darkening
+                agrees = (1.0 if r.get("direction") == "decrease" else -1.0) * t[factor] > 0
+            if agrees:
                 out[inverse] += 0.5
         return {k: max(0.0, float(v)) for k, v in out.items()}
 

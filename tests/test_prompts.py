@@ -110,6 +110,17 @@ def test_restoring_edit_tips_a_mild_case_only_when_it_undoes_the_measured_change
     assert EvidenceReporter().explain(mild).cause == "other"
 
 
+def test_a_denoising_edit_counts_for_noise_only_when_the_image_has_extra_detail():
+    def with_denoise(detail):
+        ev = _evidence({"detail": detail}, edge_abruptness=1.5)
+        ev.restoring_edit = {"property": "denoise", "direction": "increase", "strength": 1.0, "score_before": 0.3,
+                             "score_after": 0.9, "gain": 0.6}
+        return EvidenceReporter().signals(ev)["noise"]
+
+    assert with_denoise(1.6) == pytest.approx(1.6 / 2 + 0.5)  # grainier than usual: the edit agrees
+    assert with_denoise(-3.0) == 0.0  # a blurred image: denoising it is no evidence of noise
+
+
 def test_reporter_rejects_a_non_positive_threshold():
     with pytest.raises(ValueError, match="z_threshold must be positive"):
         EvidenceReporter(z_threshold=0)
