@@ -13,7 +13,10 @@ noise of half-width ``strength`` on the 0-255 scale; pixelation resizes down by 
 ``spatial`` pastes a square patch of a real photograph (side ``strength`` × image side), content that never occurs
 in training.
 
-A new cause is one more :class:`Shift` in the tuple registered below (its transform, grid, words and inverse edits).
+Brightness, contrast and saturation go both ways: each has the study's grid (``grid``, in ``direction``) and the
+opposite one (``opposite``), so images too dark or washed out are causes as much as images too bright or harsh;
+:data:`CAUSE_DIRECTIONS` lists all nine. A new cause is one more :class:`Shift` in the tuple registered below (its
+transform, grids, words and inverse edits).
 """
 
 from __future__ import annotations
