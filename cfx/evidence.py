@@ -62,6 +62,18 @@ def _imbalance(tiles: Tensor) -> Tensor:
     return _spread(tiles) / tiles.mean(1).clamp_min(1e-3)
 
 
+def _luma_and_detail(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Luma ``(N, H, W)`` and |Laplacian| of luma ``(N, H-2, W-2)``."""
+    y = luma(x)
+    return y, (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
+
+
+def _chroma(x: Tensor) -> Tensor:
+    """Max − min over channels after a 3×3 box blur ``(N, H, W)``: the colour of regions, not per-pixel speckle."""
+    smooth = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    return smooth.max(1).values - smooth.min(1).values
+
+
 def image_statistics(images: Tensor) -> dict[str, Tensor]:
     """Per-image statistics ``(N,)`` of images ``(N, 3, H, W)`` in [0, 1]:
 
@@ -85,12 +97,10 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     x = images.float()
-    y = luma(x)
-    lap = (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
+    y, lap = _luma_and_detail(x)
     tiles = F.adaptive_avg_pool2d(lap.unsqueeze(1), 4).flatten(1)
     tiles_full = F.adaptive_avg_pool2d(F.pad(lap, (1, 1, 1, 1)).unsqueeze(1), 4).flatten(1)  # aligned with y
-    smooth = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)  # colour of regions, not speckle
-    chroma = smooth.max(1).values - smooth.min(1).values
+    chroma = _chroma(x)
     chroma_tiles = F.adaptive_avg_pool2d(chroma.unsqueeze(1), 4).flatten(1)
     brightness, contrast, detail = y.mean((1, 2)), y.std((1, 2)), lap.mean((1, 2))
     gradient = (y[:, :, 1:] - y[:, :, :-1]).abs().mean((1, 2)) + (y[:, 1:] - y[:, :-1]).abs().mean((1, 2))
@@ -135,10 +145,8 @@ _FLOORS = (1e-3, 1e-3, 1e-3, 1e-4)
 
 def _factor_statistics(x: Tensor) -> dict[str, Tensor]:
     """Brightness, contrast, saturation and high-frequency energy alone (see :func:`image_statistics`)."""
-    y = luma(x)
-    lap = (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
-    smooth = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)  # colour of regions, not speckle
-    chroma = smooth.max(1).values - smooth.min(1).values
+    y, lap = _luma_and_detail(x)
+    chroma = _chroma(x)
     return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)), "saturation": chroma.mean((1, 2)),
             "high_frequency": lap.mean((1, 2))}
 

@@ -127,16 +127,14 @@ def score_cause_evidence(records: dict[tuple[str, str], tuple[list[Evidence], li
     for (cause, direction), (evidence, strengths) in records.items():
         if not evidence:
             continue
-        hits: dict[float, list[bool]] = {}
         for view, gens in VIEWS.items():
-            exps = [reporter.explain(e.restricted_to(gens)) for e in evidence]
-            named[view] += exps
-            if view == "all":
-                for k, e in zip(strengths, exps):
-                    hits.setdefault(k, []).append(e.cause == cause)
-                named_causes = [e.cause for e in exps]
+            named[view] += [reporter.explain(e.restricted_to(gens)) for e in evidence]
+        named_causes = [e.cause for e in named["all"][len(truth):]]  # this group's answers from all the evidence
+        hits: dict[float, list[bool]] = {}
+        for k, c in zip(strengths, named_causes):
+            hits.setdefault(k, []).append(c == cause)
         truth += [cause] * len(evidence)
-        right = [h for v in hits.values() for h in v]
+        right = [c == cause for c in named_causes]
         groups[f"{cause}/{direction}"] = {
             "used": len(evidence), "accuracy": sum(right) / len(right),
             "named": {c: named_causes.count(c) for c in sorted(set(named_causes))},
