@@ -519,7 +519,8 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
     ranges = resolve_edit_ranges(ranges, fitted, reference)
     search = resolve_search(search, target)
     with clock("property edits"):  # the restoring search and the property curves, from shared forward passes
-        sweeps = sweep_edits(classifier, target, images, editors, steps=steps, ranges=ranges, search=search)
+        sweeps = sweep_edits(classifier, target, images, editors, steps=steps, ranges=ranges, search=search,
+                             logits=batch.logits)
     restoring, curves = sweeps.restoring, sweeps.curves
     with clock("statistics"):
         orig_stats = image_statistics(images)
@@ -550,7 +551,7 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
               "nn": lambda: NearestTrustedImage(target, reference.embed, reference.index, threshold=level)}
     for name in usable:
         with clock(name):
-            cfs[name] = makers[name]().generate(images)
+            cfs[name] = makers[name]().generate(images, score_before=sweeps.score_before)
     main_name = next((g for g in _PRIMARY if g in cfs), None)
     with clock("statistics"):
         cf_stats = {name: image_statistics(cf.images.to(images.device)) for name, cf in cfs.items()}

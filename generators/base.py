@@ -16,7 +16,18 @@ from cfx.trust.functional import gradtrust
 from cfx.trust.scores import SCORES, LogitScore
 
 __all__ = ["Counterfactuals", "RunRankTarget", "TargetScore", "TrustTarget", "competency_target",
-           "from_autoencoder_size", "gradtrust_target", "ssim", "ssim_distance", "to_autoencoder_size"]
+           "from_autoencoder_size", "gradtrust_target", "known_scores", "ssim", "ssim_distance", "to_autoencoder_size"]
+
+
+def known_scores(score_before: Tensor | Sequence[float] | None, n: int) -> Tensor | None:
+    """The target scores of the originals ``(n,)`` when the caller already has them (e.g. from scoring the batch),
+    as a float CPU tensor; None when not given (the generator then scores the originals itself)."""
+    if score_before is None:
+        return None
+    before = torch.as_tensor(score_before).detach().float().cpu().flatten()
+    if len(before) != n:
+        raise ValueError(f"score_before must hold one target score per image ({n}), got {len(before)}")
+    return before
 
 
 class TargetScore(Protocol):

@@ -76,6 +76,12 @@ def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     return y.view(n, c, h, w)
 
 
+def _check_anchor(anchor: Tensor, images: Tensor) -> None:
+    if anchor.shape != images.shape:
+        raise ValueError(f"anchor must be the editor's anchor of these images, shape {tuple(images.shape)}, got "
+                         f"{tuple(anchor.shape)}")
+
+
 @dataclass(frozen=True)
 class Editor:
     """Base of all editors. Subclasses implement ``_apply(images, strength (N,)) -> images``."""
@@ -98,8 +104,14 @@ class Editor:
     def _blend(self, images: Tensor, anchor: Tensor, strength: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def apply(self, images: Tensor, strength: float | Tensor) -> Tensor:
-        """Edit ``images (N, 3, H, W)`` in [0, 1] at one strength per image (or one for all); stays in [0, 1]."""
+    def anchor(self, images: Tensor) -> Tensor | None:
+        """The strength-free part of the edit of ``images`` (e.g. their median-filtered copy), or None for editors
+        without one. Computed once, it can be passed to :meth:`apply` and :meth:`edit` for every strength."""
+        return self._anchor(images)
+
+    def apply(self, images: Tensor, strength: float | Tensor, *, anchor: Tensor | None = None) -> Tensor:
+        """Edit ``images (N, 3, H, W)`` in [0, 1] at one strength per image (or one for all); stays in [0, 1].
+        ``anchor``: :meth:`anchor` of the same images, when already computed."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         s = torch.as_tensor(strength, dtype=images.dtype, device=images.device).flatten()
@@ -107,13 +119,18 @@ class Editor:
             s = s.expand(len(images))
         if len(s) != len(images):
             raise ValueError(f"{len(s)} strengths for {len(images)} images")
+        if anchor is not None:
+            _check_anchor(anchor, images)
+            return self._blend(images, anchor, s).clamp(0, 1)
         return self._apply(images, s).clamp(0, 1)
 
-    def edit(self, images: Tensor, strengths: Sequence[float] | Tensor, *, attributes: Any = None) -> Tensor:
+    def edit(self, images: Tensor, strengths: Sequence[float] | Tensor, *, attributes: Any = None,
+             anchor: Tensor | None = None) -> Tensor:
         """The gradual intervention: ``(N, S + 1, 3, H, W)``, original first, then one image per strength.
 
         ``strengths``: shared ``(S,)`` or per image ``(N, S)``. ``attributes`` is for re-rendering editors and
-        ignored here (pixels are all a parametric edit needs)."""
+        ignored here (pixels are all a parametric edit needs). ``anchor``: :meth:`anchor` of the same images, when
+        already computed."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         s = strength_grid(strengths, len(images), images.dtype, images.device)
@@ -121,7 +138,10 @@ class Editor:
         if (s < lo - 1e-9).any() or (s > hi + 1e-9).any():
             raise ValueError(f"{self.property} strengths must lie in {self.range}, got {s.min():.3g}..{s.max():.3g}")
         n, steps = s.shape
-        anchor = self._anchor(images)
+        if anchor is None:
+            anchor = self._anchor(images)
+        else:
+            _check_anchor(anchor, images)
         if anchor is None:
             flat = self.apply(images.repeat_interleave(steps, 0), s.reshape(-1))
         else:  # the strength-free part once per image, then one blend per strength

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Counterfactuals, from_autoencoder_size, ssim_distance, to_autoencoder_size
+from .base import Counterfactuals, from_autoencoder_size, known_scores, ssim_distance, to_autoencoder_size
 
 __all__ = ["FeatureGradientDescent", "ImageGradientDescent", "LatentGradientDescent"]
 
@@ -82,18 +82,22 @@ class _GradientGenerator:
 
     _clamp = False
 
-    def generate(self, images: Tensor) -> Counterfactuals:
-        """Counterfactuals for ``images (N, 3, H, W)`` in [0, 1]."""
+    def generate(self, images: Tensor, score_before: Tensor | None = None) -> Counterfactuals:
+        """Counterfactuals for ``images (N, 3, H, W)`` in [0, 1]. ``score_before``: the target scores of ``images`` when already known (saves a forward pass)."""
         images = check_images(images)
+        known = known_scores(score_before, len(images))
         if self.seed is not None:
             torch.manual_seed(self.seed)
         t0 = time.perf_counter()
         parts = [self._generate_chunk(images[i:i + self.internal_batch_size])
                  for i in range(0, len(images), self.internal_batch_size)]
         out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        with torch.no_grad():
-            before = torch.cat([self.target(images[i:i + self.internal_batch_size]).detach().cpu()
-                                for i in range(0, len(images), self.internal_batch_size)])
+        if known is not None:
+            before = known
+        else:
+            with torch.no_grad():
+                before = torch.cat([self.target(images[i:i + self.internal_batch_size]).detach().cpu()
+                                    for i in range(0, len(images), self.internal_batch_size)])
         return Counterfactuals(self.name, out["images"], before, out["scores"], out["scores"] >= self.threshold,
                                out["steps"], time.perf_counter() - t0, self.threshold)
 

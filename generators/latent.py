@@ -11,7 +11,7 @@ from torch import Tensor
 
 from cfx.trust.latent_index import LatentIndex
 
-from .base import Counterfactuals, from_autoencoder_size, to_autoencoder_size
+from .base import Counterfactuals, from_autoencoder_size, known_scores, to_autoencoder_size
 from .gradient import check_images
 
 __all__ = ["AutoencoderReconstruction", "LatentIndex", "LatentNearestNeighbours"]
@@ -31,9 +31,10 @@ class AutoencoderReconstruction:
         self.target, self.autoencoder, self.threshold = target, autoencoder.eval(), threshold
         self.internal_batch_size = internal_batch_size
 
-    def generate(self, images: Tensor) -> Counterfactuals:
-        """Counterfactuals at the images' own resolution (see :func:`from_autoencoder_size`)."""
+    def generate(self, images: Tensor, score_before: Tensor | None = None) -> Counterfactuals:
+        """Counterfactuals at the images' own resolution (see :func:`from_autoencoder_size`). ``score_before``: the target scores of ``images`` when already known (saves a forward pass)."""
         images = check_images(images)
+        known = known_scores(score_before, len(images))
         t0 = time.perf_counter()
         b = self.internal_batch_size
         with torch.no_grad():
@@ -43,7 +44,7 @@ class AutoencoderReconstruction:
                 out.append(from_autoencoder_size(self.autoencoder(small), images[i:i + b], small).cpu())
             out = torch.cat(out)
         seconds = time.perf_counter() - t0
-        before = _score(self.target, images, self.internal_batch_size)
+        before = known if known is not None else _score(self.target, images, self.internal_batch_size)
         after = _score(self.target, out.to(images.device), self.internal_batch_size)
         return Counterfactuals(self.name, out, before, after, after >= self.threshold,
                                torch.zeros(len(out), dtype=torch.long), seconds, self.threshold)
@@ -65,10 +66,12 @@ class LatentNearestNeighbours:
         self.target, self.autoencoder, self.index = target, autoencoder.eval(), index
         self.threshold, self.internal_batch_size = threshold, internal_batch_size
 
-    def generate(self, images: Tensor) -> Counterfactuals:
+    def generate(self, images: Tensor, score_before: Tensor | None = None) -> Counterfactuals:
         """Counterfactuals at the images' own resolution: at another size than the autoencoder's, the change from
-        the image's reconstruction to the neighbour's is carried onto the original (:func:`from_autoencoder_size`)."""
+        the image's reconstruction to the neighbour's is carried onto the original (:func:`from_autoencoder_size`).
+        ``score_before``: the target scores of ``images`` when already known (saves a forward pass)."""
         images = check_images(images)
+        known = known_scores(score_before, len(images))
         t0 = time.perf_counter()
         b = self.internal_batch_size
         with torch.no_grad():
@@ -81,7 +84,7 @@ class LatentNearestNeighbours:
                                                    images[i:i + b], small[i:i + b]).cpu()
                              for i in range(0, len(stored), b)])
         seconds = time.perf_counter() - t0
-        before = _score(self.target, images, b)
+        before = known if known is not None else _score(self.target, images, b)
         after = _score(self.target, out.to(images.device), b)
         extra = {"neighbour_images": self.index.images_[pos].float() / 255,
                  "neighbour_ids": [self.index.ids_[j] for j in pos.tolist()],

@@ -125,14 +125,15 @@ class EditRanges:
                    tuple(data.get("quantiles", (1.0, 99.0))), int(data.get("images", 0)), data.get("source", ""))
 
     def limits(self, editor: Editor, images: Tensor, direction: str, batch_size: int = 16,
-               search: str = "bisect") -> Tensor:
+               search: str = "bisect", anchor: Tensor | None = None) -> Tensor:
         """Per image ``(N,)``: the strength where the sweep in ``direction`` ends (the editor's neutral strength when
         the first step already leaves the band; the editor's own end for properties without a band).
 
         ``search="scan"`` edits every one of the :attr:`grid` strengths and keeps those before the first one that
         leaves the band. ``"bisect"`` (default) looks for that place by binary search, at most 5 edits per image
         instead of 16, for the properties in :data:`MONOTONE_PROPERTIES`, whose statistic moves one way along the
-        edit (so the allowed strengths are the ones before a single boundary); others are always scanned."""
+        edit (so the allowed strengths are the ones before a single boundary); others are always scanned.
+        ``anchor``: the editor's :meth:`~cfx.generators.Editor.anchor` of ``images``, when already computed."""
         if search not in ("bisect", "scan"):
             raise ValueError(f"search must be 'bisect' or 'scan', got {search!r}")
         full = editor.sweep(direction, self.grid)  # (G,) from just past neutral to the editor's end
@@ -143,12 +144,13 @@ class EditRanges:
         lo, hi = band
         tolerance = 1e-3 * max(hi - lo, 1e-6)
         if search == "bisect" and editor.property in MONOTONE_PROPERTIES:
-            return self._bisect(editor, images, full, statistic, lo, hi, tolerance, batch_size)
+            return self._bisect(editor, images, full, statistic, lo, hi, tolerance, batch_size, anchor)
 
         ends = []
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].float()
-            seq = editor.edit(x, full)  # (n, G + 1, 3, H, W), original first
+            a = anchor[i:i + batch_size].to(x.dtype) if anchor is not None else None
+            seq = editor.edit(x, full, anchor=a)  # (n, G + 1, 3, H, W), original first
             n, g = seq.shape[:2]
             stats = statistic(seq.reshape(n * g, *seq.shape[2:])).view(n, g).cpu()
             ok = within_band(stats[:, 1:], stats[:, :1], lo, hi, tolerance)
@@ -160,11 +162,13 @@ class EditRanges:
 
     @staticmethod
     def _bisect(editor: Editor, images: Tensor, full: Tensor, statistic, lo: float, hi: float, tolerance: float,
-                batch_size: int) -> Tensor:
-        """:meth:`limits` by binary search over the grid, all images of a batch at once (each at its own strength)."""
+                batch_size: int, anchor: Tensor | None = None) -> Tensor:
+        """:meth:`limits` by binary search over the grid, all images of a batch at once (each at its own strength);
+        an editor's strength-free part (its anchor) is computed once per batch, not once per probe."""
         ends = []
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].float()
+            a = anchor[i:i + batch_size].to(x.dtype) if anchor is not None else editor.anchor(x)
             n, g = len(x), len(full)
             original = statistic(x).cpu()
             known = torch.zeros(n, dtype=torch.long)   # grid steps known to stay allowed
@@ -175,16 +179,19 @@ class EditRanges:
                     break
                 probe = (known[active] + upper[active] + 1) // 2   # test the probe-th grid step
                 s = full[probe - 1].to(x.dtype)
-                ok = within_band(statistic(editor.apply(x[active], s)).cpu(), original[active], lo, hi, tolerance)
+                edited = editor.apply(x[active], s, anchor=a[active] if a is not None else None)
+                ok = within_band(statistic(edited).cpu(), original[active], lo, hi, tolerance)
                 known[active] = torch.where(ok, probe, known[active])
                 upper[active] = torch.where(ok, upper[active], probe - 1)
             ends.append(torch.where(known > 0, full[(known - 1).clamp_min(0)],
                                     torch.full((n,), float(editor.neutral))))
         return torch.cat(ends)
 
-    def strengths(self, editor: Editor, images: Tensor, direction: str, steps: int) -> Tensor:
-        """Per-image strengths ``(N, steps)`` from just past neutral to where the calibrated sweep ends."""
-        end = self.limits(editor, images, direction)
+    def strengths(self, editor: Editor, images: Tensor, direction: str, steps: int,
+                  anchor: Tensor | None = None) -> Tensor:
+        """Per-image strengths ``(N, steps)`` from just past neutral to where the calibrated sweep ends (``anchor``
+        as for :meth:`limits`)."""
+        end = self.limits(editor, images, direction, anchor=anchor)
         t = torch.linspace(0, 1, steps + 1)[1:]
         return strength_grid(editor.neutral + (end.unsqueeze(1) - editor.neutral) * t, len(images))
 

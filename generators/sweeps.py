@@ -42,7 +42,8 @@ class EditSweeps:
 
     restoring: list[RestoringEdit]
     curves: list[PropertyCurve]
-    evaluated: int  # images the classifier ran on (originals included), over all images of the batch
+    evaluated: int  # images the classifier ran on (originals included unless their logits were given)
+    score_before: Tensor | None = None  # (N,) the target score of the originals
 
 
 class _Scorer:
@@ -81,14 +82,19 @@ def _curve(editor: Editor, direction: str, strengths: Tensor, probs0: Tensor, pr
 def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, editors: Sequence[Editor] | None = None,
                 steps: int = 8, ranges: EditRanges | None = None, *, search: Literal["full", "screened"] = "full",
                 screen_top: int = 3, screen_steps: Sequence[int] = (2, 5, 8), permutations: int = 200, seed: int = 0,
-                min_contrast_kept: float = 0.25, batch_size: int = 256) -> EditSweeps:
+                min_contrast_kept: float = 0.25, batch_size: int = 256, logits: Tensor | None = None) -> EditSweeps:
     """Restoring edits and property curves of ``images (N, 3, H, W)`` in [0, 1] from shared forward passes.
 
     ``target`` is the trust score to raise (a :class:`~cfx.generators.TrustTarget`, or any callable images → (N,)).
     ``editors`` defaults to every parametric editor; those with ``restores = False`` (occlusion) only get a curve.
     ``ranges``, ``steps`` and ``min_contrast_kept`` mean what they mean for
     :func:`~cfx.generators.restoring_edits`; ``search`` is ``"full"`` or ``"screened"`` (see the module docs);
-    ``screen_steps`` are 1-based positions among the ``steps`` strengths.
+    ``screen_steps`` are 1-based positions among the ``steps`` strengths. ``logits``: the classifier's logits
+    ``(N, C)`` of ``images`` when they are already computed (e.g. while scoring), which saves one forward pass.
+
+    A direction whose range is empty for an image (the first step would already leave the reference band, so
+    every strength is the neutral one and the edit changes nothing) is not run through the classifier: its scores
+    are the original's, its gain is 0 and the screen never picks it.
     """
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
@@ -99,26 +105,49 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
     screen = sorted({int(s) - 1 for s in screen_steps})
     if search == "screened" and (not screen or screen[0] < 0 or screen[-1] >= steps):
         raise ValueError(f"screen_steps must be positions 1..{steps} among the strengths, got {list(screen_steps)}")
+    if logits is not None and (logits.dim() != 2 or len(logits) != len(images)):
+        raise ValueError(f"logits must be (N, C) for the N = {len(images)} images, got {tuple(logits.shape)}")
     editors = list(editors) if editors is not None else parametric_editors()
     n = len(images)
     scorer = _Scorer(classifier, target, batch_size)
-    probs0, before = scorer(images)
+    if logits is not None and scorer.from_logits is not None:
+        with torch.inference_mode():
+            probs0 = torch.softmax(logits.float(), 1).cpu()
+            before = scorer.from_logits(logits, images).float().cpu()
+    else:
+        probs0, before = scorer(images)
     kept = ContentCheck(images, ranges, min_contrast_kept) if ranges is not None else None
+
+    anchors: dict[int, Tensor | None] = {}  # each editor's strength-free part (median, blur), computed once
+
+    def anchor_of(editor: Editor) -> Tensor | None:
+        if id(editor) not in anchors:
+            parts = [editor.anchor(images[i:i + 16]) for i in range(0, n, 16)] if hasattr(editor, "anchor") else [None]
+            anchors[id(editor)] = None if parts[0] is None else torch.cat(parts)  # per image: chunks bound memory
+        return anchors[id(editor)]
 
     def strengths_of(editor: Editor, direction: str) -> Tensor:
         if ranges is not None:
-            return ranges.strengths(editor, images, direction, steps)
+            return ranges.strengths(editor, images, direction, steps, anchor=anchor_of(editor))
         return editor.sweep(direction, steps).unsqueeze(0).expand(n, -1)
 
-    def evaluate(editor: Editor, s: Tensor, restores: bool) -> tuple[Tensor, Tensor]:
-        """Scores ``(N, S)`` (−inf where the edit loses the content) and probabilities ``(N, S, C)`` along ``s``."""
-        seq = editor.edit(images, s)[:, 1:]
+    def evaluate(editor: Editor, s: Tensor, rows: Tensor, restores: bool) -> tuple[Tensor, Tensor]:
+        """Scores ``(len(rows), S)`` (−inf where the edit loses the content) and probabilities
+        ``(len(rows), S, C)`` of the images at ``rows`` edited at their strengths ``s (len(rows), S)``."""
         m = s.shape[1]
-        probs, after = scorer(seq.reshape(n * m, *seq.shape[2:]))
-        after = after.view(n, m)
+        if len(rows) == 0:
+            return torch.empty(0, m), torch.empty(0, m, probs0.shape[1])
+        anchor = anchor_of(editor)
+        seq = editor.edit(images[rows], s, **({"anchor": anchor[rows]} if anchor is not None else {}))[:, 1:]
+        probs, after = scorer(seq.reshape(len(rows) * m, *seq.shape[2:]))
+        after = after.view(len(rows), m)
         if restores and kept is not None:
-            after = torch.where(kept(seq), after, torch.full_like(after, -torch.inf))
-        return after, probs.view(n, m, -1)
+            after = torch.where(kept.subset(rows)(seq), after, torch.full_like(after, -torch.inf))
+        return after, probs.view(len(rows), m, -1)
+
+    def unchanged(editor: Editor, s: Tensor) -> Tensor:
+        """Per image, whether every strength of ``s (N, S)`` is the editor's neutral one (an empty range)."""
+        return (s == float(editor.neutral)).all(1)
 
     directions = [(e, d) for e in editors if e.restores for d in e.directions]   # the restoring search's
     sweeps: dict[tuple[int, str], tuple[Tensor, Tensor, Tensor | None]] = {}  # (editor #, direction) → s, after, probs
@@ -126,41 +155,46 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
         for j, e in enumerate(editors):
             for d in (e.directions if e.restores else e.directions[:1]):
                 s = strengths_of(e, d)
-                after, probs = evaluate(e, s, e.restores)
+                live = torch.nonzero(~unchanged(e, s)).flatten()
+                after = before.unsqueeze(1).repeat(1, steps)          # an empty range: the original, unchanged
+                probs = probs0.unsqueeze(1).repeat(1, steps, 1)
+                after[live], probs[live] = evaluate(e, s[live], live, e.restores)
                 sweeps[(j, d)] = (s, after, probs)
         swept = list(sweeps)
     else:
         position = {id(e): j for j, e in enumerate(editors)}
-        screened = {}
+        screened, live_of = {}, {}
         for e, d in directions:
             s = strengths_of(e, d)
-            after, probs = evaluate(e, s[:, screen], True)
+            live = ~unchanged(e, s)
+            rows = torch.nonzero(live).flatten()
+            after = torch.full((n, len(screen)), -torch.inf)               # never picked when nothing changes
+            probs = probs0.unsqueeze(1).repeat(1, len(screen), 1)
+            after[rows], probs[rows] = evaluate(e, s[rows][:, screen], rows, True)
             screened[(position[id(e)], d)] = (s, after, probs)
+            live_of[(position[id(e)], d)] = live
         keys = list(screened)
         best = torch.stack([screened[k][1].max(1).values for k in keys], 1)     # (N, E) best screened score
         # per image the screen_top most promising directions; each direction is swept for the images that chose it
         top = torch.argsort(best, dim=1, descending=True, stable=True)[:, :screen_top]
         rest = [i for i in range(steps) if i not in screen]
+        swept_mask = {}
         for c, key in enumerate(keys):
             s, after_screen, probs_screen = screened[key]
-            chosen = (top == c).any(1)
-            after = torch.full((n, steps), -torch.inf)
-            after[:, screen] = after_screen
-            probs = torch.zeros(n, steps, probs_screen.shape[2])
+            live = live_of[key]
+            chosen = (top == c).any(1) & live
+            after = before.unsqueeze(1).repeat(1, steps)
+            after[live] = -torch.inf
+            after[:, screen] = torch.where(live.unsqueeze(1), after_screen, after[:, screen])
+            probs = probs0.unsqueeze(1).repeat(1, steps, 1)
             probs[:, screen] = probs_screen
             if chosen.any() and rest:
-                e = editors[key[0]]
                 idx = torch.nonzero(chosen).flatten()
-                sub_images = images[idx]
-                seq = e.edit(sub_images, s[idx][:, rest])[:, 1:]
-                p, a = scorer(seq.reshape(len(idx) * len(rest), *seq.shape[2:]))
-                a = a.view(len(idx), len(rest))
-                if kept is not None:
-                    a = torch.where(kept.subset(idx)(seq), a, torch.full_like(a, -torch.inf))
+                a, p = evaluate(editors[key[0]], s[idx][:, rest], idx, True)
                 after[idx.unsqueeze(1), torch.tensor(rest).unsqueeze(0)] = a
-                probs[idx.unsqueeze(1), torch.tensor(rest).unsqueeze(0)] = p.view(len(idx), len(rest), -1)
+                probs[idx.unsqueeze(1), torch.tensor(rest).unsqueeze(0)] = p
             sweeps[key] = (s, after, probs)
-        swept_mask = {key: (top == c).any(1) for c, key in enumerate(keys)}
+            swept_mask[key] = chosen
         swept = [k for k in keys if swept_mask[k].any()]
 
     restoring = _best_edits([(editors[j], d) for j, d in sweeps if editors[j].restores],
@@ -177,7 +211,7 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
                                  seed))
         else:
             curves.append(_curve(e, key[1], s, probs0, probs, None, permutations, seed))
-    return EditSweeps(restoring, curves, scorer.evaluated)
+    return EditSweeps(restoring, curves, scorer.evaluated, before)
 
 
 def _best_edits(names: list[tuple[Editor, str]], sweeps: list[tuple[Tensor, Tensor, Tensor]], before: Tensor,

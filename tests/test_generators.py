@@ -220,3 +220,29 @@ def test_patience_stops_a_sample_whose_score_has_stalled():
     torch.testing.assert_close(patient.score_after[:2], torch.full((2,), 0.3))
     with pytest.raises(ValueError, match="patience must be"):
         ImageGradientDescent(target, patience=0)
+
+
+@pytest.mark.slow
+def test_known_scores_of_the_originals_save_a_target_call(world):
+    clf, fitted, images, target = world
+    calls = []
+
+    def counted(x):
+        calls.append(len(x))
+        return target(x)
+
+    with torch.no_grad():
+        known = fitted.parce.score(clf, images)
+    for make in (lambda t: AutoencoderReconstruction(t, fitted.autoencoder),
+                 lambda t: LatentNearestNeighbours(t, fitted.autoencoder, fitted.latent_index),
+                 lambda t: LatentGradientDescent(t, fitted.autoencoder, steps=2)):
+        calls.clear()
+        scored = make(counted).generate(images)
+        scored_calls = sum(calls)
+        calls.clear()
+        given = make(counted).generate(images, score_before=known)
+        assert sum(calls) == scored_calls - len(images)  # the originals were not scored again
+        torch.testing.assert_close(given.score_before, scored.score_before, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(given.images, scored.images)
+        with pytest.raises(ValueError, match="one target score per image"):
+            make(counted).generate(images, score_before=known[:3])

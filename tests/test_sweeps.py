@@ -48,9 +48,13 @@ def test_full_sweep_gives_what_the_two_separate_searches_give(setup):
         torch.testing.assert_close(curve.probabilities, alone.probabilities, atol=1e-6, rtol=0)
         torch.testing.assert_close(curve.p_value, alone.p_value)
         assert curve.direction == editor.directions[0] and torch.equal(curve.flips, alone.flips)
-    # every image once, then each restoring direction (13) and occlusion's one at every strength
-    directions = sum(len(e.directions) for e in editors if e.restores) + 1
-    assert sweeps.evaluated == len(images) * (1 + directions * 6)
+    # every image once, then each restoring direction (13) and occlusion's one at every strength, except where the
+    # direction's range is empty for the image (nothing to edit: not run through the classifier)
+    swept = [(e, d) for e in editors for d in (e.directions if e.restores else e.directions[:1])]
+    live = [int((ranges.limits(e, images, d) != e.neutral).sum()) for e, d in swept]
+    assert sweeps.evaluated == len(images) + 6 * sum(live) < len(images) * (1 + len(swept) * 6)
+    # the darkened images cannot be made darker: their gain in that direction is 0, known without a forward pass
+    assert all(r.all_gains["brightness:decrease"] == 0.0 for r in sweeps.restoring[:6])
 
 
 def test_screened_search_sweeps_only_the_most_promising_directions(setup):
@@ -66,19 +70,35 @@ def test_screened_search_sweeps_only_the_most_promising_directions(setup):
     screened = sweep_edits(model, target, images, editors, steps=8, ranges=ranges, search="screened", screen_top=2,
                            screen_steps=(2, 5, 8))
     n = len(images)
-    assert screened.evaluated == n * (1 + rows * 3 + 2 * 5)  # 3 strengths everywhere, the other 5 for 2 per image
+    live = torch.stack([ranges.limits(e, images, d) != e.neutral for e in editors for d in e.directions], 1)
+    # 3 strengths of every direction with a non-empty range, the other 5 for 2 per image (or fewer where fewer live)
+    assert screened.evaluated == n + 3 * int(live.sum()) + 5 * int(live.sum(1).clamp_max(2).sum())
     assert len(screened.curves) >= 2 and all(c.rows is not None for c in screened.curves)
     per_image = torch.zeros(n, dtype=torch.long)
     for c in screened.curves:
         per_image[c.rows] += 1
         assert c.probabilities.shape == (len(c.rows), 9)
-    assert per_image.tolist() == [2] * n  # each image's two swept directions have a curve
+    assert per_image.tolist() == live.sum(1).clamp_max(2).tolist()  # each image's swept directions have a curve
     # the screened answer is one of the directions it swept in full, and never better than the full search's
     for r, f in zip(screened.restoring, full.restoring):
         assert r.score_after <= f.score_after + 1e-6
     # darkened images: brightening restores them, and the screen finds it as the full search does
     assert [r.property + ":" + r.direction for r in screened.restoring[:6]] == \
            [r.property + ":" + r.direction for r in full.restoring[:6]]
+
+
+def test_logits_already_computed_save_the_originals_forward_pass(setup):
+    model, images, target, ranges = setup
+    with torch.inference_mode():
+        logits = model.logits(images)
+    reused = sweep_edits(model, target, images, steps=4, ranges=ranges, search="screened", logits=logits,
+                         screen_steps=(1, 3))
+    again = sweep_edits(model, target, images, steps=4, ranges=ranges, search="screened", screen_steps=(1, 3))
+    assert reused.evaluated == again.evaluated - len(images)
+    assert [(r.property, r.direction, r.strength) for r in reused.restoring] == \
+           [(r.property, r.direction, r.strength) for r in again.restoring]
+    with pytest.raises(ValueError, match="logits must be"):
+        sweep_edits(model, target, images, logits=logits[:3])
 
 
 def test_sweep_edits_refuses_bad_settings(setup):
@@ -101,3 +121,19 @@ def test_denoise_and_sharpen_sweeps_match_scipy_filters():
     blurred = torch.from_numpy(ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, 1, 1), mode="mirror", truncate=3.0))
     seq = Sharpen().edit(x, [2.0])
     torch.testing.assert_close(seq[:, 1], (x + 2.0 * (x - blurred)).clamp(0, 1), atol=1e-5, rtol=0)
+
+
+def test_an_anchor_computed_once_gives_the_same_edits_and_ranges():
+    torch.manual_seed(1)
+    x = torch.rand(5, 3, 20, 17)
+    ranges = EditRanges.measure(torch.rand(30, 3, 20, 17) * 0.5 + 0.25)
+    for editor in (Denoise(), Sharpen()):
+        anchor = editor.anchor(x)
+        s = torch.linspace(0.1, 1.0, 5)
+        torch.testing.assert_close(editor.apply(x, s, anchor=anchor), editor.apply(x, s))
+        torch.testing.assert_close(editor.edit(x, [0.3, 0.9], anchor=anchor), editor.edit(x, [0.3, 0.9]))
+        for search in ("scan", "bisect"):
+            torch.testing.assert_close(ranges.limits(editor, x, editor.directions[0], search=search, anchor=anchor),
+                                       ranges.limits(editor, x, editor.directions[0], search=search))
+        with pytest.raises(ValueError, match="anchor must be"):
+            editor.apply(x, 0.5, anchor=anchor[:2])
