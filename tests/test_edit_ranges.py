@@ -18,7 +18,7 @@ import cfx
 from cfx.core.data import TensorSource
 from cfx.core.models import Classifier, Preprocessing
 from cfx.core.runstore import RunStore
-from cfx.generators import EDITORS, Brightness, EditRanges, restoring_edits
+from cfx.generators import EDITORS, Brightness, EditRanges, parametric_editors, restoring_edits
 
 from test_zoo import PlainBNCNN, _trained, colour_digits
 
@@ -56,10 +56,11 @@ def test_binary_search_for_the_sweeps_end_agrees_with_the_full_scan_on_photograp
     tiles = resize(photo_tiles(36, seed=4), (64, 64))
     ranges = EditRanges.measure(tiles[:18])
     incoming = torch.cat([tiles[18:]] + [apply_cause(tiles[18:], cause, CAUSES[cause][3], seed=2)
-                                         for cause in ("brightness", "contrast", "saturation", "noise")])
+                                         for cause in ("brightness", "contrast", "saturation", "noise",
+                                                       "pixelation")])
     checked = 0
     for name in sorted(MONOTONE_PROPERTIES):
-        editor = EDITORS.get(name)()
+        editor = next(e for e in parametric_editors() if e.property == name)
         for direction in editor.directions:
             scan = ranges.limits(editor, incoming, direction, search="scan")
             bisect = ranges.limits(editor, incoming, direction)
