@@ -279,7 +279,8 @@ class SDEditCounterfactual:
         self.target, self.editor, self.strength, self.threshold = target, editor, strength, threshold
 
     def generate(self, images: Tensor, score_before: Tensor | None = None):
-        """SDEdit counterfactuals of ``images``. ``score_before``: the target scores of ``images`` when already known (saves a forward pass)."""
+        """SDEdit counterfactuals of ``images``. ``score_before``: the target scores of ``images`` when already
+        known (saves a forward pass)."""
         import time
 
         known = known_scores(score_before, len(images))

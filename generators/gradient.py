@@ -83,7 +83,8 @@ class _GradientGenerator:
     _clamp = False
 
     def generate(self, images: Tensor, score_before: Tensor | None = None) -> Counterfactuals:
-        """Counterfactuals for ``images (N, 3, H, W)`` in [0, 1]. ``score_before``: the target scores of ``images`` when already known (saves a forward pass)."""
+        """Counterfactuals for ``images (N, 3, H, W)`` in [0, 1]. ``score_before``: the target scores of ``images``
+        when already known (saves a forward pass)."""
         images = check_images(images)
         known = known_scores(score_before, len(images))
         if self.seed is not None:

@@ -32,7 +32,8 @@ class AutoencoderReconstruction:
         self.internal_batch_size = internal_batch_size
 
     def generate(self, images: Tensor, score_before: Tensor | None = None) -> Counterfactuals:
-        """Counterfactuals at the images' own resolution (see :func:`from_autoencoder_size`). ``score_before``: the target scores of ``images`` when already known (saves a forward pass)."""
+        """Counterfactuals at the images' own resolution (see :func:`from_autoencoder_size`). ``score_before``: the
+        target scores of ``images`` when already known (saves a forward pass)."""
         images = check_images(images)
         known = known_scores(score_before, len(images))
         t0 = time.perf_counter()

@@ -41,7 +41,8 @@ class NearestTrustedImage:
         self.threshold, self.internal_batch_size = threshold, internal_batch_size
 
     def generate(self, images: Tensor, score_before: Tensor | None = None) -> Counterfactuals:
-        """The nearest trusted image of each of ``images``. ``score_before``: the target scores of ``images`` when already known (saves a forward pass)."""
+        """The nearest trusted image of each of ``images``. ``score_before``: the target scores of ``images`` when
+        already known (saves a forward pass)."""
         images = check_images(images)
         known = known_scores(score_before, len(images))
         t0 = time.perf_counter()

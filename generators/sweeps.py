@@ -122,7 +122,8 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
 
     def anchor_of(editor: Editor) -> Tensor | None:
         if id(editor) not in anchors:
-            parts = [editor.anchor(images[i:i + 16]) for i in range(0, n, 16)] if hasattr(editor, "anchor") else [None]
+            has = hasattr(editor, "anchor")  # re-rendering editors have none
+            parts = [editor.anchor(images[i:i + 16]) for i in range(0, n, 16)] if has else [None]
             anchors[id(editor)] = None if parts[0] is None else torch.cat(parts)  # per image: chunks bound memory
         return anchors[id(editor)]
 
