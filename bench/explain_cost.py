@@ -7,7 +7,8 @@ as separate passes, ``restoring_edits`` + ``property_curve``), ``search="full"``
 at every strength) and ``search="screened"``. Each stage's seconds per image are divided by a plain forward pass
 per image measured in the same run ("forward-pass equivalents"). Then: how often the screened restoring edit agrees
 with the full one (same property and direction with the strength within one grid step, or both find nothing), and
-the evidence reporter's causes under both (from the evidence of Reco and LNN: LGD is the same under both).
+the evidence reporter's causes under both (from the evidence of Reco and LNN: LGD is the same under both). Last, on
+the ``--lgd-images``, the causes named with the evidence stage's LGD schedule against the 10-step one it replaced.
 
     python bench/explain_cost.py --model efficientnet [--fitted /tmp/cfx-real224/fitted] [--images 40]
     python bench/explain_cost.py --model demo:shapes [--images 150]     # the demo CNN at 32 px, six causes applied
