@@ -148,7 +148,10 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
 
     def unchanged(editor: Editor, s: Tensor) -> Tensor:
         """Per image, whether every strength of ``s (N, S)`` is the editor's neutral one (an empty range)."""
-        return (s == float(editor.neutral)).all(1)
+        neutral = getattr(editor, "neutral", None)  # re-rendering editors that set a value have none
+        if neutral is None:
+            return torch.zeros(len(s), dtype=torch.bool)
+        return (s == float(neutral)).all(1)
 
     directions = [(e, d) for e in editors if e.restores for d in e.directions]   # the restoring search's
     sweeps: dict[tuple[int, str], tuple[Tensor, Tensor, Tensor | None]] = {}  # (editor #, direction) → s, after, probs
