@@ -345,6 +345,7 @@ class Evidence:
 #: cfx.generators.LatentGradientDescent keeps the paper's schedule.
 LGD_SCHEDULE = {"steps": 3, "lr": 1 / 30}
 
+
 def _lgd_batch(images: Tensor) -> int:
     """Images per LGD step: 16 at 224 px (a larger batch's backward pass runs slower per image on the CPU: 0.083 s
     against 0.070 s per image for 40 against 16 EfficientNet-Lite0 images), more at lower resolutions."""

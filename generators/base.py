@@ -16,7 +16,8 @@ from cfx.trust.functional import gradtrust
 from cfx.trust.scores import SCORES, LogitScore
 
 __all__ = ["Counterfactuals", "RunRankTarget", "TargetScore", "TrustTarget", "competency_target",
-           "from_autoencoder_size", "gradtrust_target", "known_scores", "ssim", "ssim_distance", "to_autoencoder_size"]
+           "from_autoencoder_size", "gradtrust_target", "known_scores", "ssim", "ssim_distance",
+           "to_autoencoder_size"]
 
 
 def known_scores(score_before: Tensor | Sequence[float] | None, n: int) -> Tensor | None:

@@ -151,7 +151,7 @@ class EditRanges:
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].float()
             a = anchor[i:i + batch_size].to(x.dtype) if anchor is not None else None
-            seq = editor.edit(x, full, anchor=a)  # (n, G + 1, 3, H, W), original first
+            seq = editor.edit(x, full, **({"anchor": a} if a is not None else {}))  # (n, G + 1, ...), original first
             n, g = seq.shape[:2]
             stats = statistic(seq.reshape(n * g, *seq.shape[2:])).view(n, g).cpu()
             ok = within_band(stats[:, 1:], stats[:, :1], lo, hi, tolerance)
