@@ -94,7 +94,8 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
 
     A direction whose range is empty for an image (the first step would already leave the reference band, so
     every strength is the neutral one and the edit changes nothing) is not run through the classifier: its scores
-    are the original's, its gain is 0 and the screen never picks it.
+    are the original's, its gain is 0 and the screen never picks it. Nor is an edited image equal to the original
+    or to the previous strength's: it reuses that result.
     """
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
@@ -140,11 +141,23 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
             return torch.empty(0, m), torch.empty(0, m, probs0.shape[1])
         anchor = anchor_of(editor)
         seq = editor.edit(images[rows], s, **({"anchor": anchor[rows]} if anchor is not None else {}))[:, 1:]
-        probs, after = scorer(seq.reshape(len(rows) * m, *seq.shape[2:]))
-        after = after.view(len(rows), m)
+        # an edit that leaves the image as it was (pixelation's block sizes round to 1 near neutral), or as the
+        # previous strength left it (two strengths rounding to the same block), is not run through the classifier
+        original = (seq == images[rows].unsqueeze(1)).flatten(2).all(2).cpu()       # (len(rows), S)
+        repeated = torch.zeros_like(original)
+        repeated[:, 1:] = (seq[:, 1:] == seq[:, :-1]).flatten(2).all(2).cpu()
+        fresh = ~original & ~repeated
+        p, a = (scorer(seq[fresh.to(seq.device)]) if fresh.any()
+                else (torch.empty(0, probs0.shape[1]), torch.empty(0)))
+        after = before[rows].unsqueeze(1).repeat(1, m)
+        probs = probs0[rows].unsqueeze(1).repeat(1, m, 1)
+        after[fresh], probs[fresh] = a, p
+        for k in range(1, m):  # a repeat reads its predecessor's result
+            copy = repeated[:, k] & ~original[:, k]
+            after[copy, k], probs[copy, k] = after[copy, k - 1], probs[copy, k - 1]
         if restores and kept is not None:
             after = torch.where(kept.subset(rows)(seq), after, torch.full_like(after, -torch.inf))
-        return after, probs.view(len(rows), m, -1)
+        return after, probs
 
     def unchanged(editor: Editor, s: Tensor) -> Tensor:
         """Per image, whether every strength of ``s (N, S)`` is the editor's neutral one (an empty range)."""
