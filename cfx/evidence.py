@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cfx.core.images import as_float_images, luma, resize
+from cfx.core.images import as_float_images, luma_and_detail, resize
 from cfx.core.models import Classifier
 from cfx.core.shifts import CAUSE_LABELS, SHIFTS
 from cfx.generators import (
@@ -62,12 +62,6 @@ def _imbalance(tiles: Tensor) -> Tensor:
     return _spread(tiles) / tiles.mean(1).clamp_min(1e-3)
 
 
-def _luma_and_detail(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Luma ``(N, H, W)`` and |Laplacian| of luma ``(N, H-2, W-2)``."""
-    y = luma(x)
-    return y, (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
-
-
 def _chroma(x: Tensor) -> Tensor:
     """Max − min over channels after a 3×3 box blur ``(N, H, W)``: the colour of regions, not per-pixel speckle."""
     smooth = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
@@ -97,7 +91,7 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     x = images.float()
-    y, lap = _luma_and_detail(x)
+    y, lap = luma_and_detail(x)
     tiles = F.adaptive_avg_pool2d(lap.unsqueeze(1), 4).flatten(1)
     tiles_full = F.adaptive_avg_pool2d(F.pad(lap, (1, 1, 1, 1)).unsqueeze(1), 4).flatten(1)  # aligned with y
     chroma = _chroma(x)
@@ -145,7 +139,7 @@ _FLOORS = (1e-3, 1e-3, 1e-3, 1e-4)
 
 def _factor_statistics(x: Tensor) -> dict[str, Tensor]:
     """Brightness, contrast, saturation and high-frequency energy alone (see :func:`image_statistics`)."""
-    y, lap = _luma_and_detail(x)
+    y, lap = luma_and_detail(x)
     chroma = _chroma(x)
     return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)), "saturation": chroma.mean((1, 2)),
             "high_frequency": lap.mean((1, 2))}
@@ -352,6 +346,22 @@ def _lgd_batch(images: Tensor) -> int:
     return max(16, 16 * 224 * 224 // max(1, images.shape[-2] * images.shape[-1]))
 
 
+_INDEX_REFERENCES: list[tuple[LatentIndex, tuple[int, int], tuple]] = []  # the last few, newest last
+
+
+def _index_reference(index: LatentIndex, size: tuple[int, int]) -> tuple:
+    """:func:`reference_statistics` (with the factor model) of a latent index's confident images at ``size``: the
+    reference of a folder fitted before the factor model (or without statistics), at the autoencoder's size
+    (comparable only when it is the classifier's). Measured once per index and size, not once per batch."""
+    for cached, cached_size, result in _INDEX_REFERENCES:
+        if cached is index and cached_size == size:
+            return result
+    result = reference_statistics(resize(index.images_.float() / 255, size), factors=True)
+    _INDEX_REFERENCES.append((index, size, result))
+    del _INDEX_REFERENCES[:-4]
+    return result
+
+
 _PRIMARY = ("lgd", "reco", "lnn", "igd", "nn")  # the counterfactual whose statistics stand for the sample: first wins
 
 #: Every counterfactual generator the evidence can use, with what it needs: ``fitted`` (the autoencoder and latent
@@ -539,11 +549,7 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
         # measured by cfx fit on the confident reference images at the classifier's resolution
         ref_mean, ref_std, factors = stored["mean"], stored["std"], FactorModel.from_dict(stored["factors"])
     elif fitted is not None and fitted.latent_index is not None and len(fitted.latent_index) > 1:
-        # a folder fitted before the factor model (or without statistics): its confident images, at the
-        # autoencoder's size (comparable only when it is the classifier's)
-        ref_images = fitted.latent_index.images_
-        ref_mean, ref_std, factors = reference_statistics(resize(ref_images.float() / 255, tuple(images.shape[-2:])),
-                                                          factors=True)
+        ref_mean, ref_std, factors = _index_reference(fitted.latent_index, tuple(images.shape[-2:]))
     elif reference is not None:
         ref_mean, ref_std, reference_name = reference.mean, reference.std, reference.description
         factors = getattr(reference, "factors", None)

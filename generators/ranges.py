@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cfx.core.images import as_float_images, luma
+from cfx.core.images import as_float_images, luma, luma_and_detail
 
 from .editors import Editor, strength_grid
 
@@ -39,9 +39,7 @@ def within_band(values: Tensor, original: Tensor, lo: float, hi: float, toleranc
 
 def high_frequency_energy(images: Tensor) -> Tensor:
     """Mean |Laplacian| of luma per image ``(N,)``: grain, sharpness and fine detail."""
-    y = luma(images)
-    lap = 4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]
-    return lap.abs().mean((1, 2))
+    return luma_and_detail(images)[1].mean((1, 2))
 
 
 def _chroma(images: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from cfx.core.shifts import SHIFTS
-from cfx.evidence import Evidence
+from cfx.evidence import FACTOR_CAUSES, Evidence
 
 __all__ = ["EvidenceReporter", "Explanation", "MAX_TEXT", "Reporter"]
 
@@ -77,6 +77,7 @@ _NAMES = {"brightness": "brightness", "contrast": "contrast", "saturation": "col
 
 #: (property, direction) of a restoring edit → the cause it undoes, from the shifts' declarations.
 _INVERSE_EDITS = {edit: shift.name for shift in SHIFTS.values() for edit in shift.inverse_edits}
+_CHANGE_OF_CAUSE = {cause: change for change, cause in FACTOR_CAUSES.items()}  # noise → the detail change
 
 
 class Reporter:
@@ -178,9 +179,8 @@ class EvidenceReporter(Reporter):
         # contrast for a harsh one, ...) and really restores the trust score adds half a threshold to that cause.
         r = ev.restoring_edit or {}
         inverse = _INVERSE_EDITS.get((r.get("property"), r.get("direction")))
-        undoes = {"brightness": "brightness", "contrast": "contrast", "saturation": "saturation", "noise": "detail"}
         if inverse is not None and r.get("gain", 0.0) >= self.restore_gain:
-            factor = undoes.get(inverse)
+            factor = _CHANGE_OF_CAUSE.get(inverse)
             if factor is None:
                 agrees = True
             elif inverse == "noise":  # denoising undoes extra detail, never missing detail

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["as_float_images", "is_grey", "luma", "resize"]
+__all__ = ["as_float_images", "is_grey", "luma", "luma_and_detail", "resize"]
 
 
 def as_float_images(x: Tensor) -> Tensor:
@@ -17,6 +17,13 @@ def as_float_images(x: Tensor) -> Tensor:
 def luma(x: Tensor) -> Tensor:
     """ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B`` of ``(N, 3, H, W)`` images, as ``(N, H, W)``."""
     return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+
+
+def luma_and_detail(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Luma ``(N, H, W)`` of ``(N, 3, H, W)`` images and the magnitude of its 4-neighbour Laplacian
+    ``(N, H-2, W-2)``: fine detail, grain and sharpness."""
+    y = luma(x)
+    return y, (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
 
 
 def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
