@@ -11,10 +11,10 @@ the evidence reporter's causes under both (from the evidence of Reco and LNN: LG
 the ``--lgd-images``, the causes named with the evidence stage's LGD schedule against the 10-step one it replaced.
 
     python bench/explain_cost.py --model efficientnet [--fitted /tmp/cfx-real224/fitted] [--images 40]
-    python bench/explain_cost.py --model demo:shapes [--images 150]     # the demo CNN at 32 px, six causes applied
+    python bench/explain_cost.py --model demo:shapes [--images 150]     # the demo CNN at 32 px, the causes of cfx.core.shifts applied
 
 ``--model efficientnet`` is the real EfficientNet-Lite0 at 224 px; the folder comes from ``bench/real_224.py``. Its
-images are the incoming crops and reference crops with one of the six causes applied, the least competent kept.
+images are the incoming crops and reference crops with one of the causes applied, the least competent kept.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from cfx.trust.fitted import Fitted
 from cfx.trust.latent_index import LatentIndex
 from cfx.trust.scores import default_scores, score_batch
 
-__all__ = ["CAUSE_LABELS", "FACTOR_CAUSES", "GENERATORS", "STATISTICS", "STATISTICS_VERSION", "Evidence",
+__all__ = ["CAUSE_LABELS", "FACTOR_CHANGES", "FACTOR_PATHS", "GENERATORS", "STATISTICS", "STATISTICS_VERSION", "Evidence",
            "FactorModel", "RunReference", "blockiness", "collect_evidence", "difference_mass",
            "generator_availability", "image_statistics", "reference_statistics", "resolve_edit_ranges",
            "resolve_search"]
@@ -49,7 +49,7 @@ STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockin
 
 #: The definition of :func:`image_statistics` and :class:`FactorModel`; a fitted folder whose stored reference
 #: statistics carry another version (or none) has them measured again from its confident images.
-STATISTICS_VERSION = 3
+STATISTICS_VERSION = 4
 
 _RING = torch.tensor([i for i in range(16) if i // 4 in (0, 3) or i % 4 in (0, 3)])  # border tiles of a 4×4 grid
 
@@ -129,10 +129,16 @@ def reference_statistics(reference: Tensor, factors: bool = False):
     return mean, std
 
 
-#: The global changes an image can undergo and the known cause (:data:`cfx.core.shifts.SHIFTS`) that makes each,
-#: in the directions it declares: brightness, contrast and saturation both ways; fine detail up (noise).
-FACTOR_CAUSES: dict[str, str] = {"brightness": "brightness", "contrast": "contrast", "saturation": "saturation",
-                                 "detail": "noise"}
+#: The global changes an image can undergo, each way, and the known cause (:data:`cfx.core.shifts.SHIFTS`) and
+#: direction that makes it: ``{(change, direction): (cause, cause direction)}``. Brightness, contrast and saturation
+#: go both ways by their own causes; fine detail goes up by noise and down by blur.
+FACTOR_PATHS: dict[tuple[str, str], tuple[str, str]] = {
+    ("brightness", "increase"): ("brightness", "increase"), ("brightness", "decrease"): ("brightness", "decrease"),
+    ("contrast", "increase"): ("contrast", "increase"), ("contrast", "decrease"): ("contrast", "decrease"),
+    ("saturation", "increase"): ("saturation", "increase"), ("saturation", "decrease"): ("saturation", "decrease"),
+    ("detail", "increase"): ("noise", "increase"), ("detail", "decrease"): ("blur", "increase")}
+#: The global changes, in order.
+FACTOR_CHANGES: tuple[str, ...] = tuple(dict.fromkeys(change for change, _ in FACTOR_PATHS))
 _FACTORS = ("brightness", "contrast", "saturation", "high_frequency")
 _FLOORS = (1e-3, 1e-3, 1e-3, 1e-4)
 
@@ -164,7 +170,7 @@ class FactorModel:
 
     An image's log factors are its log brightness, contrast, saturation and high-frequency energy. Over the reference
     images they have a mean and a covariance. Each global change, applied to the reference images by its known cause
-    (:data:`FACTOR_CAUSES`) at strengths from mild to the strong end of the cause's grid, moves the log factors along
+    (:data:`FACTOR_PATHS`: more detail by noise, less by blur) at strengths from mild to the strong end of the cause's grid, moves the log factors along
     a *path* (the mean displacement per strength; a straight line while nothing clips, bent where highlights or
     shadows clip): measured once, on up to 32 reference images, at 8 strengths per direction.
 
@@ -198,14 +204,13 @@ class FactorModel:
         sample = as_float_images(images[pick])
         base = _log_factors(_factor_statistics(sample))
         paths = {}
-        for change, cause in FACTOR_CAUSES.items():
+        for (change, direction), (cause, cause_direction) in FACTOR_PATHS.items():
             shift = SHIFTS.get(cause)
-            for direction, grid in shift.grids.items():
-                path = []
-                for j, k in enumerate(_path_strengths(shift.neutral, grid[-1], cls.STEPS)):
-                    moved = shift.transform(sample, k, torch.Generator().manual_seed(seed + j)).clamp(0, 1)
-                    path.append((_log_factors(_factor_statistics(moved)) - base).mean(0).tolist())
-                paths[f"{change}:{direction}"] = path
+            path = []
+            for j, k in enumerate(_path_strengths(shift.neutral, shift.grids[cause_direction][-1], cls.STEPS)):
+                moved = shift.transform(sample, k, torch.Generator().manual_seed(seed + j)).clamp(0, 1)
+                path.append((_log_factors(_factor_statistics(moved)) - base).mean(0).tolist())
+            paths[f"{change}:{direction}"] = path
         return cls(x.mean(0).tolist(), cov.tolist(), paths, grey=bool(stats["saturation"].double().mean() < 0.02))
 
     @classmethod
@@ -217,12 +222,12 @@ class FactorModel:
         return asdict(self)
 
     def shifts(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``{change: z (N,)}`` for each change of :data:`FACTOR_CAUSES` (see the class doc)."""
+        """``{change: z (N,)}`` for each change of :data:`FACTOR_CHANGES` (see the class doc)."""
         keep = [0, 1, 3] if self.grey else [0, 1, 2, 3]
         v = (_log_factors(stats) - torch.tensor(self.mean, dtype=torch.float64))[:, keep]
         precision = torch.linalg.inv(torch.tensor(self.covariance, dtype=torch.float64)[keep][:, keep])
         out = {}
-        for change in FACTOR_CAUSES:
+        for change in FACTOR_CHANGES:
             best = torch.zeros(len(v), dtype=torch.float64)
             signed = torch.zeros(len(v), dtype=torch.float64)
             for key, path in self.paths.items():

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cfx.core.images import luma
+from cfx.core.images import gaussian_blur, luma
 from cfx.core.registry import Registry
 from cfx.core.shifts import scale_brightness
 
@@ -52,28 +52,6 @@ def strength_grid(strengths: Sequence[float] | Tensor, n: int, dtype: torch.dtyp
         raise ValueError(f"strengths must be shared (S,) or per image (N, S) with N = {n} images, got "
                          f"{tuple(s.shape)}")
     return s
-
-
-def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
-    """Per-sample Gaussian blur (separable, reflect padding); sigma ``(N,)``, 0 = identity."""
-    n, c, h, w = x.shape
-    radius = int(math.ceil(3 * float(sigma.max()))) if len(sigma) else 0
-    if radius == 0:
-        return x
-    coords = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    s = sigma.to(x.dtype).clamp_min(1e-6).view(n, 1)
-    k = torch.exp(-coords.view(1, -1) ** 2 / (2 * s ** 2))
-    k = k / k.sum(1, keepdim=True)
-    k = torch.where(sigma.view(n, 1) > 0, k, (coords == 0).to(x.dtype).view(1, -1).expand(n, -1))
-    pad = min(radius, h - 1, w - 1)
-    if pad < radius:  # tiny images: truncate the kernel to what reflect padding allows
-        k = k[:, radius - pad: radius + pad + 1]
-        k = k / k.sum(1, keepdim=True)
-    weight = k.repeat_interleave(c, 0)  # (N*C, K)
-    y = x.reshape(1, n * c, h, w)
-    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), weight.view(n * c, 1, 1, -1), groups=n * c)
-    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), weight.view(n * c, 1, -1, 1), groups=n * c)
-    return y.view(n, c, h, w)
 
 
 def _check_anchor(anchor: Tensor, images: Tensor) -> None:
@@ -286,7 +264,7 @@ class Sharpen(Editor):
         return self._blend(x, self._anchor(x), s)
 
     def _anchor(self, x):
-        return _gaussian_blur(x, torch.ones(len(x), device=x.device, dtype=x.dtype))
+        return gaussian_blur(x, torch.ones(len(x), device=x.device, dtype=x.dtype))
 
     def _blend(self, x, blurred, s):
         return x + s.view(-1, 1, 1, 1) * (x - blurred)
@@ -301,7 +279,7 @@ class Blur(Editor):
     range: tuple[float, float] = (0.0, 3.0)
 
     def _apply(self, x, s):
-        return _gaussian_blur(x, s)
+        return gaussian_blur(x, s)
 
 
 @dataclass(frozen=True)

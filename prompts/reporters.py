@@ -19,6 +19,10 @@ signs of new content. Cause signals (each 1 at its threshold):
   detail is what explains the image best, halved unless the detail is abrupt (z(edge abruptness) ≥ 1: pixel-level,
   not natural edges), halved unless it is spread evenly (detail localisation < 1.5); never when the image is blocky
   or the detail sits in one region (z(detail localisation) ≥ T);
+- blur: the z-score along the detail change the other way (less fine detail than the image's look explains),
+  halved unless detail is what explains the image best, halved unless the edges are smooth (z(edge abruptness) ≤
+  −1: darkening or flattening an image scales its Laplacian and gradient alike, blur lowers the first more); never
+  when the image is blocky;
 - pixelation: z(blockiness) over twice the threshold (equal pixels inside nearest-neighbour blocks, not across their
   edges), halved unless the detail is very abrupt (z(edge abruptness) ≥ 2: steps between uniform blocks);
 - spatial (unfamiliar content): the change to the counterfactual is localised (difference mass ≥ 0.27, the share of
@@ -28,7 +32,7 @@ signs of new content. Cause signals (each 1 at its threshold):
   region is not counted: brightening an image until its channels clip moves it as well.
 
 A restoring edit that undoes a cause in the direction measured (brighter for a dark image, less contrast for a
-harsh one, denoise for extra detail) and raises the trust score by at least 0.3 adds 0.5 to that cause. The
+harsh one, denoise for extra detail, sharpen for missing detail) and raises the trust score by at least 0.3 adds 0.5 to that cause. The
 strongest signal wins; when none reaches 1 the explanation is "other" (no single cause), with the evidence. The
 confidence is the winner's share of the two strongest. The thresholds were set on the demo world's shapes (seed 0,
 grid strengths) and are reported on fresh shapes, colourised digits and photographs (``bench/explanations.py``,
@@ -44,7 +48,7 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from cfx.core.shifts import SHIFTS
-from cfx.evidence import FACTOR_CAUSES, Evidence
+from cfx.evidence import FACTOR_PATHS, Evidence
 
 __all__ = ["EvidenceReporter", "Explanation", "MAX_TEXT", "Reporter"]
 
@@ -77,7 +81,11 @@ _NAMES = {"brightness": "brightness", "contrast": "contrast", "saturation": "col
 
 #: (property, direction) of a restoring edit → the cause it undoes, from the shifts' declarations.
 _INVERSE_EDITS = {edit: shift.name for shift in SHIFTS.values() for edit in shift.inverse_edits}
-_CHANGE_OF_CAUSE = {cause: change for change, cause in FACTOR_CAUSES.items()}  # noise → the detail change
+#: cause → the global changes it makes, as (change, +1 more / −1 less): brightness both ways, noise more detail, blur
+#: less detail.
+_CHANGES_OF_CAUSE: dict[str, list[tuple[str, float]]] = {}
+for (_change, _direction), (_cause, _) in FACTOR_PATHS.items():
+    _CHANGES_OF_CAUSE.setdefault(_cause, []).append((_change, 1.0 if _direction == "increase" else -1.0))
 
 
 class Reporter:
@@ -166,6 +174,10 @@ class EvidenceReporter(Reporter):
             "saturation": 0.0 if colour_localised else global_change("saturation"),
             "noise": (max(t["detail"], 0.0) / T * (1.0 if best == "detail" else 0.5) * (1.0 if abrupt else 0.5)
                       * (1.0 if spread else 0.5) if blocky < 1 and not localised else 0.0),
+            # blur: less fine detail than the image's look explains, halved unless detail explains it best, halved
+            # unless the edges are smooth (z(edge abruptness) ≤ −1: a dimmer or flatter image keeps its abruptness)
+            "blur": (max(-t["detail"], 0.0) / T * (1.0 if best == "detail" else 0.5)
+                     * (1.0 if z_abrupt <= -self.abrupt_threshold else 0.5) if blocky < 1 else 0.0),
             "pixelation": blocky * (1.0 if z_abrupt >= 2 * self.abrupt_threshold else 0.5),
             # unfamiliar content: a localised change to the counterfactual, fine detail confined to one region, more
             # (smooth, not pixel-level) detail than the contrast explains, or border tiles that disagree
@@ -180,13 +192,14 @@ class EvidenceReporter(Reporter):
         r = ev.restoring_edit or {}
         inverse = _INVERSE_EDITS.get((r.get("property"), r.get("direction")))
         if inverse is not None and r.get("gain", 0.0) >= self.restore_gain:
-            factor = _CHANGE_OF_CAUSE.get(inverse)
-            if factor is None:
+            changes = _CHANGES_OF_CAUSE.get(inverse, [])
+            if not changes:  # a cause outside the global changes (unfamiliar content, pixelation)
                 agrees = True
-            elif inverse == "noise":  # denoising undoes extra detail, never missing detail
-                agrees = t["detail"] > 0
-            else:  # the edit goes against the change it undoes: brightening undoes darkening
-                agrees = (1.0 if r.get("direction") == "decrease" else -1.0) * t[factor] > 0
+            elif len(changes) == 1:  # one way only: denoising undoes more detail, sharpening less
+                change, sign = changes[0]
+                agrees = sign * t[change] > 0
+            else:  # both ways: the edit goes against the change it undoes (brightening undoes darkening)
+                agrees = (1.0 if r.get("direction") == "decrease" else -1.0) * t[changes[0][0]] > 0
             if agrees:
                 out[inverse] += 0.5
         return {k: max(0.0, float(v)) for k, v in out.items()}
@@ -228,6 +241,8 @@ class EvidenceReporter(Reporter):
             "saturation": (f"The colours are far {more('saturation', 'more', 'less')} saturated than usual "
                            f"({stat('saturation')}; z = {t['saturation']:+.1f} for a global saturation change)."),
             "noise": f"The image is grainy: it carries much more pixel noise than usual ({stat('high_frequency')}).",
+            "blur": (f"The image is blurred, as if out of focus: it carries much less fine detail than usual "
+                     f"({stat('high_frequency')}; z = {t['detail']:+.1f} for a global loss of detail)."),
             "pixelation": (f"The image is pixelated: it is made of uniform blocks (blockiness "
                            f"{orig.get('blockiness', 0):.2f}, near 0 for ordinary images)."),
             "contrast": (more("contrast", "The image is harsh: its contrast is much higher than usual",

@@ -53,7 +53,7 @@ def test_demo_command_writes_summary(tmp_path, digits_models, shapes_models):
     summary = json.loads((out / "summary.json").read_text())
     shapes = summary["datasets"]["shapes"]
     assert shapes["loaded_from_cache"] and shapes["splits"]["test"]["accuracy"] >= 0.95
-    assert set(shapes["causes"]) == {"spatial", "brightness", "contrast", "saturation", "noise", "pixelation"}
+    assert set(shapes["causes"]) == {"spatial", "brightness", "contrast", "saturation", "noise", "pixelation", "blur"}
     assert len(shapes["causes"]["noise"]["test"]) == 6
     assert summary["datasets"]["digits"]["causes"]["saturation"]["test"] is None  # grey images
     assert "test split under each cause" in result.output

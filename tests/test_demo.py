@@ -154,6 +154,24 @@ def test_spatial_pastes_a_photo_patch_of_the_right_size():
         assert (changed <= side * side).all() and (changed >= 0.95 * side * side).all()
 
 
+def test_blur_matches_scipy_gaussian_filter_at_a_share_of_the_image_side():
+    # an independent Gaussian: scipy's, truncated at 3 σ like ours, mirrored at the border (torch's "reflect")
+    from scipy.ndimage import gaussian_filter
+
+    x = _uint8_images().float() / 255
+    side, tested = min(x.shape[-2:]), 0
+    for k in CAUSES["blur"]:
+        sigma = k * side
+        ref = torch.from_numpy(np.stack([gaussian_filter(img.numpy(), sigma=(0, sigma, sigma), mode="mirror",
+                                                         truncate=3.0) for img in x])).float()
+        if int(3 * sigma + 0.5) != int(np.ceil(3 * sigma)):  # the two round the kernel's radius differently
+            continue
+        torch.testing.assert_close(apply_cause(x, "blur", k), ref.clamp(0, 1), atol=1e-5, rtol=0)
+        tested += 1
+    assert tested >= 3
+    assert SHIFTS.get("blur").inverse_edits == (("sharpness", "increase"),)
+
+
 def test_unknown_cause():
     with pytest.raises(ValueError, match="unknown cause"):
         apply_cause(torch.rand(1, 3, 8, 8), "fog", 1.0)

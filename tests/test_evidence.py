@@ -164,7 +164,8 @@ def photo_factor_model():
 @pytest.mark.parametrize("cause, strength, change", [
     ("brightness", 0.4, "brightness"), ("brightness", 2.0, "brightness"), ("brightness", 3.0, "brightness"),
     ("contrast", 0.3, "contrast"), ("contrast", 3.0, "contrast"), ("saturation", 0.1, "saturation"),
-    ("saturation", 4.0, "saturation"), ("noise", 40.0, "detail")])
+    ("saturation", 4.0, "saturation"), ("noise", 40.0, "detail"), ("blur", 0.02, "detail"),
+    ("blur", 0.06, "detail")])
 def test_each_global_change_is_best_explained_by_its_own_direction(photo_factor_model, cause, strength, change):
     # photographs the factor model was not measured on, changed by a known cause in a known direction
     from factories import photo_tiles
@@ -175,5 +176,5 @@ def test_each_global_change_is_best_explained_by_its_own_direction(photo_factor_
     names = ("brightness", "contrast", "saturation", "detail")
     best = torch.stack([z[k].abs() for k in names]).argmax(0)
     assert (best == names.index(change)).float().mean() >= 0.75, {k: z[k] for k in names}
-    sign = 1 if strength > 1 or cause == "noise" else -1
+    sign = -1 if cause == "blur" else 1 if strength > 1 or cause == "noise" else -1  # blur: less detail
     assert (sign * z[change] > 0).float().mean() >= 0.9

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from cfx.core.shifts import CAUSE_LABELS
 from cfx.evidence import Evidence
 
 EVIDENCE = Evidence(id="x", prediction=1, prediction_name="cat", competency=0.3,
@@ -52,7 +53,7 @@ def test_whole_path_template_processor_generate_decode(tiny_llava):
     assert len(results) == 2
     for e in results:
         assert e.backend.startswith("transformers:") and isinstance(e.text, str) and len(e.text) <= 2000
-        assert e.cause in ("spatial", "brightness", "contrast", "saturation", "noise", "pixelation", "other")
+        assert e.cause in CAUSE_LABELS
     assert "measurements" in results[0].prompt and "measurements" not in results[1].prompt
     # greedy decoding: the same input gives the same text
     again = rep.explain(EVIDENCE, img, img * 0.8)

@@ -60,6 +60,8 @@ def _evidence(shift=None, **z):
     # extra fine detail: noise when abrupt and spread, new content when it sits in one region
     ({"detail": 12.0}, {"edge_abruptness": 1.5}, "noise"),
     ({"detail": 12.0}, {"edge_abruptness": 1.5, "detail_localisation": 3.5}, "spatial"),
+    # less fine detail with smooth edges: blur; with the edges as abrupt as usual it is no single cause
+    ({"detail": -6.0}, {"edge_abruptness": -2.0}, "blur"), ({"detail": -3.0}, {"edge_abruptness": 0.0}, "other"),
     ({}, {"blockiness": 20.0, "edge_abruptness": 2.5}, "pixelation"),
     ({}, {"mass": 0.4}, "spatial"), ({}, {"mass": 0.05}, "other"),
     # colour confined to one region is no saturation change (and, alone, no cause either: brightening an image
@@ -119,6 +121,17 @@ def test_a_denoising_edit_counts_for_noise_only_when_the_image_has_extra_detail(
 
     assert with_denoise(1.6) == pytest.approx(1.6 / 2 + 0.5)  # grainier than usual: the edit agrees
     assert with_denoise(-3.0) == 0.0  # a blurred image: denoising it is no evidence of noise
+
+
+def test_a_sharpening_edit_counts_for_blur_only_when_the_image_lacks_detail():
+    def with_sharpen(detail):
+        ev = _evidence({"detail": detail}, edge_abruptness=-1.5)
+        ev.restoring_edit = {"property": "sharpness", "direction": "increase", "strength": 1.0, "score_before": 0.3,
+                             "score_after": 0.9, "gain": 0.6}
+        return EvidenceReporter().signals(ev)["blur"]
+
+    assert with_sharpen(-1.6) == pytest.approx(1.6 / 2 + 0.5)  # softer than usual: the edit agrees
+    assert with_sharpen(3.0) == 0.0  # a grainy image: sharpening it is no evidence of blur
 
 
 def test_reporter_rejects_a_non_positive_threshold():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["as_float_images", "is_grey", "luma", "luma_and_detail", "resize"]
+__all__ = ["as_float_images", "gaussian_blur", "is_grey", "luma", "luma_and_detail", "resize"]
 
 
 def as_float_images(x: Tensor) -> Tensor:
@@ -24,6 +26,35 @@ def luma_and_detail(x: Tensor) -> tuple[Tensor, Tensor]:
     ``(N, H-2, W-2)``: fine detail, grain and sharpness."""
     y = luma(x)
     return y, (4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]).abs()
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor | float) -> Tensor:
+    """Gaussian blur of ``(N, C, H, W)`` images with standard deviation ``sigma`` pixels: one number, or one per
+    image ``(N,)`` (0 leaves that image as it is). Separable, truncated at 3 σ, reflect padding (on images smaller
+    than the kernel, the kernel is cut to what reflection allows and renormalised)."""
+    n, c, h, w = x.shape
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    sigma = sigma.expand(n) if sigma.dim() == 0 else sigma
+    if sigma.shape != (n,) or bool((sigma < 0).any()) or not bool(torch.isfinite(sigma).all()):
+        raise ValueError(f"sigma must be one number or one per image ({n}), each finite and ≥ 0, got "
+                         f"{tuple(sigma.shape)} values")
+    radius = int(math.ceil(3 * float(sigma.max()))) if n else 0
+    if radius == 0:
+        return x
+    coords = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    s = sigma.clamp_min(1e-6).view(n, 1)
+    k = torch.exp(-coords.view(1, -1) ** 2 / (2 * s ** 2))
+    k = k / k.sum(1, keepdim=True)
+    k = torch.where(sigma.view(n, 1) > 0, k, (coords == 0).to(x.dtype).view(1, -1).expand(n, -1))
+    pad = min(radius, h - 1, w - 1)
+    if pad < radius:  # tiny images: truncate the kernel to what reflect padding allows
+        k = k[:, radius - pad: radius + pad + 1]
+        k = k / k.sum(1, keepdim=True)
+    weight = k.repeat_interleave(c, 0)  # (N*C, K)
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), weight.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), weight.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)
 
 
 def resize(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -6,16 +6,18 @@ for it, its wording as a multiple-choice answer, and the property edits that und
 the trust oracle's training augments with them, the evidence reporter names them, prompts offer them as choices
 and the explanation scoring reads them back from text: all from :data:`SHIFTS`.
 
-The six causes follow the competency-explanation study of Pohland et al. (see ``docs/methods.md``): unfamiliar
-content (``spatial``), brightness, contrast, saturation, noise and pixelation. Brightness, contrast and saturation
-equal ``PIL.ImageEnhance.Brightness/Contrast/Color(img).enhance(strength)`` on 8-bit images; noise adds uniform
-noise of half-width ``strength`` on the 0-255 scale; pixelation resizes down by ``strength`` with NEAREST and back;
-``spatial`` pastes a square patch of a real photograph (side ``strength`` × image side), content that never occurs
-in training.
+The first six causes follow the competency-explanation study of Pohland et al. (see ``docs/methods.md``):
+unfamiliar content (``spatial``), brightness, contrast, saturation, noise and pixelation. Brightness, contrast and
+saturation equal ``PIL.ImageEnhance.Brightness/Contrast/Color(img).enhance(strength)`` on 8-bit images; noise adds
+uniform noise of half-width ``strength`` on the 0-255 scale; pixelation resizes down by ``strength`` with NEAREST and
+back; ``spatial`` pastes a square patch of a real photograph (side ``strength`` × image side), content that never
+occurs in training. The seventh, ``blur`` (out of focus), is a Gaussian blur whose standard deviation is ``strength``
+× the image's shorter side (1-8 %, so the same strength means the same look at 32 and at 224 px): measured to be
+the commonest way a competent photograph loses competency with a real ImageNet model (``docs/results.md``).
 
 Brightness, contrast and saturation go both ways: each has the study's grid (``grid``, in ``direction``) and the
 opposite one (``opposite``), so images too dark or washed out are causes as much as images too bright or harsh;
-:data:`CAUSE_DIRECTIONS` lists all nine. A new cause is one more :class:`Shift` in the tuple registered below (its
+:data:`CAUSE_DIRECTIONS` lists all ten. A new cause is one more :class:`Shift` in the tuple registered below (its
 transform, grids, words and inverse edits).
 """
 
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .images import gaussian_blur
 from .registry import Registry
 
 __all__ = ["CAUSES", "CAUSE_DIRECTIONS", "CAUSE_LABELS", "SHIFTS", "Shift", "apply_shift", "pil_luminance",
@@ -117,6 +120,10 @@ def _pixelation(x: Tensor, k: float, g: torch.Generator) -> Tensor:
     return F.interpolate(small, size=(h, w), mode="nearest-exact")
 
 
+def _blur(x: Tensor, k: float, g: torch.Generator) -> Tensor:
+    return gaussian_blur(x, k * min(x.shape[-2:]))
+
+
 def _spatial(x: Tensor, k: float, g: torch.Generator) -> Tensor:
     n, _, h, w = x.shape
     photos = _photos()
@@ -167,13 +174,17 @@ for _shift in (
           ("pixelated", "pixelation", "pixelised", "pixelized", "pixellated", "blocky", "blockiness",
            "low resolution", "low-resolution", "mosaic"),
           "pixelation"),
+    Shift("blur", (0.01, 0.02, 0.03, 0.04, 0.06, 0.08), _blur,
+          ("blur", "blurry", "blurred", "blurriness", "out of focus", "out-of-focus", "unfocused", "defocused",
+           "smeared", "smudged", "fuzzy"),
+          "blur (out of focus)", (("sharpness", "increase"),), neutral=0.0),
 ):
     SHIFTS.register(_shift.name, _shift)
 
 #: ``{cause: grid}`` of every registered shift (mild → strong), in the direction of the explanation study.
 CAUSES: dict[str, tuple[float, ...]] = {s.name: s.grid for s in SHIFTS.values()}
 #: ``{(cause, direction): grid}``: every cause in every direction it goes (under- and over-exposure, low and high
-#: contrast, desaturation and over-saturation; noise, pixelation and unfamiliar content one way).
+#: contrast, desaturation and over-saturation; noise, pixelation, blur and unfamiliar content one way).
 CAUSE_DIRECTIONS: dict[tuple[str, str], tuple[float, ...]] = {
     (s.name, d): g for s in SHIFTS.values() for d, g in s.grids.items()}
 #: Every cause an explanation can name: the shifts, then "other" (no single cause).

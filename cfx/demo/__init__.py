@@ -5,7 +5,7 @@
   (:func:`load_demo`), and their fitted folder (:func:`demo_fitted`);
 - :mod:`cfx.demo.causes`: images changed by the known causes (:mod:`cfx.core.shifts`), the review set and
   ``demo:`` data specs;
-- :mod:`cfx.demo.benchmark`: the six-cause explanation benchmark.
+- :mod:`cfx.demo.benchmark`: the cause explanation benchmark (every cause, both ways).
 
 No core module imports the demo. It plugs into cfx by registering its kinds (:func:`register`): the ``demo:`` model
 spec (``demo:shapes``), the ``demo:`` data source (``demo:shapes:test``) and the shapes world's re-rendering

@@ -110,7 +110,7 @@ def demo_source(spec: str) -> TensorSource:
 
 
 def review_set(data: "DemoData", n: int = 300, seed: int = 0, unfamiliar: int = 20) -> TensorSource:
-    """A review set for the demo's main job: ``n`` test images, two thirds of them changed by one of the six causes
+    """A review set for the demo's main job: ``n`` test images, two thirds of them changed by one of the seven causes
     (in turn, at a strength from the strong half of its grid) and, for the shapes world, ``unfamiliar`` images of the
     held-out star shape. Metadata ``injected_cause`` / ``strength`` say what was done, so a reviewer can check the
     explanations against the truth. Saturation is skipped on grey images."""

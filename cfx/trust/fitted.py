@@ -249,7 +249,7 @@ class TrustOracle:
 
     Train it on data where the classifier makes enough errors to learn from: held-out data (never the
     classifier's training set, where it is almost always right), ideally with corrupted copies (:func:`fit` adds
-    the six cause transforms of the demo world to the calibration split by default).
+    the cause transforms of the demo world to the calibration split by default).
     """
 
     loss: OracleLoss = "steep_slope"
