@@ -9,6 +9,7 @@ its counterfactual, and the nearest confident neighbour.
 from __future__ import annotations
 
 import json
+import warnings
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,19 +38,22 @@ from cfx.trust.fitted import Fitted
 from cfx.trust.latent_index import LatentIndex
 from cfx.trust.scores import default_scores, score_batch
 
-__all__ = ["CAUSE_LABELS", "FACTOR_CHANGES", "FACTOR_PATHS", "GENERATORS", "STATISTICS", "STATISTICS_VERSION", "Evidence",
-           "FactorModel", "RunReference", "blockiness", "collect_evidence", "difference_mass",
-           "generator_availability", "image_statistics", "reference_statistics", "resolve_edit_ranges",
-           "resolve_search"]
+__all__ = ["CAUSE_LABELS", "FACTOR_CHANGES", "FACTOR_PATHS", "GENERATORS", "MIN_STATISTICS_VERSION", "STATISTICS",
+           "STATISTICS_VERSION", "Evidence", "FactorModel", "RunReference", "blockiness", "collect_evidence",
+           "difference_mass", "generator_availability", "image_statistics", "reference_statistics",
+           "resolve_edit_ranges", "resolve_search"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
               "border_brightness_imbalance", "border_detail_imbalance")
 
 
-#: The definition of :func:`image_statistics` and :class:`FactorModel`; a fitted folder whose stored reference
-#: statistics carry another version (or none) has them measured again from its confident images.
+#: The definition of :func:`image_statistics` and :class:`FactorModel`. A fitted folder whose stored reference
+#: statistics are older than :data:`MIN_STATISTICS_VERSION` (or missing) has them measured again from its latent
+#: index's confident images; version 3 (before blur's path in the factor model) is used as it is, with a warning that
+#: blur cannot be named until the folder is fitted again.
 STATISTICS_VERSION = 4
+MIN_STATISTICS_VERSION = 3
 
 _RING = torch.tensor([i for i in range(16) if i // 4 in (0, 3) or i % 4 in (0, 3)])  # border tiles of a 4×4 grid
 
@@ -550,9 +554,13 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
     ref_mean = ref_std = reference_name = factors = None
     stored = fitted.manifest.get("reference_statistics") if fitted is not None else None
     if (stored and tuple(stored["image_size"]) == tuple(images.shape[-2:]) and stored.get("factors")
-            and stored.get("version") == STATISTICS_VERSION):
+            and int(stored.get("version") or 0) >= MIN_STATISTICS_VERSION):
         # measured by cfx fit on the confident reference images at the classifier's resolution
         ref_mean, ref_std, factors = stored["mean"], stored["std"], FactorModel.from_dict(stored["factors"])
+        if int(stored["version"]) < STATISTICS_VERSION:
+            warnings.warn(f"the fitted folder's reference statistics are version {stored['version']}, older than "
+                          f"this cfx's {STATISTICS_VERSION}: they have no path for blur, so blurred images cannot be "
+                          "named; run cfx fit again to add it", RuntimeWarning, stacklevel=2)
     elif fitted is not None and fitted.latent_index is not None and len(fitted.latent_index) > 1:
         ref_mean, ref_std, factors = _index_reference(fitted.latent_index, tuple(images.shape[-2:]))
     elif reference is not None:

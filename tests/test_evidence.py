@@ -66,6 +66,33 @@ def test_collect_evidence_on_demo_cause_images(shapes_models):
     assert Evidence.from_json(evs[0].to_json()) == evs[0]
 
 
+def test_blurred_images_are_named_blur_and_older_folders_still_explain(shapes_models):
+    import copy
+
+    from cfx.demo import apply_cause, demo_fitted
+    from cfx.evidence import STATISTICS_VERSION
+    from cfx.prompts import EvidenceReporter
+
+    clf = shapes_models.classifier
+    fitted = demo_fitted(shapes_models, progress=False)
+    x, _ = shapes_models.data.split("test")
+    blurred = apply_cause(x[:24], "blur", 0.06)
+    evs = collect_evidence(clf, fitted, blurred, generators=["reco"])
+    assert sum(e.shift_z["detail"] < -2 for e in evs) >= 18  # far less fine detail than the reference
+    assert sum(EvidenceReporter().explain(e).cause == "blur" for e in evs) >= 16
+    # a folder fitted before blur's path (statistics version 3) keeps its own reference, with a warning
+    old = copy.copy(fitted)
+    old.manifest = copy.deepcopy(fitted.manifest)
+    stored = old.manifest["reference_statistics"]
+    stored["version"] = 3
+    stored["factors"]["paths"].pop("detail:decrease")
+    assert STATISTICS_VERSION > 3
+    with pytest.warns(RuntimeWarning, match="blurred images cannot be named"):
+        again = collect_evidence(clf, old, blurred[:4], generators=["reco"])
+    assert [e.statistics_z for e in again] == [e.statistics_z for e in evs[:4]]
+    assert all(e.shift_z["detail"] >= 0 for e in again)  # no path for less detail: no blur evidence, no error
+
+
 def test_relative_statistics_ignore_a_global_brightness_change():
     # scaling an image (without clipping) scales brightness, contrast and detail alike: the ratios stay put
     ramp = torch.linspace(0, 1, 24)
