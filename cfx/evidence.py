@@ -45,13 +45,13 @@ __all__ = ["CAUSE_LABELS", "FACTOR_CHANGES", "FACTOR_PATHS", "GENERATORS", "MIN_
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
-              "border_brightness_imbalance", "border_detail_imbalance")
+              "border_brightness_imbalance", "border_detail_imbalance", "two_sided_clipping")
 
 
 #: The definition of :func:`image_statistics` and :class:`FactorModel`. A fitted folder whose stored reference
 #: statistics are older than :data:`MIN_STATISTICS_VERSION` (or missing) has them measured again from its latent
-#: index's confident images; version 3 (before blur's path in the factor model) is used as it is, with a warning that
-#: blur cannot be named until the folder is fitted again.
+#: index's confident images; version 3 (before blur's path in the factor model and the two-sided clipping statistic) is
+#: used as it is, with a warning that blur and clipping cannot be read until the folder is fitted again.
 STATISTICS_VERSION = 4
 MIN_STATISTICS_VERSION = 3
 
@@ -87,6 +87,11 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
     detail than the image's contrast explains), and edge abruptness (mean |Laplacian| over mean |gradient|: high for
     isolated pixel changes and the steps between uniform blocks, lower for smooth gradients and natural edges).
 
+    Two-sided clipping is the share of pixels clipped at *both* ends, ``min(share black, share white)`` (black: every
+    channel ≤ 2/255; white: every channel ≥ 253/255): harsh contrast drives the darks to black and the lights to
+    white at once, while over-exposure clips only whites, under-exposure only blacks, and noise or over-saturation
+    rarely clip all three channels together.
+
     Two imbalances tell a change to part of the image from one to all of it: over the 12 border tiles of a 4×4 grid,
     the tiles' brightness range (max − min) over the image's contrast, and their high-frequency energy's range over
     its mean. A global change of brightness, contrast or detail keeps both ratios; new content over part of the
@@ -111,7 +116,9 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
             "edge_abruptness": detail / gradient.clamp_min(1e-4),
             "border_brightness_imbalance": _spread(F.adaptive_avg_pool2d(y.unsqueeze(1), 4).flatten(1)[:, _RING])
             / contrast.clamp_min(1e-3),
-            "border_detail_imbalance": _imbalance(tiles_full[:, _RING])}
+            "border_detail_imbalance": _imbalance(tiles_full[:, _RING]),
+            "two_sided_clipping": torch.minimum((x.amax(1) <= 2 / 255).float().mean((1, 2)),
+                                                (x.amin(1) >= 253 / 255).float().mean((1, 2)))}
 
 
 def reference_statistics(reference: Tensor, factors: bool = False):
@@ -559,8 +566,9 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
         ref_mean, ref_std, factors = stored["mean"], stored["std"], FactorModel.from_dict(stored["factors"])
         if int(stored["version"]) < STATISTICS_VERSION:
             warnings.warn(f"the fitted folder's reference statistics are version {stored['version']}, older than "
-                          f"this cfx's {STATISTICS_VERSION}: they have no path for blur, so blurred images cannot be "
-                          "named; run cfx fit again to add it", RuntimeWarning, stacklevel=2)
+                          f"this cfx's {STATISTICS_VERSION}: they have no path for blur and no two-sided clipping, so "
+                          "blurred images cannot be named and clipping is not read; run cfx fit again to add them",
+                          RuntimeWarning, stacklevel=2)
     elif fitted is not None and fitted.latent_index is not None and len(fitted.latent_index) > 1:
         ref_mean, ref_std, factors = _index_reference(fitted.latent_index, tuple(images.shape[-2:]))
     elif reference is not None:
@@ -623,7 +631,8 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
             ev.difference_mass = float(masses[main_name][i])
         if ref_mean is not None:
             ev.statistics["reference_mean"] = ref_mean
-            ev.statistics_z = {k: (ev.statistics["original"][k] - ref_mean[k]) / ref_std[k] for k in STATISTICS}
+            ev.statistics_z = {k: (ev.statistics["original"][k] - ref_mean[k]) / ref_std[k] for k in STATISTICS
+                               if k in ref_mean}  # a version-3 folder has no two-sided clipping
         if shifts is not None:
             ev.shift_z = {k: round(float(v[i]), 4) for k, v in shifts.items()}
         out.append(ev)

@@ -14,7 +14,8 @@ signs of new content. Cause signals (each 1 at its threshold):
   dark or too bright, washed out or harsh, desaturated or over-saturated). Full strength for the change that explains
   the image best, half for the others. The paths are measured on the reference, so over-exposure that clips the
   highlights (and with them contrast and colour) still reads as brightness. Saturation never counts when the colour
-  sits in one region (z(colour localisation) ≥ T);
+  sits in one region (z(colour localisation) ≥ T). Harsh contrast has a second sign: pixels clipped to black and
+  to white at once (z(two-sided clipping) / T counts for contrast when contrast went up), which no other cause makes;
 - noise: the z-score along the detail change (more fine detail than the image's contrast explains), halved unless
   detail is what explains the image best, halved unless the detail is abrupt (z(edge abruptness) ≥ 1: pixel-level,
   not natural edges), halved unless it is spread evenly (detail localisation < 1.5); never when the image is blocky
@@ -168,9 +169,11 @@ class EvidenceReporter(Reporter):
         def global_change(name: str) -> float:  # full strength when it is the best explanation, half otherwise
             return abs(t[name]) / T * (1.0 if best == name else 0.5)
 
+        # harsh contrast's signature: pixels clipped to black and to white at once, far more than in the reference
+        clipped = z.get("two_sided_clipping", 0.0) / T if t["contrast"] > 0 else 0.0
         out = {
             "brightness": global_change("brightness"),
-            "contrast": global_change("contrast"),
+            "contrast": max(global_change("contrast"), clipped),
             "saturation": 0.0 if colour_localised else global_change("saturation"),
             "noise": (max(t["detail"], 0.0) / T * (1.0 if best == "detail" else 0.5) * (1.0 if abrupt else 0.5)
                       * (1.0 if spread else 0.5) if blocky < 1 and not localised else 0.0),
@@ -247,7 +250,10 @@ class EvidenceReporter(Reporter):
                            f"{orig.get('blockiness', 0):.2f}, near 0 for ordinary images)."),
             "contrast": (more("contrast", "The image is harsh: its contrast is much higher than usual",
                               "The image is washed out: its contrast is much lower than usual")
-                         + f" ({stat('contrast')}; z = {t['contrast']:+.1f} for a global contrast change)."),
+                         + f" ({stat('contrast')}; z = {t['contrast']:+.1f} for a global contrast change)"
+                         + (f", and {orig.get('two_sided_clipping', 0.0):.0%} of its pixels are clipped to black and "
+                            "to white at once." if t["contrast"] > 0 and z.get("two_sided_clipping", 0.0)
+                            >= self.z_threshold else ".")),
             "spatial": ("Part of the image shows content the model has not seen in training: the most similar image "
                         f"it is confident about differs mostly in one region (difference mass "
                         f"{ev.difference_mass if ev.difference_mass is not None else float('nan'):.2f})."),

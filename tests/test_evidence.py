@@ -93,6 +93,33 @@ def test_blurred_images_are_named_blur_and_older_folders_still_explain(shapes_mo
     assert all(e.shift_z["detail"] >= 0 for e in again)  # no path for less detail: no blur evidence, no error
 
 
+def test_two_sided_clipping_counts_pixels_black_and_white_in_every_channel():
+    # an independent count with numpy on an image of known shares: 10 % black, 30 % white, 5 % black in one channel
+    import numpy as np
+
+    x = torch.full((1, 3, 20, 20), 0.5)
+    x.view(1, 3, -1)[:, :, :40] = 0.0
+    x.view(1, 3, -1)[:, :, 40:160] = 1.0
+    x.view(1, 3, -1)[:, 0, 160:180] = 0.0
+    a = x[0].numpy()
+    black, white = (a.max(0) <= 2 / 255).mean(), (a.min(0) >= 253 / 255).mean()
+    assert (black, white) == (0.1, 0.3)
+    assert float(image_statistics(x)["two_sided_clipping"][0]) == pytest.approx(min(black, white))
+
+
+def test_only_harsh_contrast_clips_both_ends_of_photographs():
+    from factories import photo_tiles
+
+    x = _small(photo_tiles(8, seed=3))
+    clip = {(cause, k): float(image_statistics(apply_shift(x, cause, k, seed=1))["two_sided_clipping"].mean())
+            for cause, k in (("contrast", 4.0), ("brightness", 3.0), ("brightness", 0.2), ("saturation", 8.0),
+                             ("noise", 60.0))}
+    assert float(image_statistics(x)["two_sided_clipping"].max()) < 0.001  # photographs rarely clip both ends
+    assert clip[("contrast", 4.0)] > 0.05
+    # brightening clips the whites of a tile that already had true blacks, but far less of it
+    assert all(v < 0.2 * clip[("contrast", 4.0)] for key, v in clip.items() if key[0] != "contrast"), clip
+
+
 def test_relative_statistics_ignore_a_global_brightness_change():
     # scaling an image (without clipping) scales brightness, contrast and detail alike: the ratios stay put
     ramp = torch.linspace(0, 1, 24)

@@ -67,6 +67,9 @@ def _evidence(shift=None, **z):
     # colour confined to one region is no saturation change (and, alone, no cause either: brightening an image
     # whose channels clip moves it too)
     ({"saturation": 9.0}, {"colour_localisation": 4.0}, "other"),
+    # pixels clipped to black and to white at once: harsh contrast, even when its global change is inside the spread
+    ({"contrast": 0.8, "brightness": 1.2}, {"two_sided_clipping": 9.0}, "contrast"),
+    ({"contrast": -0.8}, {"two_sided_clipping": 9.0}, "other"),  # ... but never when contrast went down
     # below every threshold: no single cause, not the closest label
     ({"brightness": 1.5, "contrast": -1.2}, {}, "other"),
 ])
@@ -88,6 +91,9 @@ def test_texts_say_which_way_the_image_changed():
     assert "brighter" in r.explain(_evidence({"brightness": 5.0})).text
     assert "washed out" in r.explain(_evidence({"contrast": -5.0})).text
     assert "harsh" in r.explain(_evidence({"contrast": 5.0})).text
+    clipped = _evidence({"contrast": 0.8}, two_sided_clipping=9.0)
+    clipped.statistics["original"]["two_sided_clipping"] = 0.25
+    assert "harsh" in r.explain(clipped).text and "25% of its pixels are clipped" in r.explain(clipped).text
     assert "less saturated" in r.explain(_evidence({"saturation": -5.0})).text
     other = r.explain(_evidence({"brightness": 1.0}))
     assert other.cause == "other" and "brightness z = +1.0" in other.text  # no single cause, with its evidence
