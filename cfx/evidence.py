@@ -9,8 +9,8 @@ its counterfactual, and the nearest confident neighbour.
 from __future__ import annotations
 
 import json
-import warnings
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -50,8 +50,8 @@ STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockin
 
 #: The definition of :func:`image_statistics` and :class:`FactorModel`. A fitted folder whose stored reference
 #: statistics are older than :data:`MIN_STATISTICS_VERSION` (or missing) has them measured again from its latent
-#: index's confident images; version 3 (before blur's path in the factor model and the two-sided clipping statistic) is
-#: used as it is, with a warning that blur and clipping cannot be read until the folder is fitted again.
+#: index's confident images; version 3 (before blur's path in the factor model and the two-sided clipping
+#: statistic) is used as it is, with a warning that blur and clipping cannot be read until the folder is fitted again.
 STATISTICS_VERSION = 4
 MIN_STATISTICS_VERSION = 3
 
@@ -181,9 +181,10 @@ class FactorModel:
 
     An image's log factors are its log brightness, contrast, saturation and high-frequency energy. Over the reference
     images they have a mean and a covariance. Each global change, applied to the reference images by its known cause
-    (:data:`FACTOR_PATHS`: more detail by noise, less by blur) at strengths from mild to the strong end of the cause's grid, moves the log factors along
-    a *path* (the mean displacement per strength; a straight line while nothing clips, bent where highlights or
-    shadows clip): measured once, on up to 32 reference images, at 8 strengths per direction.
+    (:data:`FACTOR_PATHS`: more detail by noise, less by blur) at strengths from mild to the strong end of the
+    cause's grid, moves the log factors along a *path* (the mean displacement per strength; a straight line while
+    nothing clips, bent where highlights or shadows clip): measured once, on up to 32 reference images, at 8
+    strengths per direction.
 
     An image's departure ``v`` (its log factors minus the reference mean) is explained by a change at strength ``k``
     as far as ``v - p_k`` is shorter than ``v`` in the reference's Mahalanobis metric. The change's z-score is the

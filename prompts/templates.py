@@ -46,6 +46,10 @@ def evidence_facts(ev: Evidence) -> list[str]:
         if z is not None and abs(z) >= 2:
             facts.append(f"the whole image looks {up if z > 0 else down} than trusted images, as if changed globally "
                          f"(z = {z:+.1f})")
+    clipped = (ev.statistics_z or {}).get("two_sided_clipping")
+    if clipped is not None and clipped >= 2:
+        facts.append(f"far more pixels than in trusted images are clipped to pure black and to pure white at once "
+                     f"(z = {clipped:+.1f})")
     r = ev.restoring_edit
     if r and r.get("property") == "none":
         facts.append("no edit that stays within the range of the reference images raises the trust score")

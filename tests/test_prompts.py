@@ -151,3 +151,6 @@ def test_grounded_prompt_states_the_global_change_and_its_direction():
     text = render_prompt("grounded", "Photographs.", _evidence({"brightness": -5.0, "contrast": 1.0}))
     assert "looks darker than trusted images" in text and "z = -5.0" in text
     assert "harsh" not in text  # a change below z = 2 is no fact
+    assert "clipped" not in text
+    text = render_prompt("grounded", "Photographs.", _evidence({"contrast": 1.0}, two_sided_clipping=12.0))
+    assert "clipped to pure black and to pure white at once (z = +12.0)" in text
