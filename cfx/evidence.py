@@ -41,7 +41,7 @@ from cfx.trust.scores import default_scores, score_batch
 __all__ = ["CAUSE_LABELS", "FACTOR_CHANGES", "FACTOR_PATHS", "GENERATORS", "MIN_STATISTICS_VERSION", "STATISTICS",
            "STATISTICS_VERSION", "Evidence", "FactorModel", "RunReference", "blockiness", "collect_evidence",
            "difference_mass", "generator_availability", "image_statistics", "reference_statistics",
-           "resolve_edit_ranges", "resolve_search"]
+           "resolve_edit_ranges", "resolve_search", "typical_core"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
@@ -435,6 +435,27 @@ def resolve_edit_ranges(ranges: EditRanges | str | None, fitted: Fitted | None,
     return reference.edit_ranges if reference is not None else None
 
 
+def typical_core(images: Tensor, share: float = 0.5, minimum: int = 20) -> Tensor:
+    """Which of ``images`` ``(N, 3, H, W)`` form the typical core of their look: a boolean mask ``(N,)`` of the
+    ``share`` whose log brightness, contrast and fine detail are closest to the rest by a robust (minimum covariance
+    determinant) Mahalanobis distance. Saturation is left out, so grey and colour images count alike. With fewer than
+    ``minimum`` images every image is kept."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    n = len(images)
+    if n < minimum or share == 1:
+        return torch.ones(n, dtype=torch.bool)
+    from sklearn.covariance import MinCovDet  # lazy: only runs without a fitted folder need it
+
+    parts = [_factor_statistics(as_float_images(images[i:i + 256])) for i in range(0, n, 256)]
+    stats = {k: torch.cat([p[k] for p in parts]) for k in _FACTORS}
+    x = _log_factors(stats)[:, [0, 1, 3]].numpy()
+    mcd = MinCovDet(support_fraction=share, random_state=0).fit(x)
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[torch.as_tensor(mcd.mahalanobis(x)).argsort()[:max(2, int(round(share * n)))]] = True
+    return keep
+
+
 class RunReference:
     """Trusted reference images from the run itself, for when there is no fitted folder (or for NN).
 
@@ -457,7 +478,11 @@ class RunReference:
                              for i in range(0, len(images), batch_size)])
         self.index = LatentIndex("cos" if self.embedding == "features" else "l2").build(
             vectors, list(ids), torch.as_tensor(predictions), images)
-        self.mean, self.std, self.factors = reference_statistics(images, factors=True)
+        # the run's trusted images are only as clean as the flag score can tell: take the statistics over the
+        # typical core of their look, so that a run with many degraded images does not count them as normal
+        core = typical_core(images)
+        self.statistics_images = int(core.sum())
+        self.mean, self.std, self.factors = reference_statistics(images[core], factors=True)
         self.edit_ranges = EditRanges.measure(images, source=description)
 
     def __len__(self) -> int:
@@ -483,7 +508,8 @@ class RunReference:
     def to_dict(self) -> dict[str, Any]:
         space = ("the classifier's final-layer features (cosine)" if self.embedding == "features" else
                  f"{self.PIXEL_SIZE}×{self.PIXEL_SIZE} downsampled pixels (the model does not expose its features)")
-        return {"kind": "run", "images": len(self), "description": self.description, "search_space": space}
+        return {"kind": "run", "images": len(self), "description": self.description, "search_space": space,
+                "statistics_images": getattr(self, "statistics_images", len(self))}
 
 
 class _Clock:

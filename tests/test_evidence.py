@@ -120,6 +120,22 @@ def test_only_harsh_contrast_clips_both_ends_of_photographs():
     assert all(v < 0.2 * clip[("contrast", 4.0)] for key, v in clip.items() if key[0] != "contrast"), clip
 
 
+def test_typical_core_leaves_out_a_degraded_minority_of_the_run():
+    from factories import photo_tiles
+
+    from cfx.evidence import typical_core
+
+    clean = _small(photo_tiles(36, seed=5))
+    dark = apply_shift(_small(photo_tiles(12, seed=6)), "brightness", 0.3)
+    washed = apply_shift(_small(photo_tiles(12, seed=8)), "contrast", 0.25)
+    core = typical_core(torch.cat([clean, dark, washed]))
+    assert int(core.sum()) == 30  # half of the 60
+    assert int(core[:36].sum()) >= 27  # nearly all of the core is clean photographs
+    assert typical_core(clean[:10]).all()  # too few images to tell: every one counts
+    with pytest.raises(ValueError, match="share must be in"):
+        typical_core(clean, share=0)
+
+
 def test_relative_statistics_ignore_a_global_brightness_change():
     # scaling an image (without clipping) scales brightness, contrast and detail alike: the ratios stay put
     ramp = torch.linspace(0, 1, 24)
