@@ -38,22 +38,27 @@ from cfx.trust.fitted import Fitted
 from cfx.trust.latent_index import LatentIndex
 from cfx.trust.scores import default_scores, score_batch
 
-__all__ = ["CAUSE_LABELS", "FACTOR_CHANGES", "FACTOR_PATHS", "GENERATORS", "MIN_STATISTICS_VERSION", "STATISTICS",
-           "STATISTICS_VERSION", "Evidence", "FactorModel", "RunReference", "blockiness", "collect_evidence",
-           "difference_mass", "generator_availability", "image_statistics", "reference_statistics",
-           "resolve_edit_ranges", "resolve_search", "typical_core"]
+__all__ = ["CAUSE_LABELS", "FACTOR_CHANGES", "FACTOR_PATHS", "GENERATORS", "MIN_STATISTICS_VERSION",
+           "REGION_STATISTICS", "STATISTICS", "STATISTICS_VERSION", "Evidence", "FactorModel", "RegionModel",
+           "RunReference", "blockiness", "collect_evidence", "confined_to_region", "difference_mass", "generator_availability",
+           "image_statistics", "reference_statistics", "resolve_edit_ranges", "resolve_search", "typical_core"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
               "border_brightness_imbalance", "border_detail_imbalance", "two_sided_clipping")
+#: The z-scores of :class:`RegionModel` (already relative to the reference), kept beside :data:`STATISTICS`'s.
+REGION_STATISTICS = ("outside_region_departure", "inside_region_departure")
 
 
-#: The definition of :func:`image_statistics` and :class:`FactorModel`. A fitted folder whose stored reference
-#: statistics are older than :data:`MIN_STATISTICS_VERSION` (or missing) has them measured again from its latent
-#: index's confident images; version 3 (before blur's path in the factor model and the two-sided clipping
-#: statistic) is used as it is, with a warning that blur and clipping cannot be read until the folder is fitted again.
-STATISTICS_VERSION = 4
+#: The definition of :func:`image_statistics`, :class:`FactorModel` and :class:`RegionModel`. A fitted folder whose
+#: stored reference statistics are older than :data:`MIN_STATISTICS_VERSION` (or missing) has them measured again
+#: from its latent index's confident images; versions 3 (before blur's path in the factor model and the two-sided
+#: clipping statistic) and 4 (before the region model) are used as they are, with a warning that says what cannot be
+#: read until the folder is fitted again.
+STATISTICS_VERSION = 5
 MIN_STATISTICS_VERSION = 3
+_MISSING_BEFORE = {3: "no path for blur and no two-sided clipping, so blurred images cannot be named and clipping is "
+                      "not read", 4: "no region model, so a change confined to one region is read as a global one"}
 
 _RING = torch.tensor([i for i in range(16) if i // 4 in (0, 3) or i % 4 in (0, 3)])  # border tiles of a 4×4 grid
 
@@ -256,6 +261,146 @@ class FactorModel:
         return out
 
 
+def _region_windows(grid: int, sizes: Sequence[int]) -> Tensor:
+    """Every square window of ``k × k`` tiles (``k`` in ``sizes``) of a ``grid × grid`` tiling, as boolean masks
+    ``(W, grid, grid)`` (True inside)."""
+    masks = []
+    for k in sizes:
+        for r in range(grid - k + 1):
+            for c in range(grid - k + 1):
+                m = torch.zeros(grid, grid, dtype=torch.bool)
+                m[r:r + k, c:c + k] = True
+                masks.append(m)
+    return torch.stack(masks)
+
+
+@dataclass
+class RegionModel:
+    """Is an image's departure from the reference confined to one region? A global change (brightness, contrast,
+    saturation, grain, blur) moves every part of the image; new content pasted over part of it leaves the rest as it
+    was.
+
+    The image (area-downsampled to at most :attr:`SIDE` px) is tiled :attr:`GRID` × :attr:`GRID`. For every square
+    window of 2–6 tiles a side (a sixteenth to 56 % of the image; 135 windows), the log brightness, contrast,
+    saturation and fine detail of the image *outside* the window and *inside* it are compared, in the Mahalanobis
+    metric, with the same window's outside and inside over the reference images (one mean and covariance per window
+    and side, so a reference whose objects sit in the centre is compared with itself). The window whose removal
+    leaves the image most typical is the image's *region*. Two z-scores against the reference images' own values:
+
+    - ``outside_region_departure``: how far the image departs outside its region (low: the rest of the image is
+      typical);
+    - ``inside_region_departure``: how far the region itself departs from the reference's same window.
+    """
+
+    outside_mean: list[list[float]]            # (W, 4)
+    outside_precision: list[list[list[float]]]  # (W, 4, 4)
+    inside_mean: list[list[float]]
+    inside_precision: list[list[list[float]]]
+    outside_spread: list[float]                # mean and std of outside departure over the reference
+    inside_spread: list[float]
+
+    GRID = 8
+    SIZES = (2, 3, 4, 5, 6)
+    SIDE = 64
+    MIN_IMAGES = 10
+
+    @classmethod
+    def _tiles(cls, images: Tensor) -> Tensor:
+        """Per-tile means of luma, luma², chroma and detail ``(N, 4, GRID, GRID)`` (float64)."""
+        x = as_float_images(images)
+        if max(x.shape[-2:]) > cls.SIDE:
+            h, w = x.shape[-2:]
+            scale = cls.SIDE / max(h, w)
+            x = F.interpolate(x, size=(max(cls.GRID, round(h * scale)), max(cls.GRID, round(w * scale))),
+                              mode="area")
+        y, lap = luma_and_detail(x)
+        lap = F.pad(lap, (1, 1, 1, 1))  # aligned with y (the border pixels have no Laplacian: 0)
+        maps = torch.stack([y, y * y, _chroma(x), lap], 1)
+        return F.adaptive_avg_pool2d(maps, cls.GRID).double()
+
+    @classmethod
+    def _sides(cls, tiles: Tensor) -> tuple[Tensor, Tensor]:
+        """Log factors outside and inside every window ``(N, W, 4)`` each."""
+        inside = _region_windows(cls.GRID, cls.SIZES).double()
+        outside = 1.0 - inside
+
+        def factors(mask: Tensor) -> Tensor:
+            m = torch.einsum("nsgh,wgh->nws", tiles, mask) / mask.sum((1, 2)).view(1, -1, 1)
+            brightness, spread = m[..., 0], (m[..., 1] - m[..., 0] ** 2).clamp_min(0).sqrt()
+            return torch.stack([brightness.clamp_min(1e-3).log(), spread.clamp_min(1e-3).log(),
+                                m[..., 2].clamp_min(1e-3).log(), m[..., 3].clamp_min(1e-4).log()], -1)
+
+        return factors(outside), factors(inside)
+
+    @staticmethod
+    def _distance(v: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+        d = v - mean
+        return torch.einsum("nwi,wij,nwj->nw", d, precision, d).clamp_min(0).sqrt()
+
+    @classmethod
+    def usable(cls, images: Tensor) -> bool:
+        """Whether the images are large enough to tile (at least 2 px per tile) and numerous enough to measure."""
+        return len(images) >= cls.MIN_IMAGES and min(images.shape[-2:]) >= 2 * cls.GRID
+
+    @classmethod
+    def measure(cls, images: Tensor) -> "RegionModel":
+        """Fit on reference images ``(N, 3, H, W)`` (at least :attr:`MIN_IMAGES`, at least 16 px a side; uint8 or
+        float in [0, 1])."""
+        if len(images) < cls.MIN_IMAGES:
+            raise ValueError(f"a region model needs at least {cls.MIN_IMAGES} reference images, got {len(images)}")
+        if min(images.shape[-2:]) < 2 * cls.GRID:
+            raise ValueError(f"a region model needs images of at least {2 * cls.GRID} px a side, got "
+                             f"{tuple(images.shape[-2:])}")
+        tiles = torch.cat([cls._tiles(images[i:i + 256]) for i in range(0, len(images), 256)])
+        out, ins = cls._sides(tiles)
+        floor = torch.eye(4, dtype=torch.float64) * 1e-4  # no direction is ever exactly fixed
+
+        def fit(v: Tensor) -> tuple[Tensor, Tensor]:
+            cov = torch.stack([torch.cov(v[:, w].T) for w in range(v.shape[1])]) + floor
+            return v.mean(0), torch.linalg.inv(cov)
+
+        (om, op), (im, ip) = fit(out), fit(ins)
+        d_out = cls._distance(out, om, op)
+        best = d_out.argmin(1, keepdim=True)
+        d_out = d_out.gather(1, best).squeeze(1)
+        d_in = cls._distance(ins, im, ip).gather(1, best).squeeze(1)
+        spread = lambda d: [float(d.mean()), max(float(d.std()), 1e-3)]  # noqa: E731
+        return cls(om.tolist(), op.tolist(), im.tolist(), ip.tolist(), spread(d_out), spread(d_in))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RegionModel":
+        return cls(**{k: data[k] for k in ("outside_mean", "outside_precision", "inside_mean", "inside_precision",
+                                           "outside_spread", "inside_spread")})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def departures(self, images: Tensor) -> dict[str, Tensor]:
+        """``{"outside_region_departure": z, "inside_region_departure": z, "region_area": share}`` ``(N,)`` for
+        images ``(N, 3, H, W)`` (see the class doc); ``region_area`` is the share of the image the region covers."""
+        if min(images.shape[-2:]) < 2 * self.GRID:
+            raise ValueError(f"images must be at least {2 * self.GRID} px a side, got {tuple(images.shape[-2:])}")
+        out, ins = self._sides(self._tiles(images))
+        d_out = self._distance(out, torch.tensor(self.outside_mean, dtype=torch.float64),
+                               torch.tensor(self.outside_precision, dtype=torch.float64))
+        best = d_out.argmin(1, keepdim=True)
+        d_out = d_out.gather(1, best).squeeze(1)
+        d_in = self._distance(ins, torch.tensor(self.inside_mean, dtype=torch.float64),
+                              torch.tensor(self.inside_precision, dtype=torch.float64)).gather(1, best).squeeze(1)
+        area = _region_windows(self.GRID, self.SIZES).flatten(1).float().mean(1)[best.squeeze(1)]
+        return {"outside_region_departure": ((d_out - self.outside_spread[0]) / self.outside_spread[1]).float(),
+                "inside_region_departure": ((d_in - self.inside_spread[0]) / self.inside_spread[1]).float(),
+                "region_area": area}
+
+
+def confined_to_region(statistics_z: dict[str, float] | None, threshold: float = 1.0) -> bool:
+    """Whether an image's departure from the reference is confined to one region (:class:`RegionModel`): outside its
+    most departing region it is as typical as the reference images, z(outside-region departure) ≤ ``threshold``.
+    Evidence without the region statistics (folders fitted before them) is never confined."""
+    outside = (statistics_z or {}).get("outside_region_departure")
+    return outside is not None and outside <= threshold
+
+
 def blockiness(images: Tensor, block_sizes: Sequence[int] = range(2, 9)) -> Tensor:
     """Signature of nearest-neighbour pixelation ``(N,)`` in [-1, 1]: for the best block size k, the share of equal
     neighbouring pixels *inside* the k-blocks minus the share *across* block edges (rows and columns averaged).
@@ -367,13 +512,16 @@ _INDEX_REFERENCES: list[tuple[LatentIndex, tuple[int, int], tuple]] = []  # the 
 
 
 def _index_reference(index: LatentIndex, size: tuple[int, int]) -> tuple:
-    """:func:`reference_statistics` (with the factor model) of a latent index's confident images at ``size``: the
+    """:func:`reference_statistics` (with the factor model) and the :class:`RegionModel` (None when the images are
+    too few or too small) of a latent index's confident images at ``size``: the
     reference of a folder fitted before the factor model (or without statistics), at the autoencoder's size
     (comparable only when it is the classifier's). Measured once per index and size, not once per batch."""
     for cached, cached_size, result in _INDEX_REFERENCES:
         if cached is index and cached_size == size:
             return result
-    result = reference_statistics(resize(index.images_.float() / 255, size), factors=True)
+    images = resize(index.images_.float() / 255, size)
+    result = (*reference_statistics(images, factors=True),
+              RegionModel.measure(images) if RegionModel.usable(images) else None)
     _INDEX_REFERENCES.append((index, size, result))
     del _INDEX_REFERENCES[:-4]
     return result
@@ -483,6 +631,7 @@ class RunReference:
         core = typical_core(images)
         self.statistics_images = int(core.sum())
         self.mean, self.std, self.factors = reference_statistics(images[core], factors=True)
+        self.regions = RegionModel.measure(images[core]) if RegionModel.usable(images[core]) else None
         self.edit_ranges = EditRanges.measure(images, source=description)
 
     def __len__(self) -> int:
@@ -585,23 +734,28 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
     restoring, curves = sweeps.restoring, sweeps.curves
     with clock("statistics"):
         orig_stats = image_statistics(images)
-    ref_mean = ref_std = reference_name = factors = None
+    ref_mean = ref_std = reference_name = factors = regions = None
     stored = fitted.manifest.get("reference_statistics") if fitted is not None else None
     if (stored and tuple(stored["image_size"]) == tuple(images.shape[-2:]) and stored.get("factors")
             and int(stored.get("version") or 0) >= MIN_STATISTICS_VERSION):
         # measured by cfx fit on the confident reference images at the classifier's resolution
         ref_mean, ref_std, factors = stored["mean"], stored["std"], FactorModel.from_dict(stored["factors"])
+        if stored.get("regions"):
+            regions = RegionModel.from_dict(stored["regions"])
         if int(stored["version"]) < STATISTICS_VERSION:
+            missing = "; ".join(_MISSING_BEFORE[v] for v in range(int(stored["version"]), STATISTICS_VERSION))
             warnings.warn(f"the fitted folder's reference statistics are version {stored['version']}, older than "
-                          f"this cfx's {STATISTICS_VERSION}: they have no path for blur and no two-sided clipping, so "
-                          "blurred images cannot be named and clipping is not read; run cfx fit again to add them",
+                          f"this cfx's {STATISTICS_VERSION}: they have {missing}; run cfx fit again to add them",
                           RuntimeWarning, stacklevel=2)
     elif fitted is not None and fitted.latent_index is not None and len(fitted.latent_index) > 1:
-        ref_mean, ref_std, factors = _index_reference(fitted.latent_index, tuple(images.shape[-2:]))
+        ref_mean, ref_std, factors, regions = _index_reference(fitted.latent_index, tuple(images.shape[-2:]))
     elif reference is not None:
         ref_mean, ref_std, reference_name = reference.mean, reference.std, reference.description
-        factors = getattr(reference, "factors", None)
+        factors, regions = getattr(reference, "factors", None), getattr(reference, "regions", None)
     shifts = factors.shifts(orig_stats) if factors is not None else None
+    with clock("statistics"):
+        local = (regions.departures(images) if regions is not None and min(images.shape[-2:]) >= 2 * RegionModel.GRID
+                 else None)
     if ref_mean is not None and reference_name is None:
         reference_name = "the fitted folder's confident calibration images"
     cfs: dict[str, Any] = {}
@@ -662,6 +816,9 @@ def collect_evidence(classifier: Classifier, fitted: Fitted | None, images: Tens
                                if k in ref_mean}  # a version-3 folder has no two-sided clipping
         if shifts is not None:
             ev.shift_z = {k: round(float(v[i]), 4) for k, v in shifts.items()}
+        if local is not None and ev.statistics_z:
+            ev.statistics_z.update({k: float(local[k][i]) for k in REGION_STATISTICS})
+            ev.statistics["region"] = {"area": float(local["region_area"][i])}
         out.append(ev)
     if return_images:
         pictures = {name: cf.images.detach().cpu() for name, cf in cfs.items()}

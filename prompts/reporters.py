@@ -32,6 +32,11 @@ signs of new content. Cause signals (each 1 at its threshold):
   the detail is not abrupt), or the border tiles disagree (z of either border imbalance ≥ 2.5). Colour in one
   region is not counted: brightening an image until its channels clip moves it as well.
 
+A departure confined to one region (:class:`cfx.evidence.RegionModel`: outside its most departing square region
+the image is as typical as the reference, z(outside-region departure) ≤ 1) is not a global change: brightness,
+contrast and saturation are halved, and their strength, or the region's own departure z / T (not for blocky
+images), counts for unfamiliar content.
+
 A restoring edit that undoes a cause in the direction measured (brighter for a dark image, less contrast for a
 harsh one, denoise for extra detail, sharpen for missing detail) and raises the trust score by at least 0.3 adds 0.5 to that cause. The
 strongest signal wins; when none reaches 1 the explanation is "other" (no single cause), with the evidence. The
@@ -49,7 +54,7 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from cfx.core.shifts import SHIFTS
-from cfx.evidence import FACTOR_PATHS, Evidence
+from cfx.evidence import FACTOR_PATHS, Evidence, confined_to_region
 
 __all__ = ["EvidenceReporter", "Explanation", "MAX_TEXT", "Reporter"]
 
@@ -76,6 +81,7 @@ class Explanation:
         return asdict(self)
 
 
+_REGIONAL = ("brightness", "contrast", "saturation")  # the global changes that content over one region also makes
 _NAMES = {"brightness": "brightness", "contrast": "contrast", "saturation": "colour saturation",
           "high_frequency": "high-frequency energy (grain)", "blockiness": "blockiness"}
 
@@ -131,7 +137,7 @@ class EvidenceReporter(Reporter):
 
     def __init__(self, z_threshold: float = 2.0, mass_threshold: float = 0.27, restore_gain: float = 0.3,
                  relative_threshold: float = 1.5, abrupt_threshold: float = 1.0, spread_threshold: float = 1.5,
-                 imbalance_threshold: float = 2.5):
+                 imbalance_threshold: float = 2.5, local_threshold: float = 1.0):
         for name, value in (("z_threshold", z_threshold), ("mass_threshold", mass_threshold),
                             ("relative_threshold", relative_threshold), ("spread_threshold", spread_threshold),
                             ("imbalance_threshold", imbalance_threshold)):
@@ -141,6 +147,7 @@ class EvidenceReporter(Reporter):
         self.restore_gain = restore_gain
         self.relative_threshold, self.abrupt_threshold = relative_threshold, abrupt_threshold
         self.spread_threshold, self.imbalance_threshold = spread_threshold, imbalance_threshold
+        self.local_threshold = float(local_threshold)
 
     @staticmethod
     def shifts(ev: Evidence) -> dict[str, float]:
@@ -205,7 +212,22 @@ class EvidenceReporter(Reporter):
                 agrees = (1.0 if r.get("direction") == "decrease" else -1.0) * t[changes[0][0]] > 0
             if agrees:
                 out[inverse] += 0.5
+        if self.confined(ev):
+            # Outside one region the image is typical: its change of brightness, contrast or saturation is not
+            # global. Those signals are halved and their strength counts for new content, as does the region's own
+            # departure (unless the image is blocky: pixelation's blocks are not new content).
+            moved = max(out[c] for c in _REGIONAL)
+            for c in _REGIONAL:
+                out[c] *= 0.5
+            inside = z.get("inside_region_departure", 0.0) / T if blocky < 1 else 0.0
+            out["spatial"] = max(out["spatial"], moved, inside)
         return {k: max(0.0, float(v)) for k, v in out.items()}
+
+    def confined(self, ev: Evidence) -> bool:
+        """Whether the image's departure from the reference is confined to one region: outside its most departing
+        region the image is as typical as the reference images (z(outside-region departure) ≤ ``local_threshold``).
+        Records without the region statistics (older folders) are never confined."""
+        return confined_to_region(ev.statistics_z, self.local_threshold)
 
     def explain(self, evidence: Evidence, image: Tensor | None = None,
                 counterfactual: Tensor | None = None) -> Explanation:
@@ -254,9 +276,13 @@ class EvidenceReporter(Reporter):
                          + (f", and {orig.get('two_sided_clipping', 0.0):.0%} of its pixels are clipped to black and "
                             "to white at once." if t["contrast"] > 0 and z.get("two_sided_clipping", 0.0)
                             >= self.z_threshold else ".")),
-            "spatial": ("Part of the image shows content the model has not seen in training: the most similar image "
-                        f"it is confident about differs mostly in one region (difference mass "
-                        f"{ev.difference_mass if ev.difference_mass is not None else float('nan'):.2f})."),
+            "spatial": ("Part of the image shows content the model has not seen in training: "
+                        + (f"outside one region (about {ev.statistics.get('region', {}).get('area', 0.0):.0%} of the "
+                           "image) it looks like the images the model is confident about (z = "
+                           f"{z.get('outside_region_departure', 0.0):+.1f}), while the region departs from them "
+                           f"(z = {z.get('inside_region_departure', 0.0):+.1f})." if self.confined(ev) else
+                           "the most similar image it is confident about differs mostly in one region (difference "
+                           f"mass {ev.difference_mass if ev.difference_mass is not None else float('nan'):.2f}).")),
             "other": ("No single image property stands out as the reason (global changes against the reference: "
                       + ", ".join(f"{k} z = {v:+.1f}" for k, v in t.items()) + ")."),
         }[cause]

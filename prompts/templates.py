@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from cfx.core.shifts import SHIFTS
-from cfx.evidence import Evidence
+from cfx.evidence import Evidence, confined_to_region
 
 __all__ = ["PROMPTS", "evidence_facts", "render_prompt", "side_by_side"]
 
@@ -41,11 +41,20 @@ def evidence_facts(ev: Evidence) -> list[str]:
     changes = {"brightness": ("brighter", "darker"),
                "contrast": ("more contrast (harsh)", "less contrast (washed out)"),
                "saturation": ("more saturated", "less saturated"), "detail": ("more fine detail", "less fine detail")}
+    confined = confined_to_region(ev.statistics_z)
     for key, (up, down) in changes.items():
         z = (ev.shift_z or {}).get(key)
         if z is not None and abs(z) >= 2:
-            facts.append(f"the whole image looks {up if z > 0 else down} than trusted images, as if changed globally "
+            facts.append(f"the image looks {up if z > 0 else down} than trusted images (z = {z:+.1f})" if confined else
+                         f"the whole image looks {up if z > 0 else down} than trusted images, as if changed globally "
                          f"(z = {z:+.1f})")
+    if confined:
+        z = ev.statistics_z
+        area = (ev.statistics.get("region") or {}).get("area")
+        facts.append("outside one region" + (f" (about {area:.0%} of the image)" if area is not None else "")
+                     + " the image looks like trusted images: what departs from them is confined to that region "
+                     f"(z = {z.get('inside_region_departure', 0.0):+.1f} inside it, "
+                     f"{z.get('outside_region_departure', 0.0):+.1f} outside)")
     clipped = (ev.statistics_z or {}).get("two_sided_clipping")
     if clipped is not None and clipped >= 2:
         facts.append(f"far more pixels than in trusted images are clipped to pure black and to pure white at once "

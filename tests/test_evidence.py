@@ -86,11 +86,42 @@ def test_blurred_images_are_named_blur_and_older_folders_still_explain(shapes_mo
     stored = old.manifest["reference_statistics"]
     stored["version"] = 3
     stored["factors"]["paths"].pop("detail:decrease")
+    stored.pop("regions")
     assert STATISTICS_VERSION > 3
     with pytest.warns(RuntimeWarning, match="blurred images cannot be named"):
         again = collect_evidence(clf, old, blurred[:4], generators=["reco"])
-    assert [e.statistics_z for e in again] == [e.statistics_z for e in evs[:4]]
+    region_keys = {"outside_region_departure", "inside_region_departure"}
+    assert [{k: v for k, v in e.statistics_z.items() if k not in region_keys} for e in evs[:4]] == \
+        [e.statistics_z for e in again]
     assert all(e.shift_z["detail"] >= 0 for e in again)  # no path for less detail: no blur evidence, no error
+
+
+def test_new_content_in_one_region_is_named_spatial_and_older_folders_warn(shapes_models):
+    """Demo images with a photograph pasted over part of them are typical outside that region (the region model of
+    the fitted folder); globally changed ones are not. A folder fitted before the region model (version 4) still
+    explains, with a warning and without the region statistics."""
+    import copy
+
+    from cfx.demo import apply_cause, demo_fitted
+    from cfx.evidence import REGION_STATISTICS, confined_to_region
+    from cfx.prompts import EvidenceReporter
+
+    clf = shapes_models.classifier
+    fitted = demo_fitted(shapes_models, progress=False)
+    x, _ = shapes_models.data.split("test")
+    patched = collect_evidence(clf, fitted, apply_cause(x[:24], "spatial", 0.55), generators=["reco"])
+    assert sum(confined_to_region(e.statistics_z) for e in patched) >= 18
+    assert sum(EvidenceReporter().explain(e).cause == "spatial" for e in patched) >= 15
+    for cause, k in (("brightness", 3.0), ("contrast", 0.3), ("saturation", 8.0)):
+        evs = collect_evidence(clf, fitted, apply_cause(x[:24], cause, k), generators=["reco"])
+        assert sum(confined_to_region(e.statistics_z) for e in evs) <= 2, cause
+    old = copy.copy(fitted)
+    old.manifest = copy.deepcopy(fitted.manifest)
+    old.manifest["reference_statistics"]["version"] = 4
+    old.manifest["reference_statistics"].pop("regions")
+    with pytest.warns(RuntimeWarning, match="no region model"):
+        again = collect_evidence(clf, old, apply_cause(x[:4], "spatial", 0.55), generators=["reco"])
+    assert not any(k in e.statistics_z for e in again for k in REGION_STATISTICS)
 
 
 def test_two_sided_clipping_counts_pixels_black_and_white_in_every_channel():
@@ -248,3 +279,70 @@ def test_each_global_change_is_best_explained_by_its_own_direction(photo_factor_
     assert (best == names.index(change)).float().mean() >= 0.75, {k: z[k] for k in names}
     sign = -1 if cause == "blur" else 1 if strength > 1 or cause == "noise" else -1  # blur: less detail
     assert (sign * z[change] > 0).float().mean() >= 0.9
+
+
+@pytest.fixture(scope="module")
+def photo_region_model():
+    from factories import photo_tiles
+
+    from cfx.evidence import RegionModel
+
+    return RegionModel.measure(_small(photo_tiles(40, seed=0)))
+
+
+def test_region_model_by_hand(photo_region_model):
+    """The outside-region departure against pixel masks in numpy: for every square window, the image's luma mean and
+    spread, colour and detail over the pixels outside it, in the window's Mahalanobis metric; the least departing
+    window is the region."""
+    import numpy as np
+    from factories import photo_tiles
+
+    from cfx.evidence import RegionModel, _chroma
+
+    model = photo_region_model
+    x = torch.nn.functional.interpolate(photo_tiles(2, seed=9), size=(64, 64), mode="area")  # 8 px per tile
+    a = x.double().numpy()
+    y = 0.299 * a[:, 0] + 0.587 * a[:, 1] + 0.114 * a[:, 2]
+    lap = np.zeros_like(y)
+    lap[:, 1:-1, 1:-1] = np.abs(4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2]
+                                - y[:, 1:-1, 2:])
+    chroma = _chroma(x.double()).numpy()
+    means, precisions = np.array(model.outside_mean), np.array(model.outside_precision)
+    w, best = 0, np.full(2, np.inf)
+    for k in RegionModel.SIZES:
+        for r in range(8 - k + 1):
+            for c in range(8 - k + 1):
+                keep = np.ones((64, 64), dtype=bool)
+                keep[8 * r:8 * (r + k), 8 * c:8 * (c + k)] = False
+                for i in range(2):
+                    v = np.log([y[i][keep].mean(), y[i][keep].std(), chroma[i][keep].mean(), lap[i][keep].mean()])
+                    d = v - means[w]
+                    best[i] = min(best[i], float(np.sqrt(d @ precisions[w] @ d)))
+                w += 1
+    z = (best - model.outside_spread[0]) / model.outside_spread[1]
+    got = model.departures(x)["outside_region_departure"].double().numpy()
+    assert np.allclose(got, z, atol=1e-3), (got, z)
+
+
+def test_region_model_tells_new_content_in_one_region_from_a_global_change(photo_region_model):
+    """Photographs the model was not measured on: a patch of another photograph leaves the rest of the image as it
+    was (typical outside one region); brightening, flattening or saturating the whole image does not."""
+    from factories import photo_tiles
+
+    from cfx.evidence import confined_to_region
+
+    x = _small(photo_tiles(16, seed=7))
+    model = photo_region_model
+
+    def confined(images):
+        z = model.departures(images)
+        return sum(confined_to_region({"outside_region_departure": float(v)}) for v in z["outside_region_departure"])
+
+    assert confined(apply_shift(x, "spatial", 0.5, seed=2)) >= 12
+    assert confined(apply_shift(x, "spatial", 0.35, seed=2)) >= 12
+    # (the model reads images at 64 px, where grain is mostly averaged away: noise is told by its own signals)
+    for cause, k, most in (("brightness", 2.5, 2), ("brightness", 0.3, 2), ("contrast", 0.3, 2), ("blur", 0.04, 2),
+                           ("saturation", 0.1, 2), ("contrast", 3.0, 5), ("saturation", 4.0, 5)):
+        assert confined(apply_shift(x, cause, k, seed=2)) <= most, cause
+    with pytest.raises(ValueError, match="at least 16 px"):
+        model.departures(torch.rand(2, 3, 8, 8))

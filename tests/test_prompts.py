@@ -72,6 +72,14 @@ def _evidence(shift=None, **z):
     ({"contrast": -0.8}, {"two_sided_clipping": 9.0}, "other"),  # ... but never when contrast went down
     # below every threshold: no single cause, not the closest label
     ({"brightness": 1.5, "contrast": -1.2}, {}, "other"),
+    # typical outside one region: a brighter look is new content there, not a global change ...
+    ({"brightness": 7.0}, {"outside_region_departure": 0.3, "inside_region_departure": 1.0}, "spatial"),
+    ({"brightness": 7.0}, {"outside_region_departure": 2.5, "inside_region_departure": 1.0}, "brightness"),
+    ({}, {"outside_region_departure": -0.5, "inside_region_departure": 5.0}, "spatial"),
+    # ... but pixelation's blocks are not new content, and grain is told by its own signals
+    ({}, {"blockiness": 20.0, "edge_abruptness": 2.5, "outside_region_departure": -0.5,
+          "inside_region_departure": 5.0}, "pixelation"),
+    ({"detail": 12.0}, {"edge_abruptness": 1.5, "outside_region_departure": 0.5}, "noise"),
 ])
 def test_evidence_reporter_names_the_injected_signal(shift, z, cause):
     e = EvidenceReporter().explain(_evidence(shift, **z))
@@ -138,6 +146,20 @@ def test_a_sharpening_edit_counts_for_blur_only_when_the_image_lacks_detail():
 
     assert with_sharpen(-1.6) == pytest.approx(1.6 / 2 + 0.5)  # softer than usual: the edit agrees
     assert with_sharpen(3.0) == 0.0  # a grainy image: sharpening it is no evidence of blur
+
+
+def test_a_change_confined_to_one_region_is_explained_as_such():
+    r = EvidenceReporter()
+    ev = _evidence({"brightness": 7.0}, outside_region_departure=0.3, inside_region_departure=4.0)
+    ev.statistics["region"] = {"area": 0.5625}
+    text = r.explain(ev).text
+    assert "outside one region (about 56% of the image)" in text and "(z = +4.0)" in text
+    assert EvidenceReporter(local_threshold=0.0).explain(ev).cause == "brightness"  # stricter: not confined
+    from cfx.prompts import render_prompt
+
+    prompt = render_prompt("grounded", "Photographs.", ev)
+    assert "confined to that region" in prompt and "as if changed globally" not in prompt
+    assert "as if changed globally" in render_prompt("grounded", "Photographs.", _evidence({"brightness": 7.0}))
 
 
 def test_reporter_rejects_a_non_positive_threshold():

@@ -27,7 +27,7 @@ from cfx.core.models import Classifier, model_fingerprint
 from cfx.core.nets import ConvAutoencoder
 from cfx.core.shifts import CAUSES, apply_shift
 from cfx.core.training import train_model
-from cfx.evidence import STATISTICS_VERSION, reference_statistics
+from cfx.evidence import STATISTICS_VERSION, RegionModel, reference_statistics
 from cfx.generators.diffusion import train_ddpm
 from cfx.generators.ranges import EditRanges
 from cfx.trust.fitted import (FORMAT_VERSION, Fitted, Mahalanobis, OracleLoss, PaRCE, TrustOracle, file_sha256)
@@ -245,6 +245,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         ref_mean, ref_std, factors = reference_statistics(cal_float[trusted], factors=True)
         reference_stats = {"mean": ref_mean, "std": ref_std, "images": int(len(trusted)),
                            "factors": factors.to_dict() if factors is not None else None,
+                           "regions": (RegionModel.measure(cal_float[trusted]).to_dict()
+                                       if RegionModel.usable(cal_float[trusted]) else None),
                            "version": STATISTICS_VERSION,
                            "confident": int(len(confident)), "image_size": list(cal_float.shape[-2:])}
     if trained_oracle is not None:
