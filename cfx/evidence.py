@@ -281,7 +281,7 @@ class RegionModel:
     was.
 
     The image (area-downsampled to at most :attr:`SIDE` px) is tiled :attr:`GRID` × :attr:`GRID`. For every square
-    window of 2–6 tiles a side (a sixteenth to 56 % of the image; 135 windows), the log brightness, contrast,
+    window of 2–7 tiles a side (a sixteenth to 77 % of the image; 139 windows), the log brightness, contrast,
     saturation and fine detail of the image *outside* the window and *inside* it are compared, in the Mahalanobis
     metric, with the same window's outside and inside over the reference images (one mean and covariance per window
     and side, so a reference whose objects sit in the centre is compared with itself). The window whose removal
@@ -298,9 +298,10 @@ class RegionModel:
     inside_precision: list[list[list[float]]]
     outside_spread: list[float]                # mean and std of outside departure over the reference
     inside_spread: list[float]
+    sizes: list[int] = field(default_factory=lambda: list(RegionModel.SIZES))  # window sides, in tiles
 
     GRID = 8
-    SIZES = (2, 3, 4, 5, 6)
+    SIZES = (2, 3, 4, 5, 6, 7)
     SIDE = 64
     MIN_IMAGES = 10
 
@@ -319,9 +320,9 @@ class RegionModel:
         return F.adaptive_avg_pool2d(maps, cls.GRID).double()
 
     @classmethod
-    def _sides(cls, tiles: Tensor) -> tuple[Tensor, Tensor]:
-        """Log factors outside and inside every window ``(N, W, 4)`` each."""
-        inside = _region_windows(cls.GRID, cls.SIZES).double()
+    def _sides(cls, tiles: Tensor, sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Log factors outside and inside every window of ``sizes`` tiles a side ``(N, W, 4)`` each."""
+        inside = _region_windows(cls.GRID, sizes).double()
         outside = 1.0 - inside
 
         def factors(mask: Tensor) -> Tensor:
@@ -352,7 +353,7 @@ class RegionModel:
             raise ValueError(f"a region model needs images of at least {2 * cls.GRID} px a side, got "
                              f"{tuple(images.shape[-2:])}")
         tiles = torch.cat([cls._tiles(images[i:i + 256]) for i in range(0, len(images), 256)])
-        out, ins = cls._sides(tiles)
+        out, ins = cls._sides(tiles, cls.SIZES)
         floor = torch.eye(4, dtype=torch.float64) * 1e-4  # no direction is ever exactly fixed
 
         def fit(v: Tensor) -> tuple[Tensor, Tensor]:
@@ -365,12 +366,12 @@ class RegionModel:
         d_out = d_out.gather(1, best).squeeze(1)
         d_in = cls._distance(ins, im, ip).gather(1, best).squeeze(1)
         spread = lambda d: [float(d.mean()), max(float(d.std()), 1e-3)]  # noqa: E731
-        return cls(om.tolist(), op.tolist(), im.tolist(), ip.tolist(), spread(d_out), spread(d_in))
+        return cls(om.tolist(), op.tolist(), im.tolist(), ip.tolist(), spread(d_out), spread(d_in), list(cls.SIZES))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegionModel":
         return cls(**{k: data[k] for k in ("outside_mean", "outside_precision", "inside_mean", "inside_precision",
-                                           "outside_spread", "inside_spread")})
+                                           "outside_spread", "inside_spread", "sizes")})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -380,14 +381,14 @@ class RegionModel:
         images ``(N, 3, H, W)`` (see the class doc); ``region_area`` is the share of the image the region covers."""
         if min(images.shape[-2:]) < 2 * self.GRID:
             raise ValueError(f"images must be at least {2 * self.GRID} px a side, got {tuple(images.shape[-2:])}")
-        out, ins = self._sides(self._tiles(images))
+        out, ins = self._sides(self._tiles(images), self.sizes)
         d_out = self._distance(out, torch.tensor(self.outside_mean, dtype=torch.float64),
                                torch.tensor(self.outside_precision, dtype=torch.float64))
         best = d_out.argmin(1, keepdim=True)
         d_out = d_out.gather(1, best).squeeze(1)
         d_in = self._distance(ins, torch.tensor(self.inside_mean, dtype=torch.float64),
                               torch.tensor(self.inside_precision, dtype=torch.float64)).gather(1, best).squeeze(1)
-        area = _region_windows(self.GRID, self.SIZES).flatten(1).float().mean(1)[best.squeeze(1)]
+        area = _region_windows(self.GRID, self.sizes).flatten(1).float().mean(1)[best.squeeze(1)]
         return {"outside_region_departure": ((d_out - self.outside_spread[0]) / self.outside_spread[1]).float(),
                 "inside_region_departure": ((d_in - self.inside_spread[0]) / self.inside_spread[1]).float(),
                 "region_area": area}

@@ -34,8 +34,9 @@ signs of new content. Cause signals (each 1 at its threshold):
 
 A departure confined to one region (:class:`cfx.evidence.RegionModel`: outside its most departing square region
 the image is as typical as the reference, z(outside-region departure) ≤ 1) is not a global change: brightness,
-contrast and saturation are halved, and their strength, or the region's own departure z / T (not for blocky
-images), counts for unfamiliar content.
+contrast and saturation are halved (two-sided clipping still counts in full), and their strength, or the region's
+own departure z / T (not for blocky images), counts for unfamiliar content. This comes before the restoring edit:
+an edit that undoes a cause counts for that cause, not for the content.
 
 A restoring edit that undoes a cause in the direction measured (brighter for a dark image, less contrast for a
 harsh one, denoise for extra detail, sharpen for missing detail) and raises the trust score by at least 0.3 adds 0.5 to that cause. The
@@ -197,6 +198,17 @@ class EvidenceReporter(Reporter):
                            max(z.get("border_brightness_imbalance", 0.0), z.get("border_detail_imbalance", 0.0))
                            / self.imbalance_threshold),
         }
+        if self.confined(ev):
+            # Outside one region the image is typical: its change of brightness, contrast or saturation is not
+            # global. Those signals are halved (not two-sided clipping, which no content change makes) and their
+            # strength counts for new content, as does the region's own departure (unless the image is blocky:
+            # pixelation's blocks are not new content).
+            moved = max(out["brightness"], global_change("contrast"), out["saturation"])
+            out["brightness"] *= 0.5
+            out["saturation"] *= 0.5
+            out["contrast"] = max(0.5 * global_change("contrast"), clipped)  # clipping at both ends stays global
+            inside = z.get("inside_region_departure", 0.0) / T if blocky < 1 else 0.0
+            out["spatial"] = max(out["spatial"], moved, inside)
         # The restoring edit agrees: an edit that undoes the measured change (brighter for a dark image, less
         # contrast for a harsh one, ...) and really restores the trust score adds half a threshold to that cause.
         r = ev.restoring_edit or {}
@@ -212,15 +224,6 @@ class EvidenceReporter(Reporter):
                 agrees = (1.0 if r.get("direction") == "decrease" else -1.0) * t[changes[0][0]] > 0
             if agrees:
                 out[inverse] += 0.5
-        if self.confined(ev):
-            # Outside one region the image is typical: its change of brightness, contrast or saturation is not
-            # global. Those signals are halved and their strength counts for new content, as does the region's own
-            # departure (unless the image is blocky: pixelation's blocks are not new content).
-            moved = max(out[c] for c in _REGIONAL)
-            for c in _REGIONAL:
-                out[c] *= 0.5
-            inside = z.get("inside_region_departure", 0.0) / T if blocky < 1 else 0.0
-            out["spatial"] = max(out["spatial"], moved, inside)
         return {k: max(0.0, float(v)) for k, v in out.items()}
 
     def confined(self, ev: Evidence) -> bool:

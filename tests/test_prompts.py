@@ -80,6 +80,8 @@ def _evidence(shift=None, **z):
     ({}, {"blockiness": 20.0, "edge_abruptness": 2.5, "outside_region_departure": -0.5,
           "inside_region_departure": 5.0}, "pixelation"),
     ({"detail": 12.0}, {"edge_abruptness": 1.5, "outside_region_departure": 0.5}, "noise"),
+    # ... and pixels clipped to black and to white at once are a global sign wherever the rest is typical
+    ({"contrast": 0.8}, {"two_sided_clipping": 9.0, "outside_region_departure": 0.3}, "contrast"),
 ])
 def test_evidence_reporter_names_the_injected_signal(shift, z, cause):
     e = EvidenceReporter().explain(_evidence(shift, **z))
@@ -160,6 +162,18 @@ def test_a_change_confined_to_one_region_is_explained_as_such():
     prompt = render_prompt("grounded", "Photographs.", ev)
     assert "confined to that region" in prompt and "as if changed globally" not in prompt
     assert "as if changed globally" in render_prompt("grounded", "Photographs.", _evidence({"brightness": 7.0}))
+
+
+def test_a_restoring_edit_counts_for_its_cause_not_for_the_content_of_a_region():
+    # a confined brightness change: the content signal is the brightness signal before halving (2.0); the restoring
+    # edit's half goes to brightness (1.0 halved + 0.5) and does not pass to the content
+    ev = _evidence({"brightness": 4.0}, outside_region_departure=0.3, inside_region_departure=0.0)
+    ev.restoring_edit = {"property": "brightness", "direction": "decrease", "strength": 0.5, "score_before": 0.3,
+                         "score_after": 0.9, "gain": 0.6}
+    s = EvidenceReporter().signals(ev)
+    assert s["brightness"] == pytest.approx(1.5) and s["spatial"] == pytest.approx(2.0)
+    ev.statistics_z["outside_region_departure"] = 3.0  # not confined: the brightness change is global
+    assert EvidenceReporter().signals(ev)["brightness"] == pytest.approx(2.5)
 
 
 def test_reporter_rejects_a_non_positive_threshold():
