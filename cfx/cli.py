@@ -311,7 +311,9 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
     click.echo(f"model     {model_spec}\nhead      {d['head']} ({d['feature_dim']} features -> {d['num_classes']} "
                f"classes)\nclasses   {', '.join(d['class_names'][:10]) + (' ...' if len(d['class_names']) > 10 else '') if d['class_names'] else '(none: give --classes FILE)'}"
                f"\npreproc   size={d['preprocessing']['size']} mean={d['preprocessing']['mean']} "
-               f"std={d['preprocessing']['std']}")
+               f"std={d['preprocessing']['std']}"
+               + (" channels=1 (a grey model: it gets the luma of each image)"
+                  if d["preprocessing"].get("channels") == 1 else ""))
     if data_spec:
         source = _open_data(data_spec, classifier)
         info["model"] = classifier.describe()

@@ -110,6 +110,42 @@ def test_preprocessing_resizes_and_normalises():
         Preprocessing(std=(0.0, 1.0, 1.0))
 
 
+class _GreyCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_a_grey_model_gets_the_luma_of_each_image(tmp_path):
+    """A model that takes (N, 1, H, W) is found by its probe pass and fed what PIL's convert("L") gives."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    net = _GreyCNN().eval()
+    torch.jit.script(net).save(tmp_path / "grey.pt")
+    clf = load_classifier(f"torchscript:{tmp_path / 'grey.pt'}", image_size=(20, 24))
+    assert clf.preprocessing.channels == 1 and clf.describe()["preprocessing"]["channels"] == 1
+    rgb = (np.random.default_rng(0).random((3, 20, 24, 3)) * 255).astype(np.uint8)
+    pil_grey = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(a).convert("L"), dtype=np.float32) / 255)
+                            for a in rgb]).unsqueeze(1)
+    with torch.inference_mode():
+        expected = net(pil_grey)
+        got = clf.logits(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255)
+    assert torch.allclose(got, expected, atol=2e-3)  # PIL rounds the luma to whole levels
+    assert Classifier.wrap(SmallCNN(3, image_size=16), example_size=(16, 16)).preprocessing.channels == 3
+    with pytest.raises(ClassifierError, match="channels must be 1"):
+        Preprocessing(channels=2)
+    with pytest.raises(ClassifierError, match="needs 1 value for a grey"):
+        Preprocessing(mean=(0.5, 0.5, 0.5), channels=1)
+    # three-value normalisation says the model takes RGB: no grey fallback, and the error says both were tried
+    with pytest.raises(ClassifierError, match="probe forward pass"):
+        Classifier.wrap(net, preprocessing=Preprocessing(size=(20, 24), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)))
+
+
 def test_parse_image_size():
     assert parse_image_size("224") == (224, 224)
     assert parse_image_size("240x320") == (240, 320)

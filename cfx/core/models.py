@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .images import luma
 from .registry import Registry
 
 __all__ = [
@@ -59,20 +60,28 @@ class Preprocessing:
     """How a classifier wants its input: resize to ``size`` (H, W), then ``(x - mean) / std`` per channel.
 
     ``None`` fields are skipped: no ``size`` keeps the image size, no ``mean``/``std`` keeps pixels in ``[0, 1]``.
+    ``channels=1`` is for a model that takes grey images ``(N, 1, H, W)``: it gets the ITU-R 601 luma of each RGB
+    image (what PIL's ``convert("L")`` gives), and ``mean``/``std`` then have one value each. Everything else in cfx
+    (statistics, edits, counterfactuals, reports) still works on the RGB images.
     """
 
     size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    channels: int = 3
 
     def __post_init__(self) -> None:
         if self.size is not None:
             if len(self.size) != 2 or min(self.size) < 1:
                 raise ClassifierError(f"image size must be two positive integers (H, W), got {self.size!r}")
+        if self.channels not in (1, 3):
+            raise ClassifierError(f"channels must be 1 (a grey model) or 3 (RGB), got {self.channels!r}")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if value is not None and len(value) not in (1, 3):
-                raise ClassifierError(f"{name} needs 1 or 3 values (one per RGB channel), got {value!r}")
+            if value is not None and len(value) not in (1, self.channels):
+                raise ClassifierError(f"{name} needs 1 or 3 values (one per RGB channel), got {value!r}"
+                                      if self.channels == 3 else
+                                      f"{name} needs 1 value for a grey (1-channel) model, got {value!r}")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ClassifierError(f"std values must be positive, got {self.std!r}")
 
@@ -82,6 +91,8 @@ class Preprocessing:
         if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
             shrinking = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=shrinking)
+        if self.channels == 1:
+            x = luma(x).unsqueeze(1)
         if self.mean is not None:
             x = x - torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         if self.std is not None:
@@ -89,9 +100,20 @@ class Preprocessing:
         return x
 
     def to_dict(self) -> dict:
-        return {"size": list(self.size) if self.size else None,
-                "mean": list(self.mean) if self.mean else None,
-                "std": list(self.std) if self.std else None}
+        out = {"size": list(self.size) if self.size else None,
+               "mean": list(self.mean) if self.mean else None,
+               "std": list(self.std) if self.std else None}
+        if self.channels != 3:
+            out["channels"] = self.channels
+        return out
+
+
+def _grey_preprocessing(pre: Preprocessing) -> Preprocessing | None:
+    """The same preprocessing for a model that takes 1-channel images, when it can be (not with three-value
+    normalisation, which says the model takes RGB)."""
+    if pre.channels == 1 or (pre.mean is not None and len(pre.mean) != 1) or (pre.std is not None and len(pre.std) != 1):
+        return None
+    return Preprocessing(size=pre.size, mean=pre.mean, std=pre.std, channels=1)
 
 
 def _output_logits(output: object) -> Tensor:
@@ -220,12 +242,23 @@ class Classifier:
                     logits = _output_logits(model(preprocessing(probe)))
             except ClassifierError:
                 raise
-            except Exception as exc:  # the model rejects the probe input: say how to give the right size
-                lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-                reason = lines[-1] if lines else type(exc).__name__  # TorchScript puts its traceback first
-                raise ClassifierError(
-                    f"a probe forward pass on a (2, 3, {size[0]}, {size[1]}) batch failed ({reason}); give the "
-                    "model's input size with --image-size H[xW] (image_size=...)") from exc
+            except Exception as exc:  # the model rejects the probe input: a grey model, or say how to give the size
+                grey = _grey_preprocessing(preprocessing)
+                logits = None
+                if grey is not None:
+                    try:
+                        with torch.inference_mode():
+                            logits = _output_logits(model(grey(probe)))
+                        preprocessing = grey  # a model that takes 1-channel images: fed the luma of each image
+                    except Exception:
+                        logits = None
+                if logits is None:
+                    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+                    reason = lines[-1] if lines else type(exc).__name__  # TorchScript puts its traceback first
+                    raise ClassifierError(
+                        f"a probe forward pass on a (2, {preprocessing.channels}, {size[0]}, {size[1]}) batch failed "
+                        f"({reason}); give the model's input size with --image-size H[xW] (image_size=...)"
+                        + ("" if grey is None else "; a 1-channel (grey) batch failed too")) from exc
             if logits.dim() != 2:
                 raise ClassifierError(f"the model returns shape {tuple(logits.shape)}; a classifier must return "
                                       "(N, C) logits")
