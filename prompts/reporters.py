@@ -282,8 +282,10 @@ class EvidenceReporter(Reporter):
             "spatial": ("Part of the image shows content the model has not seen in training: "
                         + (f"outside one region (about {ev.statistics.get('region', {}).get('area', 0.0):.0%} of the "
                            "image) it looks like the images the model is confident about (z = "
-                           f"{z.get('outside_region_departure', 0.0):+.1f}), while the region departs from them "
-                           f"(z = {z.get('inside_region_departure', 0.0):+.1f})." if self.confined(ev) else
+                           f"{z.get('outside_region_departure', 0.0):+.1f}), so what changed is confined to that region"
+                           + (f", which departs from the same part of those images (z = "
+                              f"{z['inside_region_departure']:+.1f})" if z.get("inside_region_departure", 0.0)
+                              >= self.z_threshold else "") + "." if self.confined(ev) else
                            "the most similar image it is confident about differs mostly in one region (difference "
                            f"mass {ev.difference_mass if ev.difference_mass is not None else float('nan'):.2f}).")),
             "other": ("No single image property stands out as the reason (global changes against the reference: "
