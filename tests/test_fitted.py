@@ -61,6 +61,28 @@ def tiny_fitted(tmp_path_factory):
     return clf, fitted, images, labels
 
 
+def test_reference_statistics_fall_back_to_the_most_competent_of_every_reference_image(tiny_fitted):
+    """Random images and labels: hardly any calibration image clears the competency threshold, so the reference the
+    evidence compares with comes from the whole reference set (training split too), by competency, not from a half
+    of the calibration split."""
+    from cfx.evidence import image_statistics
+
+    clf, fitted, images, _ = tiny_fitted
+    stored = fitted.manifest["reference_statistics"]
+    competency = fitted.parce.score(clf, images)
+    clear = int((competency > fitted.parce.threshold).sum())
+    assert stored["confident"] < 10
+    if clear >= 10:
+        assert stored["images"] == clear and "confident reference images" in stored["images_from"]
+        pick = competency > fitted.parce.threshold
+    else:
+        assert stored["images"] == 12 and "a tenth" in stored["images_from"]
+        pick = competency.argsort(descending=True)[:12]
+    expected = image_statistics((images[pick] * 255).round() / 255)  # the fit reads images as 8-bit
+    assert stored["mean"]["brightness"] == pytest.approx(float(expected["brightness"].mean()), rel=1e-5)
+    assert stored["mean"]["contrast"] == pytest.approx(float(expected["contrast"].mean()), rel=1e-5)
+
+
 def test_torch_competency_equals_batched_and_has_input_gradients(tiny_fitted):
     clf, fitted, images, _ = tiny_fitted
     x = images[:8].clone().requires_grad_(True)

@@ -230,23 +230,39 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         latent_index = LatentIndex(index_metric).build(latents, [cal["ids"][i] for i in confident.tolist()],
                                                        cal["labels"][confident], ae_images)
     # Image statistics of the same confident images at the classifier's resolution: the reference the evidence
-    # compares a flagged image with (the index keeps them only at the autoencoder's size).
-    # When fewer than 10 calibration images clear the competency threshold, the most competent half stands in (a
-    # handful of images is no reference for a spread).
+    # compares a flagged image with (the index keeps them only at the autoencoder's size). When fewer than 10
+    # calibration images clear the competency threshold (a handful of images is no reference for a spread), the
+    # confident images of the whole reference set stand in, the autoencoder's training split included: statistics
+    # need images the model is confident about, not held-out ones. With fewer than 10 there either, the most
+    # competent tenth of the whole set (at least 10).
     reference_stats = None
-    trusted = confident
-    if len(trusted) < 10:
-        trusted = cal_scores["parce"].argsort(descending=True)[:max(len(confident), len(cal_float) // 2)]
+    clear = torch.nonzero(cal_scores["parce"] > competency_threshold).flatten()
+    trusted_images, trusted_from = cal_float[clear], "trusted calibration images"
+    if len(clear) < 10:
+        train_float, train_logits = ref["images"][tr_idx], ref["logits"][tr_idx]
+        with torch.inference_mode():
+            train_competency = torch.cat([
+                parce.competency_from(train_logits[i:i + 256].to(classifier.device),
+                                      as_float_images(train_float[i:i + 256]).to(classifier.device)).float().cpu()
+                for i in range(0, len(train_float), 256)])
+        every_competency = torch.cat([cal_scores["parce"], train_competency])
+        over = torch.nonzero(every_competency > competency_threshold).flatten()
+        pick = over if len(over) >= 10 else every_competency.argsort(descending=True)[
+            :max(10, len(every_competency) // 10)]
+        trusted_images = torch.cat([cal_float, train_float])[pick]
+        trusted_from = ("confident reference images (calibration and training splits)" if len(over) >= 10 else
+                        "most competent reference images (a tenth of calibration and training splits)")
     edit_ranges = None
-    if len(trusted) > 1:
+    if len(trusted_images) > 1:
         # how far property edits may go: the band of each edited statistic over the same trusted images
-        edit_ranges = EditRanges.measure(cal_float[trusted], source=f"{len(trusted)} trusted calibration images of "
-                                         "the fitted folder").to_dict()
-        ref_mean, ref_std, factors = reference_statistics(cal_float[trusted], factors=True)
-        reference_stats = {"mean": ref_mean, "std": ref_std, "images": int(len(trusted)),
+        edit_ranges = EditRanges.measure(trusted_images, source=f"{len(trusted_images)} {trusted_from} of the "
+                                         "fitted folder").to_dict()
+        ref_mean, ref_std, factors = reference_statistics(trusted_images, factors=True)
+        reference_stats = {"mean": ref_mean, "std": ref_std, "images": int(len(trusted_images)),
+                           "images_from": trusted_from,
                            "factors": factors.to_dict() if factors is not None else None,
-                           "regions": (RegionModel.measure(cal_float[trusted]).to_dict()
-                                       if RegionModel.usable(cal_float[trusted]) else None),
+                           "regions": (RegionModel.measure(trusted_images).to_dict()
+                                       if RegionModel.usable(trusted_images) else None),
                            "version": STATISTICS_VERSION,
                            "confident": int(len(confident)), "image_size": list(cal_float.shape[-2:])}
     if trained_oracle is not None:
