@@ -8,6 +8,7 @@ its counterfactual, and the nearest confident neighbour.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import warnings
@@ -40,8 +41,9 @@ from cfx.trust.scores import default_scores, score_batch
 
 __all__ = ["CAUSE_LABELS", "FACTOR_CHANGES", "FACTOR_PATHS", "GENERATORS", "MIN_STATISTICS_VERSION",
            "REGION_STATISTICS", "STATISTICS", "STATISTICS_VERSION", "Evidence", "FactorModel", "RegionModel",
-           "RunReference", "blockiness", "collect_evidence", "confined_to_region", "difference_mass", "generator_availability",
-           "image_statistics", "reference_statistics", "resolve_edit_ranges", "resolve_search", "typical_core"]
+           "RunReference", "blockiness", "collect_evidence", "confined_to_region", "difference_mass",
+           "generator_availability", "image_statistics", "reference_statistics", "resolve_edit_ranges",
+           "resolve_search", "typical_core"]
 
 STATISTICS = ("brightness", "contrast", "saturation", "high_frequency", "blockiness", "detail_localisation",
               "colour_localisation", "relative_contrast", "relative_detail", "edge_abruptness",
@@ -264,6 +266,11 @@ class FactorModel:
 def _region_windows(grid: int, sizes: Sequence[int]) -> Tensor:
     """Every square window of ``k × k`` tiles (``k`` in ``sizes``) of a ``grid × grid`` tiling, as boolean masks
     ``(W, grid, grid)`` (True inside)."""
+    return _region_windows_cached(grid, tuple(int(k) for k in sizes)).clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _region_windows_cached(grid: int, sizes: tuple[int, ...]) -> Tensor:
     masks = []
     for k in sizes:
         for r in range(grid - k + 1):

@@ -111,7 +111,8 @@ class Preprocessing:
 def _grey_preprocessing(pre: Preprocessing) -> Preprocessing | None:
     """The same preprocessing for a model that takes 1-channel images, when it can be (not with three-value
     normalisation, which says the model takes RGB)."""
-    if pre.channels == 1 or (pre.mean is not None and len(pre.mean) != 1) or (pre.std is not None and len(pre.std) != 1):
+    three_values = any(v is not None and len(v) != 1 for v in (pre.mean, pre.std))
+    if pre.channels == 1 or three_values:
         return None
     return Preprocessing(size=pre.size, mean=pre.mean, std=pre.std, channels=1)
 
