@@ -249,7 +249,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         over = torch.nonzero(every_competency > competency_threshold).flatten()
         pick = over if len(over) >= 10 else every_competency.argsort(descending=True)[
             :max(10, len(every_competency) // 10)]
-        trusted_images = torch.cat([cal_float, train_float])[pick]
+        n_cal = len(cal_float)  # index each split apart: no copy of the whole reference set
+        trusted_images = torch.cat([cal_float[pick[pick < n_cal]], train_float[pick[pick >= n_cal] - n_cal]])
         trusted_from = ("confident reference images (calibration and training splits)" if len(over) >= 10 else
                         "most competent reference images (a tenth of calibration and training splits)")
     edit_ranges = None
