@@ -146,6 +146,19 @@ def test_a_grey_model_gets_the_luma_of_each_image(tmp_path):
         Classifier.wrap(net, preprocessing=Preprocessing(size=(20, 24), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)))
 
 
+def test_a_model_that_ends_in_a_softmax_is_named_with_what_to_do():
+    torch.manual_seed(0)
+    net = SmallCNN(3, image_size=16)
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        Classifier.wrap(nn.Sequential(net, nn.Softmax(dim=1)), example_size=(16, 16))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # logits: no such warning
+        warnings.simplefilter("always")
+        Classifier.wrap(net, example_size=(16, 16))
+    assert not any("probabilities" in str(w.message) for w in caught)
+
+
 def test_parse_image_size():
     assert parse_image_size("224") == (224, 224)
     assert parse_image_size("240x320") == (240, 320)

@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
@@ -106,6 +107,12 @@ class Preprocessing:
         if self.channels != 3:
             out["channels"] = self.channels
         return out
+
+
+def _looks_like_probabilities(outputs: Tensor) -> bool:
+    """Whether a probe batch's outputs ``(N, C)`` are probabilities (a model ending in a softmax), not logits."""
+    out = outputs.detach().double()
+    return bool((out >= 0).all() and torch.allclose(out.sum(1), torch.ones(len(out), dtype=out.dtype), atol=1e-4))
 
 
 def _grey_preprocessing(pre: Preprocessing) -> Preprocessing | None:
@@ -264,6 +271,11 @@ class Classifier:
                 raise ClassifierError(f"the model returns shape {tuple(logits.shape)}; a classifier must return "
                                       "(N, C) logits")
             num_classes = int(logits.shape[1])
+            if _looks_like_probabilities(logits):
+                warnings.warn("the model's outputs look like probabilities (every row is non-negative and sums to "
+                              "1): cfx reads them as logits, so MSP, margin, entropy, energy and GradTrust see a "
+                              "softmax of probabilities. Give cfx the model without its final softmax",
+                              UserWarning, stacklevel=2)
         if num_classes < 2:
             raise ClassifierError(f"a classifier needs at least 2 classes, this one has {num_classes}")
         head_name, head_module = find_head(model, num_classes, head)
