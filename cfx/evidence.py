@@ -341,9 +341,18 @@ class RegionModel:
         return factors(outside), factors(inside)
 
     @staticmethod
-    def _distance(v: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
-        d = v - mean
-        return torch.einsum("nwi,wij,nwj->nw", d, precision, d).clamp_min(0).sqrt()
+    def _region_distances(out: Tensor, ins: Tensor, outside: tuple[Tensor, Tensor],
+                          inside: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Mahalanobis distances outside and inside each image's region ``(N,)`` each, and the region's window
+        index ``(N,)``: the window whose outside is closest to the reference (``(mean, precision)`` per window)."""
+
+        def distance(v: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+            d = v - mean
+            return torch.einsum("nwi,wij,nwj->nw", d, precision, d).clamp_min(0).sqrt()
+
+        d_out = distance(out, *outside)
+        best = d_out.argmin(1, keepdim=True)
+        return d_out.gather(1, best).squeeze(1), distance(ins, *inside).gather(1, best).squeeze(1), best.squeeze(1)
 
     @classmethod
     def usable(cls, images: Tensor) -> bool:
@@ -368,10 +377,7 @@ class RegionModel:
             return v.mean(0), torch.linalg.inv(cov)
 
         (om, op), (im, ip) = fit(out), fit(ins)
-        d_out = cls._distance(out, om, op)
-        best = d_out.argmin(1, keepdim=True)
-        d_out = d_out.gather(1, best).squeeze(1)
-        d_in = cls._distance(ins, im, ip).gather(1, best).squeeze(1)
+        d_out, d_in, _ = cls._region_distances(out, ins, (om, op), (im, ip))
         spread = lambda d: [float(d.mean()), max(float(d.std()), 1e-3)]  # noqa: E731
         return cls(om.tolist(), op.tolist(), im.tolist(), ip.tolist(), spread(d_out), spread(d_in), list(cls.SIZES))
 
@@ -389,13 +395,10 @@ class RegionModel:
         if min(images.shape[-2:]) < 2 * self.GRID:
             raise ValueError(f"images must be at least {2 * self.GRID} px a side, got {tuple(images.shape[-2:])}")
         out, ins = self._sides(self._tiles(images), self.sizes)
-        d_out = self._distance(out, torch.tensor(self.outside_mean, dtype=torch.float64),
-                               torch.tensor(self.outside_precision, dtype=torch.float64))
-        best = d_out.argmin(1, keepdim=True)
-        d_out = d_out.gather(1, best).squeeze(1)
-        d_in = self._distance(ins, torch.tensor(self.inside_mean, dtype=torch.float64),
-                              torch.tensor(self.inside_precision, dtype=torch.float64)).gather(1, best).squeeze(1)
-        area = _region_windows(self.GRID, self.sizes).flatten(1).float().mean(1)[best.squeeze(1)]
+        as64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+        d_out, d_in, best = self._region_distances(out, ins, (as64(self.outside_mean), as64(self.outside_precision)),
+                                                   (as64(self.inside_mean), as64(self.inside_precision)))
+        area = _region_windows(self.GRID, self.sizes).flatten(1).float().mean(1)[best]
         return {"outside_region_departure": ((d_out - self.outside_spread[0]) / self.outside_spread[1]).float(),
                 "inside_region_departure": ((d_in - self.inside_spread[0]) / self.inside_spread[1]).float(),
                 "region_area": area}

@@ -209,11 +209,14 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     cal_inputs = ScoreInputs(classifier, torch.empty(0), cal["logits"], cal["features"])
     cal_scores = {name: s.score(cal_inputs).float() for name, s in SCORES.items()
                   if s.needs <= ({"logits", "features"} if cal["features"] is not None else {"logits"})}
-    with torch.inference_mode():
-        cal_scores["parce"] = torch.cat([
-            parce.competency_from(cal["logits"][i:i + 256].to(classifier.device),
-                                  as_float_images(cal_float[i:i + 256]).to(classifier.device)).float().cpu()
-            for i in range(0, len(cal_float), 256)])
+
+    def competency(logits: Tensor, images: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return torch.cat([parce.competency_from(logits[i:i + 256].to(classifier.device),
+                                                    as_float_images(images[i:i + 256]).to(classifier.device))
+                              .float().cpu() for i in range(0, len(images), 256)])
+
+    cal_scores["parce"] = competency(cal["logits"], cal_float)
     if maha is not None:
         cal_scores["mahalanobis"] = maha.score(cal["features"])
     # The latent index of LNN counterfactuals: high-competency calibration images.
@@ -239,13 +242,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     clear = torch.nonzero(cal_scores["parce"] > competency_threshold).flatten()
     trusted_images, trusted_from = cal_float[clear], "trusted calibration images"
     if len(clear) < 10:
-        train_float, train_logits = ref["images"][tr_idx], ref["logits"][tr_idx]
-        with torch.inference_mode():
-            train_competency = torch.cat([
-                parce.competency_from(train_logits[i:i + 256].to(classifier.device),
-                                      as_float_images(train_float[i:i + 256]).to(classifier.device)).float().cpu()
-                for i in range(0, len(train_float), 256)])
-        every_competency = torch.cat([cal_scores["parce"], train_competency])
+        train_float = ref["images"][tr_idx]
+        every_competency = torch.cat([cal_scores["parce"], competency(ref["logits"][tr_idx], train_float)])
         over = torch.nonzero(every_competency > competency_threshold).flatten()
         pick = over if len(over) >= 10 else every_competency.argsort(descending=True)[
             :max(10, len(every_competency) // 10)]
