@@ -33,8 +33,9 @@ from PIL import Image, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from real_224 import crops as crop_photos  # noqa: E402  (one crop recipe for both photograph benchmarks)
-MODEL = ["--model", f"python:{ROOT / 'tests' / 'factories.py'}:efficientnet_lite0", "--image-size", "224",
-         "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+sys.path.insert(0, str(ROOT / "tests"))
+from factories import LITE_CLI  # noqa: E402  (EfficientNet-Lite0's own normalisation)
+MODEL = ["--model", f"python:{ROOT / 'tests' / 'factories.py'}:efficientnet_lite0", *LITE_CLI]
 HELD_OUT = ("motorcycle_left", "motorcycle_right")
 CAUSES = ("dark", "washed_out", "noise", "blur")
 

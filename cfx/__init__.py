@@ -29,8 +29,8 @@ _EXPORTS: dict[str, str] = {
     **{name: "cfx.core.data" for name in ("Batch", "DataSourceError", "FlatFolder", "ImageFolder", "ImageSource",
                                           "Manifest", "Record", "TensorSource", "decode_image", "iter_batches",
                                           "open_source")},
-    **{name: "cfx.core.models" for name in ("Classifier", "ClassifierError", "Preprocessing", "find_head",
-                                            "load_classifier", "model_fingerprint")},
+    **{name: "cfx.core.models" for name in ("Classifier", "ClassifierError", "InputCheck", "Preprocessing",
+                                            "check_inputs", "find_head", "load_classifier", "model_fingerprint")},
     **{name: "cfx.trust.scores" for name in ("SCORES", "TrustScore", "score_batch", "applicable_scores")},
     **{name: "cfx.trust.functional" for name in ("gradtrust", "gradtrust_reference")},
     **{name: "cfx.trust.threshold" for name in ("Threshold", "flag")},
@@ -45,8 +45,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below loads lazily  # noqa: F401
     from cfx.core.data import (Batch, DataSourceError, FlatFolder, ImageFolder, ImageSource, Manifest, Record,
                                TensorSource, decode_image, iter_batches, open_source)
-    from cfx.core.models import (Classifier, ClassifierError, Preprocessing, find_head, load_classifier,
-                                 model_fingerprint)
+    from cfx.core.models import (Classifier, ClassifierError, InputCheck, Preprocessing, check_inputs, find_head,
+                                 load_classifier, model_fingerprint)
     from cfx.jobs import AuditResult, ExplainResult, audit, explain, fit
     from cfx.trust.fitted import Fitted, FittedError
     from cfx.trust.functional import gradtrust, gradtrust_reference

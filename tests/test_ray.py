@@ -225,8 +225,10 @@ def test_real_model_on_a_photo_folder_gives_the_same_results_on_ray(ray_cluster,
     for i, image in enumerate(torch.cat([clean, clean * 0.35])):
         arr = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(arr).save(folder / f"{'clean' if i < 4 else 'dark'}-{i % 4}.png")
-    model = ["--model", f"python:{ROOT / 'tests' / 'factories.py'}:efficientnet_lite0", "--image-size", "224",
-             "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--data", str(folder), "--quiet"]
+    from factories import LITE_CLI
+
+    model = ["--model", f"python:{ROOT / 'tests' / 'factories.py'}:efficientnet_lite0", *LITE_CLI,
+             "--data", str(folder), "--quiet"]
     ray = ["--ray", "--ray-actors", "2"]
     runs = {}
     for where, extra in (("local", []), ("ray", ray)):

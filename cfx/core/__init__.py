@@ -12,14 +12,15 @@
 
 from .data import (SOURCE_KINDS, Batch, DataSourceError, FlatFolder, ImageFolder, ImageSource, Manifest, Record,
                    TensorSource, decode_image, iter_batches, open_source)
-from .models import (MODEL_KINDS, Classifier, ClassifierError, ModelOptions, Preprocessing, find_head,
-                     load_classifier, model_fingerprint)
+from .models import (MODEL_KINDS, Classifier, ClassifierError, InputCheck, ModelOptions, Preprocessing, check_inputs,
+                     find_head, load_classifier, model_fingerprint)
 from .registry import Registry, load_plugins
 from .runstore import RunStore, RunStoreError
 from .shifts import CAUSES, SHIFTS, Shift, apply_shift
 
 __all__ = [
     "Batch", "CAUSES", "Classifier", "ClassifierError", "DataSourceError", "FlatFolder", "ImageFolder", "ImageSource",
+    "InputCheck", "check_inputs",
     "MODEL_KINDS", "Manifest", "ModelOptions", "Preprocessing", "Record", "Registry", "RunStore", "RunStoreError",
     "SHIFTS", "SOURCE_KINDS", "Shift", "TensorSource", "apply_shift", "decode_image", "find_head", "iter_batches",
     "load_classifier", "load_plugins", "model_fingerprint", "open_source",

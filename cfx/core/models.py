@@ -39,9 +39,11 @@ from .registry import Registry
 __all__ = [
     "Classifier",
     "ClassifierError",
+    "InputCheck",
     "Preprocessing",
     "MODEL_KINDS",
     "ModelOptions",
+    "check_inputs",
     "find_head",
     "head_input_features",
     "head_weight",
@@ -455,6 +457,89 @@ class Classifier:
                 "feature_dim": int(head_weight(self.head).shape[1]) if head_weight(self.head) is not None
                 else None,
                 "class_names": self.class_names, "preprocessing": self.preprocessing.to_dict()}
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    """How the inputs of a model's first batch-norm layer compare with the running statistics it kept in training.
+
+    ``spread_ratio`` is the median over channels of the inputs' standard deviation over the running one, and
+    ``mean_offset`` the median of ``|mean − running mean| / running std``. With the preprocessing the model was
+    trained with, natural images give a spread ratio near 1 (EfficientNet-Lite0 on photographs: 0.86); a wrong
+    ``--mean/--std`` moves it by about the ratio of the two stds (ImageNet's std on that model: 1.9), and a missing
+    normalisation by far more. A data set far from the training data (all images darkened, say) moves it too.
+    """
+
+    layer: str
+    channels: int
+    images: int
+    spread_ratio: float
+    mean_offset: float
+
+    #: The spread ratio beyond which (either way) :attr:`suspicious` is true.
+    LIMIT: ClassVar[float] = 1.6
+
+    @property
+    def suspicious(self) -> bool:
+        return not (1 / self.LIMIT <= self.spread_ratio <= self.LIMIT)
+
+    @property
+    def message(self) -> str:
+        head = (f"the first batch-norm layer ({self.layer}) sees inputs with {self.spread_ratio:.2g}x the spread it "
+                f"kept in training (mean off by {self.mean_offset:.2g} sd, {self.images} images)")
+        if not self.suspicious:
+            return head + ": the preprocessing looks right"
+        return (head + ": check --mean/--std (mean=/std=) against the normalisation the model was trained with; "
+                "a data set far from the training data does this too")
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "channels": self.channels, "images": self.images,
+                "spread_ratio": self.spread_ratio, "mean_offset": self.mean_offset, "suspicious": self.suspicious}
+
+
+def check_inputs(classifier: "Classifier", images: Tensor) -> InputCheck | None:
+    """Compare what the model's first batch-norm layer (the first to run) sees on ``images`` ``(N, 3, H, W)`` in
+    [0, 1] with its running statistics (:class:`InputCheck`): a check of ``--mean/--std``, whose mistakes are silent
+    otherwise. ``None`` when the model has no batch-norm layer with running statistics, or is TorchScript (which
+    takes no hooks)."""
+    if not isinstance(classifier, Classifier):
+        raise TypeError(f"classifier must be a cfx.Classifier, got {type(classifier).__name__}")
+    images = classifier._check_images(images)
+    if len(images) == 0:
+        raise ValueError("check_inputs needs at least one image")
+    if isinstance(classifier.model, torch.jit.ScriptModule):
+        return None
+    norms = [(name, m) for name, m in classifier.model.named_modules()
+             if isinstance(m, nn.BatchNorm2d) and m.running_var is not None]
+    if not norms:
+        return None
+    seen: list[tuple[str, nn.Module, Tensor]] = []
+
+    def hook(name: str, module: nn.Module):
+        def record(_module: nn.Module, inputs: tuple) -> None:
+            if not seen and isinstance(inputs[0], Tensor):
+                seen.append((name, module, inputs[0].detach()))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name, m)) for name, m in norms]
+    try:
+        with torch.inference_mode():
+            classifier.model(classifier.preprocessing(images))
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        return None
+    name, module, x = seen[0]
+    x = x.double()
+    live = module.running_var.double() > 1e-6  # channels the model never uses keep a zero variance
+    if not bool(live.any()):
+        return None
+    std = x.std((0, 2, 3))[live]
+    running_std = module.running_var.double()[live].sqrt()
+    offset = (x.mean((0, 2, 3))[live] - module.running_mean.double()[live]).abs() / running_std
+    return InputCheck(layer=name, channels=int(live.sum()), images=len(images),
+                      spread_ratio=float((std / running_std).median()), mean_offset=float(offset.median()))
 
 
 # ---------------------------------------------------------------------------------------------- spec loading
