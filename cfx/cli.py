@@ -30,7 +30,7 @@ from .jobs import AuditResult, ExplainResult
 from .jobs import audit as run_audit
 from .jobs import explain as run_explain
 from .jobs import fit as fit_folder
-from .jobs.common import score_table_on_ray
+from .jobs.common import input_check, score_table_on_ray
 from .jobs.distributed import RayEngine, RayNotInstalled, ray_session, resolve_engine
 from .jobs.explaining import ExplainConfigError
 from .reports import render_review
@@ -513,6 +513,7 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         click.echo(f"threshold {flag_score} < {threshold.value:.6g} (percentile {flag_percentile:g} of the "
                    f"{threshold.calibration_size} calibration samples {where})")
     source = _open_data(data_spec, classifier)
+    checked = input_check(classifier, source)
     try:
         if engine is None:
             table = score_source(classifier, source, chosen, batch_size, progress=not quiet, **options)
@@ -523,7 +524,7 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     summary = write_trust_outputs(table, out, classifier, {"source": data_spec, **source.describe()},
-                                  threshold=threshold, bootstrap=bootstrap)
+                                  threshold=threshold, bootstrap=bootstrap, input_check=checked)
     counts = summary["counts"]
     click.echo(f"scored {counts['samples']} samples ({counts['errors']} errors, {counts['labelled']} labelled)"
                + (f", flagged {counts['flagged']}" if counts["flagged"] is not None else ""))

@@ -49,6 +49,11 @@ def test_inspect_checks_the_normalisation_on_the_first_batch(tmp_path):
     check = json.loads((out / "summary.json").read_text())["data"]["input_check"]
     assert check["layer"] == "1" and check["images"] == 6 and check["channels"] == 4
     assert "inputs" in result.output and "first batch-norm layer (1)" in result.output
+    # cfx trust keeps the same check in its summary
+    r = CliRunner().invoke(main, ["trust", "--model", f"python:{FACTORIES}:bn_cnn", "--data", str(data), "--out",
+                                  str(tmp_path / "trust")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "trust" / "summary.json").read_text())["input_check"] == check
     # a model without batch norm has nothing to check against
     result = CliRunner().invoke(main, ["inspect", "--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(data),
                                        "--out", str(out)])

@@ -179,6 +179,8 @@ def test_real_efficientnet_on_unlabelled_photographs_without_a_fitted_folder(tmp
     run = cfx.explain(model, TensorSource(images, ids=ids), None, tmp_path / "review", flag_share=20,
                       explain_batch_size=4, progress=False)
     assert run.flag_score["score"] == "gradtrust_topk" and run.counts["flagged"] == 4
+    # the model's own normalisation, checked against what its first batch norm kept in training
+    assert run.input_check["layer"] == "_bn0" and not run.input_check["suspicious"]
     assert run.counts["explained"] == 4 and run.counts["explain_errors"] == 0
     assert "final-layer features" in run.reference["nearest_trusted_image"]["search_space"]
     scores = {s["id"]: s["scores"]["gradtrust_topk"] for s in run.samples}

@@ -556,6 +556,7 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
         "properties": ranking, "slices": slices, "neighbours": neighbours,
         "errors": [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]],
         "flag_score": store.get_meta("flag_score"),
+        "input_check": store.get_meta("input_check") or None,
         "edit_ranges": store.get_meta("edit_ranges"),
         "engine": store.get_meta("engine"),
         "timing": {"property_seconds": store.get_meta("audit_property_seconds"),

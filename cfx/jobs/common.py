@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cfx.core.data import Batch, DataSourceError, ImageSource, iter_batches, open_source
-from cfx.core.models import Classifier, load_classifier
+from cfx.core.models import Classifier, check_inputs, load_classifier
 from cfx.core.runstore import RunStore, png_bytes
 from cfx.evidence import RunReference
 from cfx.trust.scoring import ScoreTable
@@ -120,6 +121,8 @@ def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | N
     """
     done = store.scored_ids()
     total = len(source) if hasattr(source, "__len__") else None
+    if store.get_meta("input_check") is None:
+        store.set_meta("input_check", input_check(classifier, source) or {})
     t0 = time.perf_counter()
     n_scored = 0
     bar = tqdm(total=total, initial=min(len(done), total or len(done)), desc="scoring", unit="img",
@@ -143,6 +146,20 @@ def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | N
     if n_scored:
         with store.db:
             store.set_meta("score_seconds", time.perf_counter() - t0 + store.get_meta("score_seconds", 0.0))
+
+
+def input_check(classifier: Classifier, source: ImageSource, images: int = 32) -> dict[str, Any] | None:
+    """:func:`cfx.core.models.check_inputs` on the first readable ``images`` of ``source``, with a warning when the
+    normalisation looks wrong; ``None`` when the model has nothing to check against (or no image is readable)."""
+    for batch in iter_batches(source, images, size=classifier.preprocessing.size):
+        if len(batch):
+            check = check_inputs(classifier, batch.images)
+            if check is None:
+                return None
+            if check.suspicious:
+                warnings.warn(check.message, UserWarning, stacklevel=2)
+            return check.to_dict()
+    return None
 
 
 def score_table_on_ray(engine: RayEngine, classifier: Classifier, source: ImageSource, methods: Sequence[str],
@@ -319,11 +336,13 @@ class ExplainResult(_Result):
     flag_score: dict[str, Any] | None = None  # which score flagged, and why
     reference: dict[str, Any] | None = None   # what the evidence compared with
     out: Path | None = field(default=None, repr=False)
+    input_check: dict[str, Any] | None = None  # the normalisation against the model's first batch norm
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any], out: Path, seconds: float) -> "ExplainResult":
         return cls(summary["config"], summary["counts"], summary["timing"], summary["metrics"], summary["samples"],
-                   round(seconds, 2), summary.get("flag_score"), summary.get("reference"), out)
+                   round(seconds, 2), summary.get("flag_score"), summary.get("reference"), out,
+                   summary.get("input_check"))
 
     @property
     def report_path(self) -> Path | None:
@@ -346,6 +365,7 @@ class AuditResult(_Result):
     edit_ranges: dict[str, Any] | None = None  # how far the parametric edits went (None: each editor's full range)
     engine: dict[str, Any] | None = None  # where it ran: this process or Ray actors
     out: Path | None = field(default=None, repr=False)
+    input_check: dict[str, Any] | None = None  # the normalisation against the model's first batch norm
 
     @property
     def report_path(self) -> Path | None:

@@ -142,8 +142,10 @@ def _plain(value: float) -> float | None:
 
 
 def write_trust_outputs(table: ScoreTable, out: str | Path, classifier: Classifier, data_description: dict,
-                        threshold: Threshold | None = None, bootstrap: int = 0) -> dict[str, Any]:
+                        threshold: Threshold | None = None, bootstrap: int = 0,
+                        input_check: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``scores.csv``, ``summary.json`` and (with labels) ``roc.png`` and ``risk_coverage.png``.
+    ``input_check``: the normalisation check of the run (:func:`cfx.core.models.check_inputs`), kept as it is.
 
     Returns the summary dict. ``summary.json`` holds per sample ``id``, ``label``, ``prediction``, ``correct``,
     ``scores``, ``flagged`` and ``error``, and the metrics per method.
@@ -189,6 +191,7 @@ def write_trust_outputs(table: ScoreTable, out: str | Path, classifier: Classifi
         "data": data_description,
         "methods": {m: SCORES[m].to_dict() for m in methods},
         "threshold": threshold.to_dict() if threshold is not None else None,
+        "input_check": input_check,
         "counts": {"samples": len(table), "errors": sum(e is not None for e in table.errors),
                    "labelled": int(table.evaluable.sum()),
                    "flagged": int(flags.sum()) if flags is not None else None},
