@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .core.data import DataSourceError, iter_batches, open_source
 from .core.images import is_grey
-from .core.models import ClassifierError, check_inputs, load_classifier
+from .core.models import ClassifierError, check_inputs, load_classifier, suggest_normalisation
 from .core.registry import load_plugins
 from .core.runstore import RunStoreError
 from .core.shifts import CAUSES, SHIFTS, apply_shift
@@ -327,6 +327,8 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
                 errors += [{"id": r.id, "error": r.error} for r in batch.errors]
                 if len(batch) and check is None and counts["images"] == 0:
                     check = check_inputs(classifier, batch.images[:32])
+                    candidates = suggest_normalisation(classifier, batch.images[:32]) if (
+                        check is not None and check.suspicious) else []
                 if len(batch):
                     pred = classifier.logits(batch.images).argmax(1).cpu()
                     known = batch.labels >= 0
@@ -342,6 +344,14 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
         if check is not None:
             info["data"]["input_check"] = check.to_dict()
             click.echo(f"inputs    {'WARNING: ' if check.suspicious else ''}{check.message}")
+            if candidates:
+                info["data"]["input_check"]["candidates"] = candidates
+                best = candidates[0]
+                if not best["suspicious"]:
+                    flags = " ".join(f"--{k} {','.join(f'{v:g}' for v in best[k])}" for k in ("mean", "std")
+                                     if best[k] is not None) or "no --mean/--std"
+                    click.echo(f"          the {best['name']} normalisation gives a spread ratio of "
+                               f"{best['spread_ratio']:.2g}: try {flags}")
     if out:
         _write_json(Path(out) / "summary.json", info)
 

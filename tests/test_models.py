@@ -387,3 +387,18 @@ def test_input_check_tells_efficientnet_lites_own_normalisation_from_imagenets()
     right, wrong = check_inputs(lite, x), check_inputs(imagenet, x)
     assert not right.suspicious and wrong.suspicious
     assert wrong.spread_ratio / right.spread_ratio == pytest.approx(2.2, rel=0.1)  # ≈ 0.502 / 0.226
+
+
+def test_suggested_normalisation_finds_the_one_the_statistics_were_kept_under():
+    from cfx.core.models import suggest_normalisation
+
+    g = torch.Generator().manual_seed(3)
+    images = (torch.rand(32, 3, 1, 1, generator=g) * 0.6 + 0.2 + 0.2 * torch.rand(32, 3, 16, 16, generator=g))
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    net = _bn_net_with_kept_statistics(images, *imagenet)
+    bare = Classifier.wrap(net, preprocessing=Preprocessing())  # the user forgot --mean/--std
+    ranked = suggest_normalisation(bare, images)
+    assert ranked[0]["name"] == "imagenet" and ranked[0]["mean"] == imagenet[0] and ranked[0]["std"] == imagenet[1]
+    assert ranked[0]["spread_ratio"] == pytest.approx(1.0, abs=0.01) and not ranked[0]["suspicious"]
+    assert bare.preprocessing.mean is None  # the classifier itself is left as it was
+    assert suggest_normalisation(Classifier.wrap(SmallCNN(num_classes=3)), images) == []

@@ -23,9 +23,10 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
@@ -45,6 +46,7 @@ __all__ = [
     "ModelOptions",
     "check_inputs",
     "find_head",
+    "suggest_normalisation",
     "head_input_features",
     "head_weight",
     "load_classifier",
@@ -540,6 +542,34 @@ def check_inputs(classifier: "Classifier", images: Tensor) -> InputCheck | None:
     offset = (x.mean((0, 2, 3))[live] - module.running_mean.double()[live]).abs() / running_std
     return InputCheck(layer=name, channels=int(live.sum()), images=len(images),
                       spread_ratio=float((std / running_std).median()), mean_offset=float(offset.median()))
+
+
+#: Normalisations models are commonly trained with, as (mean, std) on pixels in [0, 1]: what
+#: :func:`suggest_normalisation` tries.
+COMMON_NORMALISATIONS: dict[str, tuple[tuple[float, ...] | None, tuple[float, ...] | None]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception (x - 0.5) / 0.5": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "none (pixels in [0, 1])": (None, None),
+    "clip": ((0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)),
+}
+
+
+def suggest_normalisation(classifier: "Classifier", images: Tensor) -> list[dict]:
+    """:func:`check_inputs` under each of :data:`COMMON_NORMALISATIONS` (the classifier's own size and channels
+    kept), best first (spread ratio closest to 1 on a log scale): ``[{"name", "mean", "std", "spread_ratio",
+    "mean_offset", "suspicious"}]``. Empty when the model has nothing to check against."""
+    out = []
+    for name, (mean, std) in COMMON_NORMALISATIONS.items():
+        pre = classifier.preprocessing
+        trial = Preprocessing(size=pre.size, mean=mean, std=std, channels=pre.channels) if pre.channels == 3 else \
+            Preprocessing(size=pre.size, mean=None if mean is None else mean[:1], std=None if std is None else std[:1],
+                          channels=1)
+        check = check_inputs(replace(classifier, preprocessing=trial), images)
+        if check is None:
+            return []
+        out.append({"name": name, "mean": trial.mean, "std": trial.std, "spread_ratio": check.spread_ratio,
+                    "mean_offset": check.mean_offset, "suspicious": check.suspicious})
+    return sorted(out, key=lambda r: abs(math.log(max(r["spread_ratio"], 1e-12))))
 
 
 # ---------------------------------------------------------------------------------------------- spec loading
