@@ -234,6 +234,10 @@ def test_real_efficientnet_at_224_px_gets_full_resolution_counterfactuals(tmp_pa
     fitted = cfx.fit(model, TensorSource(x[:24], labels[:24]), tmp_path / "fitted", ae_epochs=2,
                      calibration_fraction=0.5, progress=False)
     assert fitted.autoencoder.image_size == (64, 64)
+    import json
+
+    kept = json.loads((tmp_path / "fitted" / "manifest.json").read_text())["input_check"]
+    assert kept["layer"] == "_bn0" and not kept["suspicious"]  # the model's own normalisation
     incoming = torch.cat([x[24:], x[24:26] * 0.3])  # two of them darkened
     run = cfx.explain(model, TensorSource(incoming, ids=[f"in-{i}" for i in range(6)]), fitted, tmp_path / "review",
                       generators=("reco", "lnn") if fitted.latent_index is not None else ("reco",), flag_score="parce",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from cfx.core.data import ImageSource, Record, iter_batches
 from cfx.core.images import as_float_images, resize
-from cfx.core.models import Classifier, model_fingerprint
+from cfx.core.models import Classifier, check_inputs, model_fingerprint
 from cfx.core.nets import ConvAutoencoder
 from cfx.core.shifts import CAUSES, apply_shift
 from cfx.core.training import train_model
@@ -132,6 +132,9 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ref = _collect(classifier, train, batch_size, progress, "reference")
+    checked = check_inputs(classifier, as_float_images(ref["images"][:32])) if len(ref["images"]) else None
+    if checked is not None and checked.suspicious:
+        warnings.warn(checked.message, UserWarning, stacklevel=2)
     labelled = bool((ref["labels"] >= 0).all())
     if not labelled and (ref["labels"] >= 0).any():
         raise ValueError(f"{int((ref['labels'] < 0).sum())} of {len(ref['labels'])} reference images have no label; "
@@ -316,6 +319,7 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         "labelled": labelled,
         "unavailable": unavailable,
         "uncalibrated": uncalibrated,
+        "input_check": checked.to_dict() if checked is not None else None,
         "reference_statistics": reference_stats,
         "edit_ranges": edit_ranges,
         "seconds": round(time.perf_counter() - t0, 1),
