@@ -499,6 +499,19 @@ class InputCheck:
                 "spread_ratio": self.spread_ratio, "mean_offset": self.mean_offset, "suspicious": self.suspicious}
 
 
+def _batch_norms(classifier: "Classifier") -> list[tuple[str, nn.Module]]:
+    """The model's 2-D batch-norm layers with running statistics (none for TorchScript, which takes no hooks)."""
+    if isinstance(classifier.model, torch.jit.ScriptModule):
+        return []
+    return [(name, m) for name, m in classifier.model.named_modules()
+            if isinstance(m, nn.BatchNorm2d) and m.running_var is not None]
+
+
+def checks_inputs(classifier: "Classifier") -> bool:
+    """Whether :func:`check_inputs` has anything to check this model against (no images needed)."""
+    return bool(_batch_norms(classifier))
+
+
 def check_inputs(classifier: "Classifier", images: Tensor) -> InputCheck | None:
     """Compare what the model's first batch-norm layer (the first to run) sees on ``images`` ``(N, 3, H, W)`` in
     [0, 1] with its running statistics (:class:`InputCheck`): a check of ``--mean/--std``, whose mistakes are silent
@@ -509,10 +522,7 @@ def check_inputs(classifier: "Classifier", images: Tensor) -> InputCheck | None:
     images = classifier._check_images(images)
     if len(images) == 0:
         raise ValueError("check_inputs needs at least one image")
-    if isinstance(classifier.model, torch.jit.ScriptModule):
-        return None
-    norms = [(name, m) for name, m in classifier.model.named_modules()
-             if isinstance(m, nn.BatchNorm2d) and m.running_var is not None]
+    norms = _batch_norms(classifier)
     if not norms:
         return None
     seen: list[tuple[str, nn.Module, Tensor]] = []

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cfx.core.data import Batch, DataSourceError, ImageSource, iter_batches, open_source
-from cfx.core.models import Classifier, check_inputs, load_classifier
+from cfx.core.models import Classifier, check_inputs, checks_inputs, load_classifier
 from cfx.core.runstore import RunStore, png_bytes
 from cfx.evidence import RunReference
 from cfx.trust.scoring import ScoreTable
@@ -151,6 +151,8 @@ def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | N
 def input_check(classifier: Classifier, source: ImageSource, images: int = 32) -> dict[str, Any] | None:
     """:func:`cfx.core.models.check_inputs` on the first readable ``images`` of ``source``, with a warning when the
     normalisation looks wrong; ``None`` when the model has nothing to check against (or no image is readable)."""
+    if not checks_inputs(classifier):  # no batch norm, or TorchScript: nothing is read
+        return None
     for batch in iter_batches(source, images, size=classifier.preprocessing.size):
         if len(batch):
             check = check_inputs(classifier, batch.images)
