@@ -467,8 +467,8 @@ class InputCheck:
 
     ``spread_ratio`` is the median over channels of the inputs' standard deviation over the running one, and
     ``mean_offset`` the median of ``|mean − running mean| / running std``. With the preprocessing the model was
-    trained with, natural images give a spread ratio near 1 (EfficientNet-Lite0 on photographs: 0.86); a wrong
-    ``--mean/--std`` moves it by about the ratio of the two stds (ImageNet's std on that model: 1.9), and a missing
+    trained with, natural images give a spread ratio near 1 (EfficientNet-Lite0 on photographs: 0.86–0.89); a wrong
+    ``--mean/--std`` moves it by about the ratio of the two stds (ImageNet's std on that model: 1.8–2.0), and a missing
     normalisation by far more. A data set far from the training data (all images darkened, say) moves it too.
     """
 
@@ -497,6 +497,10 @@ class InputCheck:
     def to_dict(self) -> dict:
         return {"layer": self.layer, "channels": self.channels, "images": self.images,
                 "spread_ratio": self.spread_ratio, "mean_offset": self.mean_offset, "suspicious": self.suspicious}
+
+
+class _SeenFirstNorm(Exception):
+    """Raised by :func:`check_inputs`'s hook to stop the forward pass at the first batch-norm layer."""
 
 
 def _batch_norms(classifier: "Classifier") -> list[tuple[str, nn.Module]]:
@@ -531,12 +535,15 @@ def check_inputs(classifier: "Classifier", images: Tensor) -> InputCheck | None:
         def record(_module: nn.Module, inputs: tuple) -> None:
             if not seen and isinstance(inputs[0], Tensor):
                 seen.append((name, module, inputs[0].detach()))
+                raise _SeenFirstNorm  # the rest of the forward pass is not needed
         return record
 
     handles = [m.register_forward_pre_hook(hook(name, m)) for name, m in norms]
     try:
         with torch.inference_mode():
             classifier.model(classifier.preprocessing(images))
+    except _SeenFirstNorm:
+        pass
     finally:
         for h in handles:
             h.remove()
