@@ -382,8 +382,8 @@ def test_input_check_tells_efficientnet_lites_own_normalisation_from_imagenets()
     x = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32) / 255).permute(2, 0, 1) for p in photos])
     lite = load_classifier(f"python:{FACTORIES}:efficientnet_lite0", image_size="224",
                            mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
-    imagenet = load_classifier(f"python:{FACTORIES}:efficientnet_lite0", image_size="224",
-                               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    imagenet = Classifier.wrap(lite.model, preprocessing=Preprocessing(
+        size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))  # the same weights
     right, wrong = check_inputs(lite, x), check_inputs(imagenet, x)
     assert not right.suspicious and wrong.suspicious
     assert wrong.spread_ratio / right.spread_ratio == pytest.approx(2.2, rel=0.1)  # ≈ 0.502 / 0.226
