@@ -38,6 +38,7 @@ from .images import luma
 from .registry import Registry
 
 __all__ = [
+    "COMMON_NORMALISATIONS",
     "Classifier",
     "ClassifierError",
     "InputCheck",
