@@ -326,9 +326,12 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
                               desc="classifying", unit="batch"):
                 errors += [{"id": r.id, "error": r.error} for r in batch.errors]
                 if len(batch) and check is None and counts["images"] == 0:
-                    check = check_inputs(classifier, batch.images[:32])
-                    candidates = suggest_normalisation(classifier, batch.images[:32]) if (
-                        check is not None and check.suspicious) else []
+                    try:  # advisory: a model that rejects the batch is reported by the classification below
+                        check = check_inputs(classifier, batch.images[:32])
+                        candidates = suggest_normalisation(classifier, batch.images[:32]) if (
+                            check is not None and check.suspicious) else []
+                    except Exception:
+                        check, candidates = None, []
                 if len(batch):
                     pred = classifier.logits(batch.images).argmax(1).cpu()
                     known = batch.labels >= 0

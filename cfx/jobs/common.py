@@ -155,7 +155,10 @@ def input_check(classifier: Classifier, source: ImageSource, images: int = 32) -
         return None
     for batch in iter_batches(source, images, size=classifier.preprocessing.size):
         if len(batch):
-            check = check_inputs(classifier, batch.images)
+            try:
+                check = check_inputs(classifier, batch.images)
+            except Exception:  # advisory: a batch the model rejects becomes error rows when it is scored
+                return None
             if check is None:
                 return None
             if check.suspicious:

@@ -132,7 +132,10 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ref = _collect(classifier, train, batch_size, progress, "reference")
-    checked = check_inputs(classifier, as_float_images(ref["images"][:32])) if len(ref["images"]) else None
+    try:  # advisory: it never stops a fit
+        checked = check_inputs(classifier, as_float_images(ref["images"][:32])) if len(ref["images"]) else None
+    except Exception:
+        checked = None
     if checked is not None and checked.suspicious:
         warnings.warn(checked.message, UserWarning, stacklevel=2)
     labelled = bool((ref["labels"] >= 0).all())
