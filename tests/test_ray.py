@@ -82,7 +82,9 @@ def _ray_processes() -> set[int]:
     return found
 
 
-def _wait_until_gone(pids: set[int], seconds: float = 30.0) -> set[int]:
+def _wait_until_gone(pids: set[int], seconds: float = 90.0) -> set[int]:
+    """The pids still alive after up to ``seconds`` (a loaded 2-core machine has taken over 30 s to stop a raylet
+    after ``ray.shutdown()``; a process that outlives 90 s is left behind)."""
     deadline = time.time() + seconds
     left = pids
     while left and time.time() < deadline:
