@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
-from unlabelled_photos import CAUSES, apply, crops, photographs  # noqa: E402
+from unlabelled_photos import CAUSES, crops, folder_items, photographs  # noqa: E402
 
 from factories import efficientnet_lite0_classifier  # noqa: E402
 
@@ -35,15 +35,10 @@ SCORES = ("gradtrust_topk", "gradtrust", "msp", "energy", "neg_entropy", "margin
 
 
 def folder(photos, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """The images and causes of `unlabelled_photos.write_folder` (the same order and random draws), in memory."""
-    rng = np.random.default_rng(seed)
-    images, causes = [], []
-    for i, (_, img) in enumerate(crops(photos, n, seed)):
-        cause = CAUSES[i % len(CAUSES)]
-        for kind, out in (("clean", img), (cause, apply(cause, img, rng))):
-            images.append(torch.from_numpy(np.asarray(out, dtype=np.float32) / 255).permute(2, 0, 1))
-            causes.append(kind)
-    return torch.stack(images), causes
+    """The images and causes of `unlabelled_photos.write_folder`, in memory."""
+    items = list(folder_items(crops(photos, n, seed), corrupt=True, seed=seed))
+    images = [torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1) for *_, img in items]
+    return torch.stack(images), [cause for _, cause, _, _ in items]
 
 
 def main() -> None:

@@ -74,19 +74,25 @@ def apply(cause: str, img: Image.Image, rng: np.random.Generator) -> Image.Image
     return Image.fromarray((x.clip(0, 1) * 255).round().astype(np.uint8))
 
 
+def folder_items(items: list[tuple[str, Image.Image]], corrupt: bool, seed: int):
+    """``(name, cause, photo, image)`` of the folder, in order: each crop ("clean") and, with ``corrupt``, its
+    corrupted copy (the causes in turn, one seeded generator for the noise)."""
+    rng = np.random.default_rng(seed)
+    for i, (photo, img) in enumerate(items):
+        yield f"{i:04d}-c", "clean", photo, img
+        if corrupt:
+            cause = CAUSES[i % len(CAUSES)]
+            yield f"{i:04d}-x", cause, photo, apply(cause, img, rng)
+
+
 def write_folder(folder: Path, items: list[tuple[str, Image.Image]], corrupt: bool, seed: int) -> dict[str, str]:
     """PNG files named by index; returns file name → cause ("clean" or the cause) and photo."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
     truth = {}
-    for i, (photo, img) in enumerate(items):
-        img.save(folder / f"{i:04d}-c.png")
-        truth[f"{i:04d}-c"] = ("clean", photo)
-        if corrupt:
-            cause = CAUSES[i % len(CAUSES)]
-            apply(cause, img, rng).save(folder / f"{i:04d}-x.png")
-            truth[f"{i:04d}-x"] = (cause, photo)
+    for name, cause, photo, img in folder_items(items, corrupt, seed):
+        img.save(folder / f"{name}.png")
+        truth[name] = (cause, photo)
     return truth
 
 

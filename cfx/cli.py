@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .core.data import DataSourceError, iter_batches, open_source
 from .core.images import is_grey
-from .core.models import ClassifierError, check_inputs, load_classifier, suggest_normalisation
+from .core.models import ClassifierError, advise_on_inputs, load_classifier, suggest_normalisation
 from .core.registry import load_plugins
 from .core.runstore import RunStoreError
 from .core.shifts import CAUSES, SHIFTS, apply_shift
@@ -326,12 +326,9 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
                               desc="classifying", unit="batch"):
                 errors += [{"id": r.id, "error": r.error} for r in batch.errors]
                 if len(batch) and check is None and counts["images"] == 0:
-                    try:  # advisory: a model that rejects the batch is reported by the classification below
-                        check = check_inputs(classifier, batch.images[:32])
-                        candidates = suggest_normalisation(classifier, batch.images[:32]) if (
-                            check is not None and check.suspicious) else []
-                    except Exception:
-                        check, candidates = None, []
+                    check = advise_on_inputs(classifier, batch.images[:32], warn=False)  # printed below
+                    candidates = suggest_normalisation(classifier, batch.images[:32]) if (
+                        check is not None and check.suspicious) else []
                 if len(batch):
                     pred = classifier.logits(batch.images).argmax(1).cpu()
                     known = batch.labels >= 0

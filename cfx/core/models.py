@@ -43,6 +43,7 @@ __all__ = [
     "ClassifierError",
     "InputCheck",
     "Preprocessing",
+    "advise_on_inputs",
     "MODEL_KINDS",
     "ModelOptions",
     "check_inputs",
@@ -560,6 +561,18 @@ def check_inputs(classifier: "Classifier", images: Tensor) -> InputCheck | None:
     offset = (x.mean((0, 2, 3))[live] - module.running_mean.double()[live]).abs() / running_std
     return InputCheck(layer=name, channels=int(live.sum()), images=len(images),
                       spread_ratio=float((std / running_std).median()), mean_offset=float(offset.median()))
+
+
+def advise_on_inputs(classifier: "Classifier", images: Tensor, warn: bool = True) -> InputCheck | None:
+    """:func:`check_inputs` as advice: a warning when the check is suspicious (with ``warn``), and ``None`` instead
+    of an error when the model rejects ``images`` (the caller's own pass reports that)."""
+    try:
+        check = check_inputs(classifier, images)
+    except Exception:
+        return None
+    if warn and check is not None and check.suspicious:
+        warnings.warn(check.message, UserWarning, stacklevel=3)
+    return check
 
 
 #: Normalisations models are commonly trained with, as (mean, std) on pixels in [0, 1]: what

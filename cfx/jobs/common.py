@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cfx.core.data import Batch, DataSourceError, ImageSource, iter_batches, open_source
-from cfx.core.models import Classifier, check_inputs, checks_inputs, load_classifier
+from cfx.core.models import Classifier, advise_on_inputs, checks_inputs, load_classifier
 from cfx.core.runstore import RunStore, png_bytes
 from cfx.evidence import RunReference
 from cfx.trust.scoring import ScoreTable
@@ -154,16 +153,9 @@ def input_check(classifier: Classifier, source: ImageSource, images: int = 32) -
     if not checks_inputs(classifier):  # no batch norm, or TorchScript: nothing is read
         return None
     for batch in iter_batches(source, images, size=classifier.preprocessing.size):
-        if len(batch):
-            try:
-                check = check_inputs(classifier, batch.images)
-            except Exception:  # advisory: a batch the model rejects becomes error rows when it is scored
-                return None
-            if check is None:
-                return None
-            if check.suspicious:
-                warnings.warn(check.message, UserWarning, stacklevel=2)
-            return check.to_dict()
+        if len(batch):  # a batch the model rejects becomes error rows when it is scored
+            check = advise_on_inputs(classifier, batch.images)
+            return None if check is None else check.to_dict()
     return None
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from cfx.core.data import ImageSource, Record, iter_batches
 from cfx.core.images import as_float_images, resize
-from cfx.core.models import Classifier, check_inputs, model_fingerprint
+from cfx.core.models import Classifier, advise_on_inputs, model_fingerprint
 from cfx.core.nets import ConvAutoencoder
 from cfx.core.shifts import CAUSES, apply_shift
 from cfx.core.training import train_model
@@ -132,12 +132,7 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ref = _collect(classifier, train, batch_size, progress, "reference")
-    try:  # advisory: it never stops a fit
-        checked = check_inputs(classifier, as_float_images(ref["images"][:32])) if len(ref["images"]) else None
-    except Exception:
-        checked = None
-    if checked is not None and checked.suspicious:
-        warnings.warn(checked.message, UserWarning, stacklevel=2)
+    checked = advise_on_inputs(classifier, as_float_images(ref["images"][:32])) if len(ref["images"]) else None
     labelled = bool((ref["labels"] >= 0).all())
     if not labelled and (ref["labels"] >= 0).any():
         raise ValueError(f"{int((ref['labels'] < 0).sum())} of {len(ref['labels'])} reference images have no label; "
