@@ -70,6 +70,10 @@ class Editor:
     directions: tuple[str, ...] = ("increase",)
     #: whether the edit can correct an image (tried by the restoring search) or only probes it (occlusion)
     restores: ClassVar[bool] = True
+    #: whether the strengths round to a few distinct edits (pixelation's block sizes), so the classifier's response
+    #: jumps from one strength to the next: the screened search (:func:`~cfx.generators.sweep_edits`) then sweeps
+    #: the editor at every strength instead of screening it at a few
+    discrete_strengths: ClassVar[bool] = False
 
     def _apply(self, images: Tensor, strength: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -238,6 +242,7 @@ class Pixelation(Editor):
     property: str = "pixelation"
     neutral: float = 1.0
     range: tuple[float, float] = (1.0, 8.0)
+    discrete_strengths: ClassVar[bool] = True
 
     def _apply(self, x, s):
         out = x.clone()

@@ -14,7 +14,9 @@ Two searches (``search=``):
   ``property_curve`` run separately.
 * ``"screened"``: every restoring direction at ``screen_steps`` of its strengths first (three of eight by default);
   per image, only the ``screen_top`` directions that reached the highest score are swept at every strength. Their best edit is the
-  restoring edit and their sweeps are the property curves shown. ``docs/results.md`` has how often this agrees
+  restoring edit and their sweeps are the property curves shown. Editors with ``discrete_strengths`` (pixelation,
+  whose strengths round to block sizes) are swept at every strength for every image instead of being screened, and
+  compete for the ``screen_top`` places with their best score. ``docs/results.md`` has how often this agrees
   with the full search and what it saves.
 """
 
@@ -185,26 +187,29 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
             s = strengths_of(e, d)
             live = ~unchanged(e, s)
             rows = torch.nonzero(live).flatten()
-            after = torch.full((n, len(screen)), -torch.inf)               # never picked when nothing changes
-            probs = probs0.unsqueeze(1).repeat(1, len(screen), 1)
-            after[rows], probs[rows] = evaluate(e, s[rows][:, screen], rows, True)
-            screened[(position[id(e)], d)] = (s, after, probs)
+            # an editor whose strengths round to a few distinct edits is not screened but swept at every strength:
+            # its score jumps between neighbouring strengths, so three of them say little about the rest
+            cols = list(range(steps)) if getattr(e, "discrete_strengths", False) else screen
+            after = torch.full((n, len(cols)), -torch.inf)               # never picked when nothing changes
+            probs = probs0.unsqueeze(1).repeat(1, len(cols), 1)
+            after[rows], probs[rows] = evaluate(e, s[rows][:, cols], rows, True)
+            screened[(position[id(e)], d)] = (s, after, probs, cols)
             live_of[(position[id(e)], d)] = live
         keys = list(screened)
         best = torch.stack([screened[k][1].max(1).values for k in keys], 1)     # (N, E) best screened score
         # per image the screen_top most promising directions; each direction is swept for the images that chose it
         top = torch.argsort(best, dim=1, descending=True, stable=True)[:, :screen_top]
-        rest = [i for i in range(steps) if i not in screen]
         swept_mask = {}
         for c, key in enumerate(keys):
-            s, after_screen, probs_screen = screened[key]
+            s, after_screen, probs_screen, cols = screened[key]
+            rest = [i for i in range(steps) if i not in cols]
             live = live_of[key]
-            chosen = (top == c).any(1) & live
+            chosen = ((top == c).any(1) if rest else torch.ones(n, dtype=torch.bool)) & live
             after = before.unsqueeze(1).repeat(1, steps)
             after[live] = -torch.inf
-            after[:, screen] = torch.where(live.unsqueeze(1), after_screen, after[:, screen])
+            after[:, cols] = torch.where(live.unsqueeze(1), after_screen, after[:, cols])
             probs = probs0.unsqueeze(1).repeat(1, steps, 1)
-            probs[:, screen] = probs_screen
+            probs[:, cols] = probs_screen
             if chosen.any() and rest:
                 idx = torch.nonzero(chosen).flatten()
                 a, p = evaluate(editors[key[0]], s[idx][:, rest], idx, True)

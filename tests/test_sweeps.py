@@ -106,6 +106,21 @@ def test_screened_search_sweeps_only_the_most_promising_directions(setup):
            [r.property + ":" + r.direction for r in full.restoring[:6]]
 
 
+def test_pixelation_is_swept_at_every_strength_not_screened(setup):
+    model, images, target, _ = setup
+    pixelation = Pixelation()
+    editors = [e for e in parametric_editors() if e.property == "brightness"] + [pixelation]
+    # over the editors' own ranges (block sizes 2 to 8), one screened strength and one direction swept per image:
+    # pixelation's best gain is still the exhaustive search's, from every one of its strengths
+    screened = sweep_edits(model, target, images, editors, steps=8, search="screened", screen_top=1,
+                           screen_steps=(8,))
+    alone = restoring_edits(lambda x: target(x), images, [pixelation], steps=8)
+    for r, a in zip(screened.restoring, alone):
+        assert r.all_gains["pixelation:increase"] == pytest.approx(a.all_gains["pixelation:increase"], abs=1e-5)
+    curves = [c for c in screened.curves if c.property == "pixelation"]
+    assert len(curves) == 1 and curves[0].rows.tolist() == list(range(len(images)))  # a curve for every image
+
+
 def test_logits_already_computed_save_the_originals_forward_pass(setup):
     model, images, target, ranges = setup
     with torch.inference_mode():
