@@ -12,6 +12,11 @@ the ``--lgd-images``, the causes named with the evidence stage's LGD schedule ag
 
     python bench/explain_cost.py --model efficientnet [--fitted /tmp/cfx-real224/fitted] [--images 40]
     python bench/explain_cost.py --model demo:shapes [--images 150]     # the demo CNN at 32 px, the causes of cfx.core.shifts applied
+    python bench/explain_cost.py --model demo:shapes --against-previous 5   # throughput against the previous settings
+
+``--against-previous N`` times the whole evidence stage (generators Reco, LGD and LNN, screened search) N times
+under the current settings and N times under the previous ones (pixelation screened like every editor; LGD in 3
+steps of 1/30), alternating in one process, and prints the ratio of images explained per second.
 
 ``--model efficientnet`` is the real EfficientNet-Lite0 at 224 px; the folder comes from ``bench/real_224.py``. Its
 images are the incoming crops and reference crops with one of the causes applied, the least competent kept.
@@ -100,6 +105,35 @@ def lgd_after(evidence) -> float:
     return next(c["score_after"] for c in evidence.counterfactuals if c["method"] == "lgd")
 
 
+def against_previous(model, fitted, images, pairs: int) -> None:
+    """Images explained per second under the current settings and the previous ones, alternating in one run."""
+    from cfx.generators import Pixelation
+
+    current = dict(cfx.evidence.LGD_SCHEDULE)
+
+    def timed(previous: bool) -> float:
+        Pixelation.discrete_strengths = not previous
+        cfx.evidence.LGD_SCHEDULE.update(steps=3, lr=1 / 30) if previous else cfx.evidence.LGD_SCHEDULE.update(current)
+        try:
+            t = time.perf_counter()
+            collect_evidence(model, fitted, images, generators=("reco", "lgd", "lnn"), search="screened")
+            return len(images) / (time.perf_counter() - t)
+        finally:
+            Pixelation.discrete_strengths = True
+            cfx.evidence.LGD_SCHEDULE.update(current)
+
+    timed(False)  # warm-up
+    rates = {"current": [], "previous": []}
+    for _ in range(pairs):
+        rates["current"].append(timed(False))
+        rates["previous"].append(timed(True))
+    ratios = sorted(c / p for c, p in zip(rates["current"], rates["previous"]))
+    median = lambda v: sorted(v)[len(v) // 2]
+    print(f"{len(images)} images, {pairs} alternating pairs: images explained per second, current "
+          f"{median(rates['current']):.1f} against previous {median(rates['previous']):.1f}; ratio of pairs median "
+          f"{median(ratios):.3f} (range {ratios[0]:.3f}-{ratios[-1]:.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet")
@@ -110,8 +144,12 @@ def main() -> None:
                         help="LGD's cost, and its causes against the 10-step schedule, are measured on this many.")
     parser.add_argument("--no-first-build", action="store_true",
                         help="Skip the first build's property edits (the slowest part; for agreement runs).")
+    parser.add_argument("--against-previous", type=int, default=0, metavar="N",
+                        help="Only time the evidence stage N times under the current and the previous settings.")
     args = parser.parse_args()
     model, fitted, images = load(args)
+    if args.against_previous:
+        return against_previous(model, fitted, images, args.against_previous)
     n = len(images)
     ranges = resolve_edit_ranges("reference", fitted)
     def plain_forward() -> float:
