@@ -585,8 +585,8 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @click.option("--dataset-description", default=None, help="One sentence about the data, for LLM prompts.")
 @click.option("--edit-search", type=click.Choice(["auto", "screened", "full"]), default="auto", show_default=True,
               help="How the restoring edit and the property curves are searched: screened (every direction at three "
-                   "strengths, the 3 most promising at every strength), full (every direction at every strength), "
-                   "or auto: screened with --fitted, full without.")
+                   "strengths, pixelation and the 3 most promising at every strength), full (every direction at "
+                   "every strength), or auto: screened with --fitted, full without.")
 @click.option("--edit-range", type=click.Choice(["reference", "full"]), default="reference", show_default=True,
               help="How far property edits go: as far as the reference images reach (the fitted folder's, else the "
                    "run's most trusted), or each editor's full range.")
