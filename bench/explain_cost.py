@@ -113,7 +113,7 @@ def against_previous(model, fitted, images, pairs: int) -> None:
 
     def timed(previous: bool) -> float:
         Pixelation.discrete_strengths = not previous
-        cfx.evidence.LGD_SCHEDULE.update(steps=3, lr=1 / 30) if previous else cfx.evidence.LGD_SCHEDULE.update(current)
+        cfx.evidence.LGD_SCHEDULE.update(dict(steps=3, lr=1 / 30) if previous else current)
         try:
             t = time.perf_counter()
             collect_evidence(model, fitted, images, generators=("reco", "lgd", "lnn"), search="screened")
