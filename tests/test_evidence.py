@@ -52,8 +52,12 @@ def test_collect_evidence_on_demo_cause_images(shapes_models):
     assert {c["method"] for c in evs[0].counterfactuals} == {"reco", "lgd", "lnn"} and evs[0].neighbour
     # LGD's budget in the evidence stage: at most 10 optimisation steps per image
     assert all(c["steps"] <= 10 for e in evs for c in e.counterfactuals if c["method"] == "lgd")
-    # the screened search's curves are those of the 3 directions it swept in full: darkening among them
-    assert all(len(e.property_curves) == 3 for e in evs)
+    # the screened search's curves are those of the 3 directions it swept in full, darkening among them, and
+    # pixelation's (swept at every strength for every image) when it is not one of the 3
+    for e in evs:
+        swept = [(c["property"], c["direction"]) for c in e.property_curves]
+        assert len(set(swept)) == len(swept) and (len(swept) == 3 or (len(swept) == 4 and ("pixelation", "increase")
+                                                                         in swept))
     assert sum(any((c["property"], c["direction"]) == ("brightness", "decrease") for c in e.property_curves)
                for e in evs) >= 15
     full = collect_evidence(clf, fitted, bright[:2], search="full")  # a curve per editor, first direction
