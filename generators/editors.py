@@ -113,6 +113,11 @@ class Editor:
         ``strengths``: shared ``(S,)`` or per image ``(N, S)``. ``attributes`` is for re-rendering editors and
         ignored here (pixels are all a parametric edit needs). ``anchor``: :meth:`anchor` of the same images, when
         already computed."""
+        return torch.cat([images.unsqueeze(1), self.edited(images, strengths, anchor=anchor)], dim=1)
+
+    def edited(self, images: Tensor, strengths: Sequence[float] | Tensor, *, anchor: Tensor | None = None) -> Tensor:
+        """:meth:`edit` without the original: ``(N, S, 3, H, W)``, one image per strength (no copy of the originals,
+        for sweeps that already hold them)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         s = strength_grid(strengths, len(images), images.dtype, images.device)
@@ -129,7 +134,7 @@ class Editor:
         else:  # the strength-free part once per image, then one blend per strength
             flat = self._blend(images.repeat_interleave(steps, 0), anchor.repeat_interleave(steps, 0),
                                s.reshape(-1)).clamp(0, 1)
-        return torch.cat([images.unsqueeze(1), flat.view(n, steps, *images.shape[1:])], dim=1)
+        return flat.view(n, steps, *images.shape[1:])
 
     def sweep(self, direction: str | None = None, steps: int = 10) -> Tensor:
         """``steps`` strengths from just past neutral to the end of the range in ``direction``."""

@@ -142,12 +142,12 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
         if len(rows) == 0:
             return torch.empty(0, m), torch.empty(0, m, probs0.shape[1])
         anchor = anchor_of(editor)
-        seq = editor.edit(images[rows], s, **({"anchor": anchor[rows]} if anchor is not None else {}))[:, 1:]
+        extra = {"anchor": anchor[rows]} if anchor is not None else {}
+        seq = (editor.edited(images[rows], s, **extra) if hasattr(editor, "edited")   # re-rendering editors: edit
+               else editor.edit(images[rows], s, **extra)[:, 1:])
         # an edit that leaves the image as it was (pixelation's block sizes round to 1 near neutral), or as the
         # previous strength left it (two strengths rounding to the same block), is not run through the classifier
-        original = (seq == images[rows].unsqueeze(1)).flatten(2).all(2).cpu()       # (len(rows), S)
-        repeated = torch.zeros_like(original)
-        repeated[:, 1:] = (seq[:, 1:] == seq[:, :-1]).flatten(2).all(2).cpu()
+        original, repeated = _unchanged_edits(images[rows], seq)
         fresh = ~original & ~repeated
         p, a = (scorer(seq[fresh.to(seq.device)]) if fresh.any()
                 else (torch.empty(0, probs0.shape[1]), torch.empty(0)))
@@ -234,6 +234,22 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
         else:
             curves.append(_curve(e, key[1], s, probs0, probs, None, permutations, seed))
     return EditSweeps(restoring, curves, scorer.evaluated, before)
+
+
+def _unchanged_edits(images: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
+    """Which edits ``seq (N, S, 3, H, W)`` of ``images (N, 3, H, W)`` equal the original, and which equal the previous
+    strength's: two ``(N, S)`` boolean tensors, exact. Pixel sums pick the candidates (one pass, no full-size
+    comparison); only those are compared pixel by pixel."""
+    sums = seq.flatten(2).sum(2)                                            # (N, S)
+    close = lambda a, b: torch.isclose(a, b, rtol=1e-5, atol=1e-3)  # summation order may differ between shapes
+    original = close(sums, images.flatten(1).sum(1).unsqueeze(1))
+    repeated = torch.zeros_like(original)
+    repeated[:, 1:] = close(sums[:, 1:], sums[:, :-1])
+    i, k = torch.nonzero(original, as_tuple=True)
+    original[i, k] = (seq[i, k] == images[i]).flatten(1).all(1)
+    i, k = torch.nonzero(repeated, as_tuple=True)
+    repeated[i, k] = (seq[i, k] == seq[i, k - 1]).flatten(1).all(1)
+    return original.cpu(), repeated.cpu()
 
 
 def _best_edits(names: list[tuple[Editor, str]], sweeps: list[tuple[Tensor, Tensor, Tensor]], before: Tensor,

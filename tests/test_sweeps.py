@@ -171,3 +171,21 @@ def test_an_anchor_computed_once_gives_the_same_edits_and_ranges():
                                        ranges.limits(editor, x, editor.directions[0], search=search))
         with pytest.raises(ValueError, match="anchor must be"):
             editor.apply(x, 0.5, anchor=anchor[:2])
+
+
+def test_unchanged_edits_are_exactly_the_equal_images_even_when_sums_tie():
+    from cfx.generators.sweeps import _unchanged_edits
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 8, 8, generator=g)
+    seq = torch.rand(4, 5, 3, 8, 8, generator=g)
+    seq[0, 0] = images[0]                                   # the original
+    seq[1, 2] = seq[1, 1]                                   # the previous strength's
+    seq[2, 0] = images[2].flip(-1)                          # same pixel sum, a different image
+    seq[3, 3] = seq[3, 2].roll(1, -1)                       # same pixel sum as its predecessor, different
+    original, repeated = _unchanged_edits(images, seq)
+    naive_original = (seq == images.unsqueeze(1)).flatten(2).all(2)
+    naive_repeated = torch.zeros_like(naive_original)
+    naive_repeated[:, 1:] = (seq[:, 1:] == seq[:, :-1]).flatten(2).all(2)
+    assert original.tolist() == naive_original.tolist() and repeated.tolist() == naive_repeated.tolist()
+    assert original.sum() == 1 and repeated.sum() == 1
