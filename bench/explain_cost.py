@@ -83,22 +83,35 @@ def legacy_edits(model, fitted, images, ranges, steps=8):
      for e in editors]
 
 
-def agreement(model, fitted, images, full, screened, steps=8) -> tuple[float, int]:
-    """Share of images whose screened restoring edit is the full one's (see the module docs), and the count."""
+def agrees(full: dict, screened: dict, end: float, neutral: float, steps: int = 8) -> bool:
+    """Whether a screened restoring edit is the full one (``{"property", "direction", "strength"}`` each): the same
+    property and direction with the strength within one grid step (``end``: where the direction's range ends for
+    the image), or both find nothing."""
+    if full["property"] == "none" or screened["property"] == "none":
+        return full["property"] == screened["property"]
+    return ((full["property"], full["direction"]) == (screened["property"], screened["direction"])
+            and abs(full["strength"] - screened["strength"]) <= abs(end - neutral) / steps + 1e-6)
+
+
+def agreement(fitted, images, full: list[dict], screened: list[dict], steps: int = 8) -> float:
+    """Share of images whose screened restoring edit is the full one (:func:`agrees`)."""
     ranges = resolve_edit_ranges("reference", fitted)
     editors = {e.property: e for e in parametric_editors()}
     same = 0
     for i, (a, b) in enumerate(zip(full, screened)):
-        ra, rb = a.restoring_edit, b.restoring_edit
-        if ra["property"] == "none" or rb["property"] == "none":
-            same += ra["property"] == rb["property"]
-            continue
-        if (ra["property"], ra["direction"]) != (rb["property"], rb["direction"]):
-            continue
-        e = editors[ra["property"]]
-        end = float(ranges.limits(e, images[i:i + 1], ra["direction"])[0])
-        same += abs(ra["strength"] - rb["strength"]) <= abs(end - e.neutral) / steps + 1e-6
-    return same / len(full), len(full)
+        e = editors.get(a["property"])
+        end = float(ranges.limits(e, images[i:i + 1], a["direction"])[0]) if e is not None else 0.0
+        same += agrees(a, b, end, e.neutral if e is not None else 0.0, steps)
+    return same / len(full)
+
+
+def data_arguments(parser: argparse.ArgumentParser, images: int, seed: int) -> argparse.ArgumentParser:
+    """The options :func:`load` reads."""
+    parser.add_argument("--model", default="efficientnet")
+    parser.add_argument("--fitted", default="/tmp/cfx-real224/fitted")
+    parser.add_argument("--images", type=int, default=images)
+    parser.add_argument("--seed", type=int, default=seed)
+    return parser
 
 
 def lgd_after(evidence) -> float:
@@ -135,11 +148,7 @@ def against_previous(model, fitted, images, pairs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="efficientnet")
-    parser.add_argument("--fitted", default="/tmp/cfx-real224/fitted")
-    parser.add_argument("--images", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=3)
+    parser = data_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), images=40, seed=3)
     parser.add_argument("--lgd-images", type=int, default=8,
                         help="LGD's cost, and its causes against the 10-step schedule, are measured on this many.")
     parser.add_argument("--no-first-build", action="store_true",
@@ -198,7 +207,9 @@ def main() -> None:
         print(f"| {stage} | {first} | " + " | ".join(f"{timings[s].get(stage, 0.0) / n / forward:.1f}"
                                                   for s in runs)
               + f" | {timings['screened'].get(stage, 0.0) / n:.3f} |")
-    share, count = agreement(model, fitted, images, runs["full"], runs["screened"])
+    share = agreement(fitted, images, [e.restoring_edit for e in runs["full"]],
+                      [e.restoring_edit for e in runs["screened"]])
+    count = n
     reporter = EvidenceReporter()
     causes = {s: [reporter.explain(e).cause for e in runs[s]] for s in runs}
     same_cause = sum(a == b for a, b in zip(causes["full"], causes["screened"])) / n

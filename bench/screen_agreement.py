@@ -24,31 +24,12 @@ from cfx.generators import Pixelation, TrustTarget, parametric_editors, sweep_ed
 from cfx.evidence import resolve_edit_ranges
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explain_cost import load  # noqa: E402
-
-
-def agreement(full, screened, ranges, images, steps: int = 8) -> float:
-    editors = {e.property: e for e in parametric_editors()}
-    same = 0
-    for i, (a, b) in enumerate(zip(full, screened)):
-        if a.property == "none" or b.property == "none":
-            same += a.property == b.property
-            continue
-        if (a.property, a.direction) != (b.property, b.direction):
-            continue
-        e = editors[a.property]
-        end = float(ranges.limits(e, images[i:i + 1], a.direction)[0])
-        same += abs(a.strength - b.strength) <= abs(end - e.neutral) / steps + 1e-6
-    return same / len(full)
+from explain_cost import agreement, data_arguments, load  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="efficientnet")
-    parser.add_argument("--fitted", default="/tmp/cfx-real224/fitted")
-    parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=11)
-    args = parser.parse_args()
+    args = data_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), images=100,
+                          seed=11).parse_args()
     model, fitted, images = load(args)
     target = TrustTarget.competency(model, fitted)
     ranges = resolve_edit_ranges("reference", fitted)
@@ -61,7 +42,8 @@ def main() -> None:
             screened = run("screened")
         finally:
             Pixelation.discrete_strengths = True
-        rows.append((name, agreement(full.restoring, screened.restoring, ranges, images),
+        rows.append((name, agreement(fitted, images, [vars(r) for r in full.restoring],
+                                     [vars(r) for r in screened.restoring]),
                      screened.evaluated / len(images)))
     print(f"{args.model}, cause seed {args.seed}, {len(images)} images; the full search ran "
           f"{full.evaluated / len(images):.1f} edited images per image\n")
