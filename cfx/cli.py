@@ -115,7 +115,9 @@ def _load_model(model_spec: str, image_size: str | None, mean: str | None, std: 
 
 def _open_data(spec: str, classifier):
     """Open a data source; a model without class names adopts the ImageFolder's sorted sub-folder names."""
-    source = open_source(spec, class_names=classifier.class_names)
+    source = open_source(spec, class_names=classifier.class_names, num_classes=classifier.num_classes)
+    if source.note:
+        click.echo(f"data      {source.note}")
     if classifier.class_names is None and source.class_names and len(source.class_names) == classifier.num_classes:
         classifier.class_names = list(source.class_names)
         click.echo(f"classes   {', '.join(source.class_names[:10])} (from the data's folder names)")

@@ -212,6 +212,7 @@ def test_audit_job_report_resume_and_cli(shapes_models, tmp_path):
                                     str(fitted.path), "--out", str(tmp_path / "bad"), "--nuisance", "fur_colour",
                                     "--sample", "10", "--quiet"])
     assert bad.exit_code != 0 and "fur_colour" in bad.output
+    assert not (tmp_path / "bad" / "run.sqlite").exists()  # refused before the run started: the fixed rerun is not blocked
 
 
 def test_the_null_matches_the_edit_in_size_and_a_global_model_is_not_flagged_for_brightness():

@@ -135,6 +135,62 @@ def test_csv_manifest_with_metadata_and_labels(tmp_path):
     assert Manifest(tmp_path / "m.csv").class_names == ["cat", "dog", "zebra"]
 
 
+def test_integer_folder_names_are_class_indices_not_sorted_positions(tmp_path):
+    for name in ("0", "2", "10"):
+        _png(tmp_path / name / "x.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    src = open_source(tmp_path, num_classes=11)
+    assert isinstance(src, ImageFolder) and src.class_names is None
+    assert {r.id: r.label for r in src} == {"0/x.png": 0, "2/x.png": 2, "10/x.png": 10}  # sorted: "10" < "2"
+    with pytest.raises(DataSourceError, match=r"\['10'\] are not class indices of a 5-class model"):
+        open_source(tmp_path, num_classes=5)
+
+
+def test_sub_folders_that_cannot_be_classes_are_read_without_labels(tmp_path):
+    for month in ("2024-01", "2024-02"):
+        _png(tmp_path / month / "x.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    src = open_source(tmp_path, num_classes=10)  # a 10-class model without class names: dates are not its classes
+    assert isinstance(src, FlatFolder) and "without labels" in src.note and src.describe()["note"] == src.note
+    assert [(r.id, r.label) for r in src] == [("2024-01/x.png", None), ("2024-02/x.png", None)]
+    src = open_source(tmp_path, class_names=[str(i) for i in range(10)])  # none of them is a class name
+    assert isinstance(src, FlatFolder) and "class names" in src.note
+    assert isinstance(open_source(tmp_path, num_classes=2), ImageFolder)  # as many folders as classes: labels
+    with pytest.raises(DataSourceError, match="not among the class names"):  # some are class names: a typo
+        open_source(tmp_path, class_names=["2024-01", "2024-03"])
+    with pytest.raises(DataSourceError, match="2 class sub-folders but the model has 1 classes"):
+        ImageFolder(tmp_path, num_classes=1)
+
+
+def test_manifest_labels_the_model_cannot_have_are_error_rows(tmp_path):
+    _png(tmp_path / "a.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    (tmp_path / "m.csv").write_text("path,label,id\na.png,3,r1\na.png,15,r2\na.png,seven,r3\na.png,-1,r4\n"
+                                    "a.png,3.0,r5\n")
+    recs = {r.id: r for r in open_source(tmp_path / "m.csv", num_classes=10)}
+    assert recs["r1"].label == 3 and recs["r5"].label == 3           # 3.0: pandas' integer column with gaps
+    assert "not a class of this model" in recs["r2"].error and "0 to 9" in recs["r2"].error
+    assert "not a class of this model" in recs["r4"].error
+    assert "'seven' is a name" in recs["r3"].error                 # not silently class 0
+    # labels that are all names still map to their sorted values, unless there are more than the model's classes
+    (tmp_path / "names.csv").write_text("path,label\na.png,cat\n")
+    assert Manifest(tmp_path / "names.csv", num_classes=10).class_names == ["cat"]
+    (tmp_path / "many.csv").write_text("path,label,id\na.png,cat,1\na.png,dog,2\na.png,eel,3\n")
+    with pytest.raises(DataSourceError, match="3 label names but the model has 2 classes"):
+        Manifest(tmp_path / "many.csv", num_classes=2)
+
+
+def test_manifest_ids_encoding_and_column_errors(tmp_path):
+    _png(tmp_path / "a.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    (tmp_path / "bom.csv").write_bytes("path,label\na.png,1\n".encode("utf-8-sig"))  # Excel's "CSV UTF-8"
+    assert [r.label for r in Manifest(tmp_path / "bom.csv")] == [1]
+    (tmp_path / "semi.csv").write_text("path;label\na.png;1\n")
+    with pytest.raises(DataSourceError, match=r"row 1 has the columns \['path;label'\].*comma-separated"):
+        Manifest(tmp_path / "semi.csv")
+    (tmp_path / "dup.csv").write_text("path,id\na.png,a\na.png,a\na.png,b\n")
+    with pytest.raises(DataSourceError, match=r"repeats ids \['a'\]"):
+        Manifest(tmp_path / "dup.csv")
+    (tmp_path / "again.csv").write_text("path\na.png\na.png\n")  # the same file twice, no ids: no row is lost
+    assert [r.id for r in Manifest(tmp_path / "again.csv")] == ["a.png", "a.png#2"]
+
+
 def test_jsonl_manifest(tmp_path):
     _png(tmp_path / "a.png", np.zeros((4, 4, 3), dtype=np.uint8))
     lines = [{"path": "a.png", "label": 2, "id": "first", "tags": ["x"]}, {"path": "a.png"}]

@@ -54,6 +54,9 @@ def test_run_store_refuses_another_config_and_restarts(tmp_path):
         RunStore(tmp_path, {"a": 2})
     with RunStore(tmp_path, {"a": 2}, restart=True) as fresh:
         assert fresh.samples() == [] and not fresh.resumed
+    # a store that holds no finished work (a run that stopped on a bad option) takes the corrected config
+    with RunStore(tmp_path, {"a": 3}) as corrected:
+        assert corrected.config == {"a": 3} and not corrected.resumed
     with pytest.raises(RunStoreError, match="no run store"):
         RunStore(tmp_path / "nothing")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,7 @@ class ImageSource:
     """Base class: an iterable of :class:`Record`, with ``len()`` and optional ``class_names``."""
 
     class_names: list[str] | None = None
+    note: str | None = None  # how the source was read, when that is not obvious (shown to the user)
 
     def __iter__(self) -> Iterator[Record]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -151,7 +153,10 @@ class ImageSource:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": type(self).__name__, "size": len(self), "class_names": self.class_names}
+        out = {"kind": type(self).__name__, "size": len(self), "class_names": self.class_names}
+        if self.note:
+            out["note"] = self.note
+        return out
 
     def ids(self) -> list[str]:
         """Every sample's id, in iteration order. Sources that list their files override this so nothing is
@@ -183,22 +188,36 @@ class ImageFolder(ImageSource):
 
     Files with an image extension are listed (recursively inside each class folder); each file is decoded only
     when iterated. ``class_names`` can be given to fix the label order (e.g. the model's own class list);
-    sub-folders not in it are refused.
+    sub-folders not in it are refused. Without ``class_names``, sub-folders named by integers (``0``, ``1``, …,
+    ``10``) are class indices, not positions in sorted order (``"10"`` sorts before ``"2"``). ``num_classes``
+    (the model's) refuses labels the model cannot have.
     """
 
-    def __init__(self, root: str | Path, class_names: Sequence[str] | None = None):
+    def __init__(self, root: str | Path, class_names: Sequence[str] | None = None, num_classes: int | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataSourceError(f"image folder {str(self.root)!r} does not exist or is not a folder")
-        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = _sub_folders(self.root)
         if not folders:
             raise DataSourceError(f"{str(self.root)!r} has no class sub-folders; use FlatFolder for unlabelled "
                                   "images")
-        self.class_names = list(class_names) if class_names is not None else folders
-        unknown = [f for f in folders if f not in self.class_names]
-        if unknown:
-            raise DataSourceError(f"sub-folders {unknown} are not among the class names {self.class_names}")
-        index = {name: i for i, name in enumerate(self.class_names)}
+        if class_names is None and all(_is_index(f) for f in folders):
+            index = {name: int(name) for name in folders}
+            self.class_names = None
+            too_high = [f for f in folders if num_classes is not None and int(f) >= num_classes]
+            if too_high:
+                raise DataSourceError(f"sub-folders {too_high} are not class indices of a {num_classes}-class model "
+                                      f"(0 to {num_classes - 1})")
+        else:
+            self.class_names = list(class_names) if class_names is not None else folders
+            unknown = [f for f in folders if f not in self.class_names]
+            if unknown:
+                raise DataSourceError(f"sub-folders {unknown} are not among the class names {self.class_names}")
+            if num_classes is not None and len(self.class_names) > num_classes:
+                raise DataSourceError(f"{str(self.root)!r} has {len(self.class_names)} class sub-folders but the "
+                                      f"model has {num_classes} classes; name the sub-folders by class index "
+                                      f"(0 to {num_classes - 1}) or give the model's class names (--classes)")
+            index = {name: i for i, name in enumerate(self.class_names)}
         self.items = [(p, index[folder]) for folder in folders
                       for p in sorted((self.root / folder).rglob("*")) if _is_image_file(p)]
 
@@ -219,10 +238,12 @@ class ImageFolder(ImageSource):
 
 
 class FlatFolder(ImageSource):
-    """Every image file under ``root`` (recursively), without labels."""
+    """Every image file under ``root`` (recursively), without labels. ``note`` says why a folder with sub-folders
+    was read this way (see :func:`open_source`)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, note: str | None = None):
         self.root = Path(root)
+        self.note = note
         if not self.root.is_dir():
             raise DataSourceError(f"image folder {str(self.root)!r} does not exist or is not a folder")
         self.items = [p for p in sorted(self.root.rglob("*")) if _is_image_file(p)]
@@ -246,39 +267,67 @@ class Manifest(ImageSource):
     """A CSV or JSON Lines file with one row per image.
 
     Columns: ``path`` (required; relative paths are relative to the manifest's folder), ``label`` (optional: a
-    class index or a class name), ``id`` (optional; default: the path) and any number of metadata columns, kept as
-    they are (numbers parsed in CSV). String labels are mapped through ``class_names`` (default: their sorted
-    unique values).
+    class index or a class name), ``id`` (optional, unique; default: the path) and any number of metadata columns,
+    kept as they are (numbers parsed in CSV). String labels are mapped through ``class_names``; without them, a
+    manifest whose labels are all names maps them to their sorted unique values, and in one that mixes indices and
+    names the names are error rows. With ``num_classes`` (the model's), a label the model cannot have is an error
+    row. CSV files may start with a byte-order mark (Excel's "CSV UTF-8").
     """
 
-    def __init__(self, path: str | Path, class_names: Sequence[str] | None = None):
+    def __init__(self, path: str | Path, class_names: Sequence[str] | None = None, num_classes: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataSourceError(f"manifest {str(self.path)!r} does not exist")
         rows = self._read_rows()
         if not rows:
             raise DataSourceError(f"manifest {str(self.path)!r} has no rows")
-        if any("path" not in row for row in rows):
-            raise DataSourceError(f"manifest {str(self.path)!r} needs a 'path' column in every row")
+        missing = next((n for n, row in enumerate(rows, 1) if "path" not in row), None)
+        if missing is not None:
+            found = sorted(rows[missing - 1])
+            raise DataSourceError(f"manifest {str(self.path)!r} needs a 'path' column in every row; row {missing} has "
+                                  f"the columns {found}" + (" (cfx reads comma-separated CSV files)"
+                                                            if self.path.suffix.lower() == ".csv" else ""))
+        given = [str(row["id"]) for row in rows if "id" in row]
+        if len(set(given)) < len(given):
+            twice = sorted(i for i, count in Counter(given).items() if count > 1)
+            raise DataSourceError(f"manifest {str(self.path)!r} repeats ids {twice[:5]}: every row "
+                                  "needs its own id (drop the 'id' column to use the paths)")
         labels = [row.get("label") for row in rows]
         text_labels = sorted({str(v) for v in labels if isinstance(v, str) and v != "" and not _is_int(v)})
+        has_indices = any(_as_index(v) is not None for v in labels)
+        self.num_classes = num_classes
         if class_names is not None:
             self.class_names = list(class_names)
-        elif text_labels:
+        elif text_labels and not has_indices:
+            if num_classes is not None and len(text_labels) > num_classes:
+                raise DataSourceError(f"manifest {str(self.path)!r} has {len(text_labels)} label names but the model "
+                                      f"has {num_classes} classes; write class indices (0 to {num_classes - 1}) "
+                                      "or give the model's class names (--classes)")
             self.class_names = text_labels
         else:
             self.class_names = None
         self.rows = rows
+        # ids: the given one, else the path; a path listed again without an id gets "#2", "#3", … so no row is lost
+        self._ids, taken = [], Counter()
+        for row in rows:
+            rid = str(row["id"]) if "id" in row else str(row["path"])
+            taken[rid] += 1
+            if "id" not in row and taken[rid] > 1:
+                rid = f"{rid}#{taken[rid]}"
+            self._ids.append(rid)
+        if len(set(self._ids)) < len(self._ids):
+            raise DataSourceError(f"manifest {str(self.path)!r}: an id equals another row's path; give every row "
+                                  "its own id")
 
     def _read_rows(self) -> list[dict[str, Any]]:
         suffix = self.path.suffix.lower()
         if suffix == ".csv":
-            with self.path.open(newline="", encoding="utf-8") as fh:
+            with self.path.open(newline="", encoding="utf-8-sig") as fh:
                 return [{k.strip(): _parse_cell(v) for k, v in row.items() if k is not None}
                         for row in csv.DictReader(fh)]
         if suffix in (".jsonl", ".ndjson"):
             rows = []
-            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(self.path.read_text(encoding="utf-8-sig").splitlines(), 1):
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
@@ -290,17 +339,24 @@ class Manifest(ImageSource):
     def _label(self, value: Any) -> tuple[int | None, str | None]:
         if value is None or value == "":
             return None, None
-        if isinstance(value, (int, np.integer)) or (isinstance(value, str) and _is_int(value)):
-            return int(value), None
-        if self.class_names is not None and str(value) in self.class_names:
-            return self.class_names.index(str(value)), None
-        return None, f"label {value!r} is not one of the class names {self.class_names}"
+        index = _as_index(value)
+        if index is None and self.class_names is not None and str(value) in self.class_names:
+            index = self.class_names.index(str(value))
+        if index is None:
+            if self.class_names is None and isinstance(value, str):
+                return None, (f"label {value!r} is a name, but the model has no class names and this manifest's "
+                              "other labels are class indices; write the index or give the class names (--classes)")
+            return None, f"label {value!r} is not one of the class names {self.class_names}"
+        if index < 0 or (self.num_classes is not None and index >= self.num_classes):
+            return None, (f"label {value!r} is not a class of this model (class indices 0 to "
+                          f"{self.num_classes - 1 if self.num_classes else '…'})")
+        return index, None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def ids(self) -> list[str]:
-        return [str(row.get("id", row["path"])) for row in self.rows]
+        return list(self._ids)
 
     def __iter__(self) -> Iterator[Record]:
         return self.take(range(len(self.rows)))
@@ -311,13 +367,33 @@ class Manifest(ImageSource):
             path = Path(str(row["path"]))
             if not path.is_absolute():
                 path = self.path.parent / path
-            rid = str(row.get("id", row["path"]))
+            rid = self._ids[position]
             metadata = {k: v for k, v in row.items() if k not in ("path", "label", "id")}
             label, problem = self._label(row.get("label"))
             if problem:
                 yield Record(rid, None, None, metadata, error=problem)
                 continue
             yield _file_record(path, rid, label, metadata)
+
+
+def _as_index(value: Any) -> int | None:
+    """A label written as a class index (``3``, ``"3"``, or ``3.0`` as pandas writes integer columns with gaps)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)) or (isinstance(value, str) and _is_int(value)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def _is_index(name: str) -> bool:
+    """Whether a folder name is a class index (``0``, ``12``)."""
+    return name.isdigit()
+
+
+def _sub_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _is_int(text: str) -> bool:
@@ -471,7 +547,8 @@ def iter_batches(source: Iterable[Record], batch_size: int = 64,
 SOURCE_KINDS: Registry[Callable[[str], ImageSource]] = Registry("data source kind")
 
 
-def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | None = None) -> ImageSource:
+def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | None = None,
+                num_classes: int | None = None) -> ImageSource:
     """Open a data source from a command-line string.
 
     - a folder with class sub-folders → :class:`ImageFolder`; a folder of images → :class:`FlatFolder`;
@@ -479,6 +556,11 @@ def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | Non
     - ``KIND:TARGET`` for a registered source kind (:data:`SOURCE_KINDS`): the demo plugin adds
       ``demo:shapes[:SPLIT]`` and ``demo:digits[:SPLIT]`` (SPLIT: train, calibration, test, all, review; default
       test).
+
+    ``class_names`` and ``num_classes`` are the model's. Sub-folders that cannot be its classes (none of them is a
+    class name; or, for a model without class names, they are not class indices and there are not as many as the
+    model has classes, e.g. ``2024-01/``, ``2024-02/``) are read as one unlabelled folder, and the source's
+    ``note`` says so.
     """
     if isinstance(spec, ImageSource):
         return spec
@@ -494,10 +576,21 @@ def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | Non
                              for p in path.iterdir())
         has_top_images = any(_is_image_file(p) for p in path.iterdir())
         if has_class_dirs and not has_top_images:
-            return ImageFolder(path, class_names)
+            folders = _sub_folders(path)
+            if class_names is not None:
+                labelled = any(f in class_names for f in folders)
+            else:
+                labelled = all(_is_index(f) for f in folders) or num_classes is None or len(folders) == num_classes
+            if labelled:
+                return ImageFolder(path, class_names, num_classes)
+            return FlatFolder(path, note=(
+                f"the sub-folders ({', '.join(folders[:5])}{', …' if len(folders) > 5 else ''}) are not "
+                + ("class names of the model" if class_names is not None else
+                   f"class indices, nor as many as the model's {num_classes} classes")
+                + ": their images are read without labels"))
         return FlatFolder(path)
     if path.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
-        return Manifest(path, class_names)
+        return Manifest(path, class_names, num_classes)
     if not path.exists():
         raise DataSourceError(f"data source {text!r} does not exist; give a folder, a .csv/.jsonl manifest or "
                               "demo:shapes / demo:digits")

@@ -1,7 +1,8 @@
 """The run store: one SQLite file per output folder that holds everything a run learns, written as work completes.
 
 A run's config is stored once; re-opening the same folder with the same config resumes (finished samples are
-not recomputed, nothing is duplicated), with another config it is refused unless ``restart=True``. SQLite runs
+not recomputed, nothing is duplicated), with another config it is refused unless ``restart=True`` (or the store holds
+no scored sample and no explanation yet: then nothing is lost and it starts again under the new config). SQLite runs
 in WAL mode, and every batch is one transaction, so a killed process loses at most the batch in flight.
 
 Tables: ``meta`` (config, timings, counters), ``samples`` (one row per input: id, label, prediction, scores,
@@ -95,6 +96,11 @@ class RunStore:
         if config is not None:
             digest = config_hash(config)
             stored = self.get_meta("config_hash")
+            if stored is not None and stored != digest and self._holds_no_work():
+                with self.db:  # a run that stopped before finishing anything (e.g. on a bad option): start it anew
+                    self.db.execute("DELETE FROM meta")
+                    self.db.execute("DELETE FROM images")
+                stored = None
             if stored is None:
                 with self.db:
                     self.set_meta("config", config)
@@ -109,6 +115,11 @@ class RunStore:
                     "use another --out folder, or --restart to discard it and start over")
             else:
                 self.resumed = True
+
+    def _holds_no_work(self) -> bool:
+        """Whether the store has no scored sample and no explanation (nothing a restart would lose)."""
+        return not any(self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                       for table in ("samples", "explanations"))
 
     # ------------------------------------------------------------------ meta
     def set_meta(self, key: str, value: Any) -> None:

@@ -427,6 +427,9 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
     engine = resolve_engine(engine)
     if sample is not None and sample < 1:
         raise ValueError(f"sample must be a positive number of images (or None for all), got {sample}")
+    if steps < 2 or batch_size < 1:
+        raise ValueError(f"steps must be at least 2 and batch_size at least 1, got {steps} and {batch_size}")
+    _check_property_names(properties, nuisance)  # before the run store exists: a typo must not block the rerun
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
                           model_options, flag_share)
     config = {"job": "audit", "model": model_fingerprint(job.classifier), "data": job.data_name,
@@ -597,6 +600,19 @@ def _stored_statistics(samples: Sequence[dict[str, Any]]) -> dict[str, Tensor] |
                 for name in PROPERTY_STATISTICS}
     except (KeyError, TypeError):
         return None
+
+
+def _check_property_names(properties, nuisance) -> None:
+    """Refuse names that no editor measures on any data (parametric editors and every re-rendering world's
+    attributes); :func:`_check_properties` then checks them against what this data supports."""
+    known = {e.property for e in parametric_editors()} | {name for world in WORLDS.values()
+                                                          for name in getattr(world, "bands", {})}
+    unknown = sorted((set(properties or ()) | set(nuisance)) - known)
+    if unknown:
+        raise ValueError(f"unknown properties {unknown}; cfx measures: {', '.join(sorted(known))}")
+    if properties and set(nuisance) - set(properties):
+        raise ValueError(f"nuisance properties {sorted(set(nuisance) - set(properties))} are not among the measured "
+                         f"properties {sorted(properties)}; add them to --properties")
 
 
 def _check_properties(world, properties, nuisance) -> None:

@@ -99,7 +99,8 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
                                   share=flag_share)
     if threshold is None:  # no fitted folder and no threshold given: the least trusted share of this run
         threshold = Threshold.of_run_share(choice.score, DEFAULT_FLAG_SHARE)
-    source = open_source(data, classifier.class_names) if not isinstance(data, ImageSource) else data
+    source = (open_source(data, classifier.class_names, classifier.num_classes) if not isinstance(data, ImageSource)
+              else data)
     _check_readable(source, data_spec or str(data))
     data_name = data_spec or (data if isinstance(data, str) else f"{type(source).__name__} of {len(source)} images")
     model_name = model_spec or (model if isinstance(model, str) else type(classifier.model).__name__)
