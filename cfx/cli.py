@@ -299,7 +299,7 @@ def demo(out: str, datasets: str, seed: int, cache_dir: str | None, retrain: boo
 @click.option("--data", "data_spec", default=None, metavar="SOURCE",
               help="Optional data source to check: a folder, a .csv/.jsonl manifest, or demo:shapes / demo:digits.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Also write OUT/summary.json.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @_friendly_errors
 def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
             head: str | None, device: str, data_spec: str | None, out: str | None, batch_size: int) -> None:
@@ -379,7 +379,7 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 @click.option("--ddpm-steps", default=600, show_default=True, help="DDPM training steps (about 0.25 s each at 32 px).")
 @click.option("--index-metric", type=click.Choice(["l1", "l2", "cos"]), default="l1", show_default=True,
               help="Distance of the latent nearest-neighbour index (LNN counterfactuals).")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
@@ -457,7 +457,7 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
                    "calibration split stored by cfx fit (--fitted).")
 @click.option("--calibration", "calibration_spec", default=None, metavar="SOURCE",
               help="Calibration data for --flag-percentile (e.g. demo:shapes:calibration).")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--bootstrap", default=0, show_default=True, help="Bootstrap resamples for confidence intervals.")
 @click.option("--odin-temperature", default=1000.0, show_default=True)
 @click.option("--odin-epsilon", default=0.0014, show_default=True)
@@ -592,9 +592,11 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @click.option("--edit-range", type=click.Choice(["reference", "full"]), default="reference", show_default=True,
               help="How far property edits go: as far as the reference images reach (the fitted folder's, else the "
                    "run's most trusted), or each editor's full range.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--explain-batch-size", default=32, show_default=True,
-              help="Flagged images explained together (one chunk of work; on Ray, one actor task).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--explain-batch-size", default=None, type=click.IntRange(min=1),
+              help="Flagged images explained together (one chunk of work, stored when done; on Ray, one actor "
+                   "task). Default: 32 for small images, fewer for large ones (5 at 224 px), so an interrupted run "
+                   "loses seconds of work.")
 @click.option("--restart", is_flag=True, help="Discard the run in --out and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @ray_options
@@ -606,7 +608,7 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
             flag_percentile: float | None,
             flag_share: float | None, dataset_description: str | None, edit_range: str, edit_search: str,
             batch_size: int,
-            explain_batch_size: int, restart: bool, ray_address: str | None, ray_actors: int | None, ray_cpus_per_actor: float,
+            explain_batch_size: int | None, restart: bool, ray_address: str | None, ray_actors: int | None, ray_cpus_per_actor: float,
             ray_gpus_per_actor: float, quiet: bool) -> None:
     """Explain why predictions are untrusted, and write a review report.
 
@@ -684,9 +686,11 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
 @click.option("--flag-percentile", type=float, default=None,
               help="Flag below this percentile of the stored calibration scores (default 10).")
 @click.option("--flag-share", type=float, default=None, help="Flag the P percent least trusted images of this run.")
-@click.option("--steps", default=8, show_default=True, help="Edit steps per property and direction.")
+@click.option("--steps", default=8, show_default=True, type=click.IntRange(min=2),
+              help="Edit steps per property and direction (at least 2; with fewer than 5 the shuffle test can "
+                   "hardly reach significance).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the property sample.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--restart", is_flag=True, help="Discard the run in --out and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @ray_options

@@ -162,6 +162,35 @@ def test_cli_explain_and_audit_on_a_folder_without_labels_or_fitted_folder(model
     assert "no fitted folder" in (tmp_path / "audit" / "audit.html").read_text()
 
 
+def test_each_chunk_of_explanations_is_stored_when_done_and_large_images_get_small_chunks(model_and_production,
+                                                                                         tmp_path, monkeypatch):
+    import cfx.jobs.explaining as explaining
+
+    assert explaining.default_explain_batch_size((224, 224)) < 8 <= explaining.default_explain_batch_size((32, 32))
+    model, prod, _ = model_and_production
+    ids = [f"p-{i:03d}" for i in range(len(prod))]
+    monkeypatch.setattr(explaining, "EXPLAIN_CHUNK_PIXELS", 4 * 32 * 32)  # these 32-px images as if they were large
+    made = explaining.evidence_batch
+    calls = []
+
+    def interrupted_on_the_third_chunk(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(explaining, "evidence_batch", interrupted_on_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        cfx.explain(model, TensorSource(prod, ids=ids), None, tmp_path / "run", flag_share=20, progress=False)
+    store = RunStore(tmp_path / "run")
+    stored, seconds = len(store.explanations()), store.get_meta("explain_seconds")
+    store.close()
+    assert calls == [4, 4, 4] and stored == 8 and seconds > 0  # two finished chunks kept, with their time
+    monkeypatch.setattr(explaining, "evidence_batch", made)
+    run = cfx.explain(model, TensorSource(prod, ids=ids), None, tmp_path / "run", flag_share=20, progress=False)
+    assert run.counts["explained"] == run.counts["flagged"] == 18
+
+
 @pytest.mark.slow
 def test_real_efficientnet_on_unlabelled_photographs_without_a_fitted_folder(tmp_path):
     """The real ImageNet EfficientNet-Lite0 at 224 px on crops of scikit-image's photographs (half of them darkened),

@@ -141,11 +141,12 @@ def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | N
     for rows, flagged_images in results:
         n_scored += sum(r["error"] is None for r in rows)
         store.add_samples(rows, flagged_images)
+        now = time.perf_counter()  # seconds stored with each batch: an interrupted run's count and time stay together
+        with store.db:
+            store.set_meta("score_seconds", now - t0 + store.get_meta("score_seconds", 0.0))
+        t0 = now
         bar.update(len(rows))
     bar.close()
-    if n_scored:
-        with store.db:
-            store.set_meta("score_seconds", time.perf_counter() - t0 + store.get_meta("score_seconds", 0.0))
 
 
 def input_check(classifier: Classifier, source: ImageSource, images: int = 32) -> dict[str, Any] | None:

@@ -58,7 +58,8 @@ DEFAULT_EDIT_SEARCH = "auto"
 def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, fitted: str | Path | Fitted | None,
             out: str | Path, reporter: Any = "evidence", generators: Sequence[str] | None = None,
             flag_score: str = AUTO, flag_below: float | None = None, flag_percentile: float | None = None,
-            batch_size: int = 64, explain_batch_size: int = 32, restart: bool = False, progress: bool = True,
+            batch_size: int = 64, explain_batch_size: int | None = None, restart: bool = False,
+            progress: bool = True,
             dataset_description: str | None = None, report: bool = True, data_spec: str | None = None,
             model_spec: str | None = None, flag_share: float | None = None,
             reporter_options: dict[str, Any] | None = None, edit_range: str = "reference",
@@ -84,7 +85,8 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     (every direction at three strengths, the three most promising swept in full), ``"full"`` (every direction at
     every strength) or ``"auto"`` (default: screened with a fitted folder, full without; see
     :func:`cfx.evidence.resolve_search`). The seconds each stage of explaining took are kept in the summary
-    (``timing.explain_stages``).
+    (``timing.explain_stages``). ``explain_batch_size``: flagged images explained together and stored when done
+    (default :func:`default_explain_batch_size`: 32 small images, 5 at 224 px).
     ``reporter`` and ``reporter_options`` (e.g. ``{"model": "llava", "timeout": 20, "concurrency": 8,
     "api_key_env": "MY_KEY"}`` for ``openai:URL``): see :func:`cfx.prompts.make_reporter`. ``data_spec`` /
     ``model_spec`` name the data and model in the report when they are passed as objects. ``engine``: None or
@@ -95,7 +97,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     """
     t_start = time.perf_counter()
     engine = resolve_engine(engine)
-    if batch_size < 1 or explain_batch_size < 1:
+    if batch_size < 1 or (explain_batch_size is not None and explain_batch_size < 1):
         raise ValueError(f"batch_size and explain_batch_size must be at least 1, got {batch_size} and "
                          f"{explain_batch_size}")
     if edit_range not in ("reference", "full"):
@@ -205,6 +207,8 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
     # fixed chunks of the flagged samples (a chunk that was partly stored is computed again and only what is
     # missing is written). On Ray they are smaller when that keeps every actor busy to the end: an image's evidence
     # does not depend on the images that share its chunk (tests/test_explain.py checks chunks of 32 against 5).
+    if explain_batch_size is None:
+        explain_batch_size = default_explain_batch_size(_image_size(store, classifier, flagged))
     size = explain_batch_size if engine is None else engine.chunk_size(len(flagged), explain_batch_size)
     chunks = [flagged[i:i + size] for i in range(0, len(flagged), size)]
     chunks = [c for c in chunks if any(sid not in explained for sid in c)]
@@ -225,21 +229,40 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
         batch = batch.without(explained)
         if batch.ids:
             store.add_explanations(*report_batch(reporter, batch, store))
-            with store.db:  # seconds per stage of explaining, summed over batches (and over resumed runs)
+            now = time.perf_counter()
+            with store.db:  # seconds (per stage) of explaining, summed over batches and over resumed runs
                 stages = store.get_meta("explain_stages") or {}
                 store.set_meta("explain_stages", {k: stages.get(k, 0.0) + batch.stages.get(k, 0.0)
                                                   for k in {**stages, **batch.stages}})
+                store.set_meta("explain_seconds", now - t1 + store.get_meta("explain_seconds", 0.0))
+            t1 = now
         bar.update(len(batch.ids))
     bar.close()
-    if todo:
-        store.set_meta("explain_seconds", time.perf_counter() - t1 + store.get_meta("explain_seconds", 0.0))
-        store.db.commit()
     store.set_meta("finished", time.strftime("%Y-%m-%d %H:%M:%S"))
     store.db.commit()
     summary = write_summary(store)
     if report:
         render_review(store, store.out / "report.html", summary=summary)
     return summary
+
+
+#: Pixels of flagged images explained in one chunk by default: 32 images of 96 × 96 (32 images at 32 px, 5 at
+#: 224 px). Each chunk is stored when it is done, so an interrupted run loses at most one chunk, a few seconds.
+EXPLAIN_CHUNK_PIXELS = 32 * 96 * 96
+
+
+def default_explain_batch_size(size: tuple[int, int]) -> int:
+    """Flagged images explained together by default for images of ``size`` (H, W): at most 32, fewer for large
+    images (:data:`EXPLAIN_CHUNK_PIXELS`)."""
+    return max(1, min(32, EXPLAIN_CHUNK_PIXELS // max(1, size[0] * size[1])))
+
+
+def _image_size(store: RunStore, classifier: Classifier, flagged: list[str]) -> tuple[int, int]:
+    """The size the flagged images are explained at: the model's input size, else that of a stored original."""
+    if classifier.preprocessing.size is not None:
+        return tuple(classifier.preprocessing.size)
+    stored = store.image(flagged[0], "original") if flagged else None
+    return tuple(png_tensor(stored).shape[-2:]) if stored is not None else (32, 32)
 
 
 def _record_unavailable(store: RunStore, name: str, why: str) -> None:
