@@ -41,7 +41,7 @@ an edit that undoes a cause counts for that cause, not for the content.
 A restoring edit that undoes a cause in the direction measured (brighter for a dark image, less contrast for a
 harsh one, denoise for extra detail, sharpen for missing detail) and raises the trust score by at least 0.3 adds 0.5 to that cause. The
 strongest signal wins; when none reaches 1 the explanation is "other" (no single cause), with the evidence. The
-confidence is the winner's share of the two strongest. The thresholds were set on the demo world's shapes (seed 0,
+confidence is the winner's share of the two strongest (0 for "other", which names no cause). The thresholds were set on the demo world's shapes (seed 0,
 grid strengths) and are reported on fresh shapes, colourised digits and photographs (``bench/explanations.py``,
 ``docs/results.md``).
 """
@@ -240,9 +240,9 @@ class EvidenceReporter(Reporter):
         s = self.signals(ev)
         ranked = sorted(s.items(), key=lambda kv: -kv[1])
         (cause, top), (_, second) = ranked[0], ranked[1]
-        if top < 1.0:
+        if top < 1.0:  # no cause reaches its threshold: "no single cause", asserted with no confidence in a cause
             cause = "other"
-        confidence = float(top / (top + second)) if top + second > 0 else 0.0
+        confidence = float(top / (top + second)) if top + second > 0 and cause != "other" else 0.0
         return Explanation(self._text(ev, cause), cause, round(confidence, 3), self.backend, None, None, s)
 
     def _text(self, ev: Evidence, cause: str) -> str:
@@ -268,7 +268,8 @@ class EvidenceReporter(Reporter):
                            "brightness change)."),
             "saturation": (f"The colours are far {more('saturation', 'more', 'less')} saturated than usual "
                            f"({stat('saturation')}; z = {t['saturation']:+.1f} for a global saturation change)."),
-            "noise": f"The image is grainy: it carries much more pixel noise than usual ({stat('high_frequency')}).",
+            "noise": (f"The image is grainy: it carries more fine detail, pixel noise, than its look explains "
+                      f"({stat('high_frequency')}; z = {t['detail']:+.1f} for a global gain of fine detail)."),
             "blur": (f"The image is blurred, as if out of focus: it carries much less fine detail than usual "
                      f"({stat('high_frequency')}; z = {t['detail']:+.1f} for a global loss of detail)."),
             "pixelation": (f"The image is pixelated: it is made of uniform blocks (blockiness "
@@ -289,7 +290,10 @@ class EvidenceReporter(Reporter):
                            "the most similar image it is confident about differs mostly in one region (difference "
                            f"mass {ev.difference_mass if ev.difference_mass is not None else float('nan'):.2f}).")),
             "other": ("No single image property stands out as the reason (global changes against the reference: "
-                      + ", ".join(f"{k} z = {v:+.1f}" for k, v in t.items()) + ")."),
+                      + ", ".join(f"{k} z = {v:+.1f}" for k, v in t.items()) + ")."
+                      if ev.shift_z or ev.statistics_z else
+                      "No single image property stands out as the reason; there were no reference images to compare "
+                      "its image statistics with."),
         }[cause]
         r = ev.restoring_edit
         tail = ""

@@ -107,6 +107,14 @@ def test_texts_say_which_way_the_image_changed():
     assert "less saturated" in r.explain(_evidence({"saturation": -5.0})).text
     other = r.explain(_evidence({"brightness": 1.0}))
     assert other.cause == "other" and "brightness z = +1.0" in other.text  # no single cause, with its evidence
+    assert other.confidence == 0.0  # it names no cause, so it claims no confidence in one
+    grainy = r.explain(_evidence({"detail": 12.0}, edge_abruptness=1.5))
+    assert grainy.cause == "noise" and "z = +12.0 for a global gain of fine detail" in grainy.text
+    # no reference images at all (a run where fewer than 2 images are trusted): no invented comparison
+    alone = _evidence()
+    alone.statistics_z, alone.shift_z, alone.statistics = {}, {}, {"original": alone.statistics["original"]}
+    text = r.explain(alone).text
+    assert "no reference images to compare" in text and "z =" not in text
 
 
 def test_untrusted_text_is_capped_and_kept_as_plain_data():

@@ -67,7 +67,8 @@ def choose_flag_score(requested: str, available: Sequence[str],
     correct = torch.as_tensor(correct).bool()
     errors = int((~correct).sum())
     if errors < min_errors or bool((~correct).all()):
-        return FlagScoreChoice(fallback, f"the labelled calibration data holds {errors} errors (fewer than "
+        plural = "" if errors == 1 else "s"
+        return FlagScoreChoice(fallback, f"the labelled calibration data holds {errors} error{plural} (fewer than "
                                          f"{min_errors} to judge by): {fallback}, the score measured to separate "
                                          "untrusted predictions best without labels (docs/results.md)")
     aurocs = {}
@@ -83,7 +84,7 @@ def choose_flag_score(requested: str, available: Sequence[str],
     if not aurocs:
         return FlagScoreChoice(fallback, f"no available score has calibration scores: {fallback}")
     best = max(aurocs, key=lambda k: (aurocs[k], -list(available).index(k)))
-    where = f"on the fitted folder's {len(correct)} labelled calibration images ({errors} errors)"
+    where = f"on the fitted folder's {len(correct)} labelled calibration images ({errors} error{'' if errors == 1 else 's'})"
     tied = [k for k in TIE_PREFERENCE if k in aurocs and aurocs[k] >= aurocs[best] - AUROC_TIE]
     if tied and tied[0] != best:
         return FlagScoreChoice(tied[0], f"misprediction AUROC {aurocs[tied[0]]:.3f} {where}, within {AUROC_TIE} of "
