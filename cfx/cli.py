@@ -753,6 +753,9 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 def report(run_dir: str, max_cards: int) -> None:
     """Re-render RUN/report.html and RUN/summary.json from the run store, without recomputing anything."""
     path = render_review(run_dir, max_cards=max_cards)
+    status = json.loads((Path(run_dir) / "summary.json").read_text()).get("status", "complete")
+    if status != "complete":
+        click.echo(f"this run is {status}")
     click.echo(f"wrote {path}")
 
 

@@ -173,7 +173,8 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
             "flag_score": summary.get("flag_score") or {}, "reference": summary.get("reference") or {},
             "edit_ranges": summary.get("edit_ranges") or {},
             "target": (summary.get("reference") or {}).get("trust_target") or "parce",
-            "finished": store.get_meta("finished"), "created": store.get_meta("created")}
+            "finished": store.get_meta("finished"), "created": store.get_meta("created"),
+            "status": summary.get("status", "complete")}
 
 
 def render_review(store_or_dir, path: str | Path | None = None, max_cards: int = 200,

@@ -17,8 +17,8 @@ __all__ = ["write_summary"]
 def write_summary(store: RunStore) -> dict[str, Any]:
     """``summary.json`` from the store alone: per sample ``id, label, prediction, flagged, scores, cause,
     explanation, backend`` (which back-end wrote the explanation), ``fallback`` (why the configured one did not, or
-    None) and ``error``, plus counts (with explanations per back-end), the threshold and misprediction metrics per
-    score."""
+    None) and ``error``, plus counts (with explanations per back-end), the threshold, misprediction metrics per
+    score and ``status`` ("complete", or how far an interrupted run got)."""
     samples = store.samples()
     explained = store.explanations()
     rows = []
@@ -49,8 +49,14 @@ def write_summary(store: RunStore) -> dict[str, Any]:
         if r["backend"]:
             key = "evidence (fallback)" if r["fallback"] else r["backend"].split(" (fallback")[0]
             backends[key] = backends.get(key, 0) + 1
+    flagged = sum(r["flagged"] for r in rows)
+    done = sum(1 for e in explained.values() if e.get("explanation") or e.get("error"))
+    status = ("complete" if store.get_meta("finished") else
+              f"unfinished: {done} of {flagged} flagged images explained so far; run the same command again to "
+              "resume")
     summary = {
         "config": store.config,
+        "status": status,  # "complete", or how far an interrupted (or still running) run got
         "counts": {"samples": len(rows), "errors": sum(s["error"] is not None for s in samples),
                    "flagged": sum(r["flagged"] for r in rows),
                    "explained": sum(1 for e in explained.values() if e.get("explanation")),

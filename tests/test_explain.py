@@ -239,10 +239,16 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(shapes_models, fitted, tm
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "re-run the same command to resume" in err
+    report = CliRunner().invoke(main, ["report", "--run", str(out)])  # the interrupted run, as a reviewer sees it
+    assert report.exit_code == 0, report.output
+    status = json.loads((out / "summary.json").read_text())["status"]
+    assert status.startswith("unfinished") and "run the same command again" in status
+    assert "This run is unfinished" in (out / "report.html").read_text()
     resumed = CliRunner().invoke(main, args)
     assert resumed.exit_code == 0, resumed.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["explained"] == summary["counts"]["flagged"] > explained
+    assert summary["status"] == "complete" and "This run is" not in (out / "report.html").read_text()
 
 
 def _evidence_outcomes(out: Path) -> dict:

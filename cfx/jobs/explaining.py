@@ -168,8 +168,9 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
          report, edit_range: str = "reference", engine: RayEngine | None = None,
          context: WorkerContext | None = None, edit_search: str = DEFAULT_EDIT_SEARCH) -> dict[str, Any]:
     names = classifier.class_names
-    if store.get_meta("class_names") is None:
-        with store.db:
+    with store.db:
+        store.set_meta("finished", None)  # until this run ends: a report of it meanwhile says it is unfinished
+        if store.get_meta("class_names") is None:
             store.set_meta("class_names", names)
     # ---- stage 1: score and flag every input (skipping what the store already has)
     score_into_store(store, classifier, fitted, source, threshold, methods, batch_size, progress,
