@@ -137,6 +137,12 @@ def test_steep_slope_loss_values_and_directions():
     assert zz.grad[0] < 0 < zz.grad[1]
 
 
+def test_too_few_reference_images_says_how_many_are_needed(tiny_fitted, tmp_path):
+    clf, _, images, labels = tiny_fitted
+    with pytest.raises(ValueError, match=r"3 readable; .* 1 remain .* at least 4 reference images"):
+        fit(clf, TensorSource(images[:3], labels[:3]), tmp_path / "few", ae_epochs=1, progress=False)
+
+
 def test_oracle_needs_errors_to_learn_from(tiny_fitted):
     clf, _, images, _ = tiny_fitted
     right = clf.predict(images)

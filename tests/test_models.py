@@ -216,9 +216,11 @@ def test_torchscript_with_exported_features(tmp_path):
         torch.testing.assert_close(logits, model(x))
 
 
-def test_missing_torchscript_file():
+def test_missing_torchscript_file(tmp_path):
     with pytest.raises(ClassifierError, match="does not exist"):
         load_classifier("torchscript:/nonexistent/model.pt")
+    with pytest.raises(ClassifierError, match="is a folder; torchscript: takes the file"):
+        load_classifier(f"torchscript:{tmp_path}")
 
 
 def test_python_spec_by_file_and_module(tmp_path, monkeypatch):

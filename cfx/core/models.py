@@ -709,6 +709,9 @@ MODEL_KINDS: Registry[Callable[[str, ModelOptions], "Classifier"]] = Registry("m
 def _load_torchscript(target: str, o: ModelOptions) -> Classifier:
     """``torchscript:PATH``: a ``torch.jit.save`` file."""
     path = Path(target)
+    if path.is_dir():
+        raise ClassifierError(f"{target!r} is a folder; torchscript: takes the file torch.jit.save wrote (e.g. "
+                              "model.pt); a Hugging Face folder is hf:DIR")
     if not path.is_file():
         raise ClassifierError(f"TorchScript file {target!r} does not exist")
     try:

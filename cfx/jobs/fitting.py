@@ -152,7 +152,9 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         cal["errors"] = []
     train_images = ref["images"][tr_idx]
     if len(train_images) < 2:
-        raise ValueError("too few reference images left for training the autoencoder")
+        raise ValueError(f"too few reference images: {len(ref['ids'])} readable; once the calibration split is "
+                         f"taken, {len(train_images)} remain for training the autoencoder, which needs at least 2 "
+                         "(give at least 4 reference images, or a separate --calibration set)")
     image_hw = tuple(train_images.shape[-2:])
     if autoencoder is None:
         if ae_size is None:
