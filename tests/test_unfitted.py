@@ -162,6 +162,14 @@ def test_cli_explain_and_audit_on_a_folder_without_labels_or_fitted_folder(model
     assert "no fitted folder" in (tmp_path / "audit" / "audit.html").read_text()
 
 
+def test_a_share_that_flags_nothing_says_so(model_and_production, tmp_path):
+    model, prod, _ = model_and_production
+    with pytest.warns(RuntimeWarning, match="none of this run's 1 scored images .* none is flagged"):
+        run = cfx.explain(model, TensorSource(prod[:1], ids=["only"]), None, tmp_path / "one", flag_share=50,
+                          progress=False)
+    assert run.counts["flagged"] == 0 and run.counts["samples"] == 1
+
+
 def test_each_chunk_of_explanations_is_stored_when_done_and_large_images_get_small_chunks(model_and_production,
                                                                                          tmp_path, monkeypatch):
     import cfx.jobs.explaining as explaining

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -259,6 +260,10 @@ def fix_share_threshold(store: RunStore, threshold: Threshold, source: ImageSour
         values = [s["scores"].get(threshold.score) for s in samples]
         fixed = threshold.fixed_on([v for v in values if v is not None])
         flags = {s["id"]: bool(v is None or v < fixed.value) for s, v in zip(samples, values)}
+        if samples and not any(flags.values()):
+            warnings.warn(f"flag share {threshold.share:g} %: none of this run's {len(samples)} scored images lies "
+                          f"below the {threshold.share:g}th percentile of their {threshold.score} scores (too few "
+                          "images, or equal scores), so none is flagged", RuntimeWarning, stacklevel=2)
         with store.db:
             store.db.executemany("UPDATE samples SET flagged = ? WHERE id = ?",
                                  [(int(f), sid) for sid, f in flags.items()])
