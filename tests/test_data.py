@@ -163,12 +163,13 @@ def test_sub_folders_that_cannot_be_classes_are_read_without_labels(tmp_path):
 def test_manifest_labels_the_model_cannot_have_are_error_rows(tmp_path):
     _png(tmp_path / "a.png", np.zeros((4, 4, 3), dtype=np.uint8))
     (tmp_path / "m.csv").write_text("path,label,id\na.png,3,r1\na.png,15,r2\na.png,seven,r3\na.png,-1,r4\n"
-                                    "a.png,3.0,r5\n")
+                                    "a.png,3.0,r5\na.png,3.5,r6\n")
     recs = {r.id: r for r in open_source(tmp_path / "m.csv", num_classes=10)}
     assert recs["r1"].label == 3 and recs["r5"].label == 3           # 3.0: pandas' integer column with gaps
     assert "not a class of this model" in recs["r2"].error and "0 to 9" in recs["r2"].error
     assert "not a class of this model" in recs["r4"].error
     assert "'seven' is a name" in recs["r3"].error                 # not silently class 0
+    assert "not a class index" in recs["r6"].error
     # labels that are all names still map to their sorted values, unless there are more than the model's classes
     (tmp_path / "names.csv").write_text("path,label\na.png,cat\n")
     assert Manifest(tmp_path / "names.csv", num_classes=10).class_names == ["cat"]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -346,6 +346,8 @@ class Manifest(ImageSource):
             if self.class_names is None and isinstance(value, str):
                 return None, (f"label {value!r} is a name, but the model has no class names and this manifest's "
                               "other labels are class indices; write the index or give the class names (--classes)")
+            if self.class_names is None:
+                return None, f"label {value!r} is not a class index (a whole number)"
             return None, f"label {value!r} is not one of the class names {self.class_names}"
         if index < 0 or (self.num_classes is not None and index >= self.num_classes):
             return None, (f"label {value!r} is not a class of this model (class indices 0 to "
