@@ -41,9 +41,9 @@ an edit that undoes a cause counts for that cause, not for the content.
 A restoring edit that undoes a cause in the direction measured (brighter for a dark image, less contrast for a
 harsh one, denoise for extra detail, sharpen for missing detail) and raises the trust score by at least 0.3 adds 0.5 to that cause. The
 strongest signal wins; when none reaches 1 the explanation is "other" (no single cause), with the evidence. The
-confidence is the winner's share of the two strongest (0 for "other", which names no cause). The thresholds were set on the demo world's shapes (seed 0,
-grid strengths) and are reported on fresh shapes, colourised digits and photographs (``bench/explanations.py``,
-``docs/results.md``).
+confidence is the winner's share of the two strongest (0 for "other", which names no cause). The thresholds were set
+on the demo world's shapes (seed 0, grid strengths) and are reported on fresh shapes, colourised digits and
+photographs (``bench/explanations.py``, ``docs/results.md``).
 """
 
 from __future__ import annotations
