@@ -287,11 +287,6 @@ class Manifest(ImageSource):
             raise DataSourceError(f"manifest {str(self.path)!r} needs a 'path' column in every row; row {missing} has "
                                   f"the columns {found}" + (" (cfx reads comma-separated CSV files)"
                                                             if self.path.suffix.lower() == ".csv" else ""))
-        given = [str(row["id"]) for row in rows if "id" in row]
-        if len(set(given)) < len(given):
-            twice = sorted(i for i, count in Counter(given).items() if count > 1)
-            raise DataSourceError(f"manifest {str(self.path)!r} repeats ids {twice[:5]}: every row "
-                                  "needs its own id (drop the 'id' column to use the paths)")
         labels = [row.get("label") for row in rows]
         text_labels = sorted({str(v) for v in labels if isinstance(v, str) and v != "" and not _is_int(v)})
         has_indices = any(_as_index(v) is not None for v in labels)
@@ -315,9 +310,10 @@ class Manifest(ImageSource):
             if "id" not in row and taken[rid] > 1:
                 rid = f"{rid}#{taken[rid]}"
             self._ids.append(rid)
-        if len(set(self._ids)) < len(self._ids):
-            raise DataSourceError(f"manifest {str(self.path)!r}: an id equals another row's path; give every row "
-                                  "its own id")
+        twice = sorted(i for i, count in Counter(self._ids).items() if count > 1)
+        if twice:
+            raise DataSourceError(f"manifest {str(self.path)!r} repeats ids {twice[:5]}: every row needs its own id "
+                                  "(drop the 'id' column to use the paths)")
 
     def _read_rows(self) -> list[dict[str, Any]]:
         suffix = self.path.suffix.lower()
