@@ -544,8 +544,14 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     if metrics:
         ranked = dict(sorted(metrics.items(), key=lambda kv: -(kv[1]["auroc"] if kv[1]["auroc"] == kv[1]["auroc"]
                                                               else -1)))
-        click.echo(f"accuracy {next(iter(metrics.values()))['accuracy']:.3f}; misprediction detection:")
-        click.echo(metrics_table(ranked))
+        accuracy = next(iter(metrics.values()))["accuracy"]
+        if all(m["auroc"] != m["auroc"] for m in metrics.values()):  # every AUROC is NaN: one outcome only
+            click.echo(f"accuracy {accuracy:.3f}; misprediction detection needs both right and wrong predictions "
+                       f"among the labelled samples, and {'every' if accuracy >= 0.5 else 'no'} prediction is right: "
+                       "no detection metrics")
+        else:
+            click.echo(f"accuracy {accuracy:.3f}; misprediction detection:")
+            click.echo(metrics_table(ranked))
     else:
         click.echo("no labels: metrics need labelled data (ImageFolder or a manifest with a label column)")
     click.echo(f"wrote {Path(out) / 'summary.json'}, scores.csv" + (", roc.png, risk_coverage.png" if metrics else ""))

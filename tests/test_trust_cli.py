@@ -138,3 +138,29 @@ def test_wrong_tensor_shape_is_a_clear_error():
     clf = Classifier.wrap(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)), example_size=(8, 8))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         clf.logits(torch.rand(2, 8, 8, 3))
+
+
+def test_trust_says_why_there_are_no_detection_metrics_when_every_prediction_is_right(tmp_path):
+    import cfx
+
+    classifier = cfx.load_classifier(f"python:{FACTORIES}:tiny_cnn")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        predicted = classifier.logits(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(1)
+    for i, (image, k) in enumerate(zip(images, predicted.tolist())):  # each labelled with the model's prediction
+        (tmp_path / "data" / str(k)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "data" / str(k) / f"{i}.png")
+    r = _run(["--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(tmp_path / "data"), "--out",
+              str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    assert "accuracy 1.000" in r.output and "every prediction is right" in r.output
+    assert "nan" not in r.output and "AUROC" not in r.output
+
+
+def test_metrics_table_writes_undefined_metrics_as_not_available():
+    from cfx.trust.metrics import metrics_table
+
+    table = metrics_table({"msp": {"auroc": float("nan"), "aupr_error": 0.5, "fpr_at_95_tpr": float("nan"),
+                                   "aurc": 0.25}})
+    assert "| msp | n/a | 0.500 | n/a | 0.250 |" in table

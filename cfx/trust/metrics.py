@@ -139,5 +139,5 @@ def metrics_table(results: dict[str, dict[str, Any]], keys: Sequence[str] = ("au
     lines = ["| method | " + " | ".join(arrows.get(k, k) for k in keys) + " |",
              "|---|" + "---|" * len(keys)]
     for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" if m[k] == m[k] else "n/a" for k in keys) + " |")
     return "\n".join(lines)
