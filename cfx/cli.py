@@ -424,6 +424,12 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
     if "ddpm" in m:
         click.echo(f"DDPM: {m['ddpm']['steps']} steps at {m['ddpm']['image_size']} px, final loss "
                    f"{m['ddpm']['final_loss']:.3f}")
+    stats = m.get("reference_statistics") or {}
+    if stats:
+        click.echo(f"reference for explanations: {stats['images']} {stats['images_from']}"
+                   + (f", {stats['classes']} predicted classes" if "classes" in stats else ""))
+        if stats.get("narrow"):
+            click.echo(f"warning: {stats['narrow']}")
     for name, reason in (m.get("uncalibrated") or {}).items():
         click.echo(f"uncalibrated: {name}: {reason}")
     for name, reason in (m.get("unavailable") or {}).items():

@@ -93,6 +93,24 @@ def test_explain_writes_summary_and_a_report_that_escapes_everything(shapes_mode
     assert len(html) < 3_000_000 * 40 / 100  # the 3 MB per 100 flagged budget, scaled
 
 
+def test_the_report_names_the_fitted_reference_and_warns_when_it_is_narrow(shapes_models, fitted, tmp_path):
+    stats = fitted.manifest["reference_statistics"]
+    assert stats.get("narrow") is None  # the demo folder: hundreds of confident images of every class
+    summary = cfx.explain(shapes_models.classifier, _source(shapes_models, 4), fitted, tmp_path / "wide",
+                          flag_below=2.0, generators=["lnn"], progress=False)
+    assert summary["reference"]["statistics"] == f"the fitted folder's {stats['images']} {stats['images_from']}"
+    assert summary["reference"]["narrow"] is None
+    assert "Narrow reference" not in (tmp_path / "wide" / "report.html").read_text()
+    stats["narrow"] = "only 3 trusted reference images <b>here</b>"
+    try:
+        cfx.explain(shapes_models.classifier, _source(shapes_models, 4), fitted, tmp_path / "narrow",
+                    flag_below=2.0, generators=["lnn"], progress=False)
+    finally:
+        stats["narrow"] = None
+    html = (tmp_path / "narrow" / "report.html").read_text()
+    assert "Narrow reference: only 3 trusted reference images &lt;b&gt;here&lt;/b&gt;." in html
+
+
 def test_resume_after_kill_minus_9_matches_an_uninterrupted_run(shapes_models, fitted, tmp_path):
     """Kill -9 a `cfx.explain` on 1200 images mid-run, re-run: same samples, flags and causes; scores to 1e-5."""
     n = 1200

@@ -79,8 +79,26 @@ def test_reference_statistics_fall_back_to_the_most_competent_of_every_reference
         assert stored["images"] == 12 and "a tenth" in stored["images_from"]
         pick = competency.argsort(descending=True)[:12]
     expected = image_statistics((images[pick] * 255).round() / 255)  # the fit reads images as 8-bit
+    with torch.inference_mode():  # which classes the reference covers, counted here from the model's predictions
+        predicted = clf.logits((images * 255).round() / 255).argmax(1)
+    assert stored["classes"] == len(set(predicted[pick].tolist()))
+    assert stored["classes_in_reference"] == len(set(predicted.tolist()))
+    assert stored["narrow"].startswith(f"explanations compare flagged images with only {stored['images']} ")
     assert stored["mean"]["brightness"] == pytest.approx(float(expected["brightness"].mean()), rel=1e-5)
     assert stored["mean"]["contrast"] == pytest.approx(float(expected["contrast"].mean()), rel=1e-5)
+
+
+def test_a_reference_of_few_images_or_few_classes_is_called_narrow():
+    from cfx.jobs.fitting import reference_coverage
+
+    everything = torch.arange(40) % 20                                  # the model predicts 20 classes
+    wide = reference_coverage(torch.arange(60) % 10, everything)        # 60 images of 10 classes
+    assert wide == {"classes": 10, "classes_in_reference": 20, "narrow": None}
+    few_classes = reference_coverage(torch.arange(60) % 4, everything)  # 4 of 20 classes: under a quarter
+    assert "only 4 of the 20 classes" in few_classes["narrow"] and "only 60" not in few_classes["narrow"]
+    few_images = reference_coverage(torch.arange(17) % 10, everything)
+    assert "only 17 trusted reference images" in few_images["narrow"] and "classes" not in few_images["narrow"]
+    assert reference_coverage(torch.zeros(40), torch.arange(3))["narrow"] is None  # 3 classes: too few to judge
 
 
 def test_torch_competency_equals_batched_and_has_input_gradients(tiny_fitted):
@@ -213,6 +231,8 @@ def test_cli_fit_then_trust_with_fitted_scores(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["errors"] == 1 and manifest["errors"][0]["id"] == "a/bad.png"
     assert "z* =" in r.output
+    assert "reference for explanations: " in r.output and "warning: explanations compare flagged images with only" \
+        in r.output  # 48 reference images of 4 classes: the trusted few are a narrow reference
     r = CliRunner().invoke(main, ["trust", "--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(data),
                                   "--fitted", str(out), "--flag-score", "parce", "--flag-percentile", "20",
                                   "--out", str(tmp_path / "t"), "--quiet"])

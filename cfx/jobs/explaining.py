@@ -192,7 +192,9 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
         target = RunRankTarget(classifier, **target_spec)
     ranges = resolve_edit_ranges(edit_range, fitted, reference) if todo else None
     if todo:
-        fitted_images = "the fitted folder's confident calibration images"
+        stats = (fitted.manifest.get("reference_statistics") or {}) if fitted is not None else {}
+        fitted_images = (f"the fitted folder's {stats['images']} {stats['images_from']}" if stats.get("images_from")
+                         else "the fitted folder's confident calibration images")
         with store.db:  # how far the property edits went and which reference the report names
             store.set_meta("edit_ranges", ranges.to_dict() if ranges is not None else None)
             store.set_meta("reference", {
@@ -201,7 +203,8 @@ def _run(store: RunStore, classifier: Classifier, fitted: Fitted | None, source:
                 "nearest_trusted_image": (reference.to_dict() if reference is not None and "nn" in generators else
                                           {"description": fitted_images + " (latent index)"} if "lnn" in generators
                                           else None),
-                "trust_target": target.name if target is not None else "parce"})
+                "trust_target": target.name if target is not None else "parce",
+                "narrow": stats.get("narrow") if fitted is not None else None})
     t1 = time.perf_counter()
     bar = tqdm(total=len(flagged), initial=len(flagged) - len(todo), desc="explaining", unit="img",
                disable=not progress)

@@ -103,6 +103,31 @@ def oracle_training_set(images: Tensor, labels: Tensor, copies: int, seed: int) 
     return torch.cat(out_x), torch.cat(out_y)
 
 
+#: A reference for explanations with fewer images than this, or covering fewer than a quarter of the classes the
+#: model predicts on the reference set, is reported as narrow by ``cfx fit``.
+NARROW_REFERENCE_IMAGES = 30
+
+
+def reference_coverage(trusted_predicted: Tensor, all_predicted: Tensor) -> dict[str, Any]:
+    """How much of the reference set the images the explanations compare with cover: ``classes`` (distinct
+    predicted classes among them), ``classes_in_reference`` (among every reference image) and ``narrow``, a
+    sentence saying why the reference is narrow (None when it is not). A narrow reference makes a changed image
+    look ordinary: against crops of two photographs, one grey and one in colour, a photograph made grey is
+    typical."""
+    classes, seen = int(trusted_predicted.unique().numel()), int(all_predicted.unique().numel())
+    few_images = len(trusted_predicted) < NARROW_REFERENCE_IMAGES
+    few_classes = seen >= 4 and classes * 4 < seen
+    narrow = None
+    if few_images or few_classes:
+        narrow = (f"explanations compare flagged images with {'only ' if few_images else ''}"
+                  f"{len(trusted_predicted)} trusted reference images"
+                  + (f", predicted as only {classes} of the {seen} classes the model predicts on the reference set"
+                     if few_classes else "")
+                  + ": against so narrow a reference a changed image can look typical. Fit on more, and more "
+                  "varied, reference images the model is confident about")
+    return {"classes": classes, "classes_in_reference": seen, "narrow": narrow}
+
+
 def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str | Path,
         calibration: ImageSource | Iterable[Record] | None = None, calibration_fraction: float = 0.2,
         ae_size: int | tuple[int, int] | None = None, ae_epochs: int = 25, ae_batch_size: int = 64,
@@ -244,6 +269,7 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     reference_stats = None
     clear = torch.nonzero(cal_scores["parce"] > competency_threshold).flatten()
     trusted_images, trusted_from = cal_float[clear], "trusted calibration images"
+    trusted_predicted = cal["logits"][clear].argmax(1)
     if len(clear) < 10:
         train_float = ref["images"][tr_idx]
         every_competency = torch.cat([cal_scores["parce"], competency(ref["logits"][tr_idx], train_float)])
@@ -252,6 +278,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
             :max(10, len(every_competency) // 10)]
         n_cal = len(cal_float)  # index each split apart: no copy of the whole reference set
         trusted_images = torch.cat([cal_float[pick[pick < n_cal]], train_float[pick[pick >= n_cal] - n_cal]])
+        trusted_predicted = torch.cat([cal["logits"][pick[pick < n_cal]],
+                                       ref["logits"][tr_idx][pick[pick >= n_cal] - n_cal]]).argmax(1)
         trusted_from = ("confident reference images (calibration and training splits)" if len(over) >= 10 else
                         "most competent reference images (a tenth of calibration and training splits)")
     edit_ranges = None
@@ -266,7 +294,9 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
                            "regions": (RegionModel.measure(trusted_images).to_dict()
                                        if RegionModel.usable(trusted_images) else None),
                            "version": STATISTICS_VERSION,
-                           "confident": int(len(confident)), "image_size": list(cal_float.shape[-2:])}
+                           "confident": int(len(confident)), "image_size": list(cal_float.shape[-2:]),
+                           **reference_coverage(trusted_predicted, torch.cat([ref["logits"][tr_idx],
+                                                                              cal["logits"]]).argmax(1))}
     if trained_oracle is not None:
         cal_scores["oracle"] = trained_oracle.score(cal["images"])
     if labelled:
