@@ -46,6 +46,9 @@ class EditSweeps:
     curves: list[PropertyCurve]
     evaluated: int  # images the classifier ran on (originals included unless their logits were given)
     score_before: Tensor | None = None  # (N,) the target score of the originals
+    #: ``{"property:direction": (N, steps)}`` the target score of every restoring direction at every strength, NaN
+    #: where the search did not evaluate it (screened out), −inf where the edit loses the content
+    scores: dict[str, Tensor] | None = None
 
 
 class _Scorer:
@@ -233,7 +236,18 @@ def sweep_edits(classifier, target: Callable[[Tensor], Tensor], images: Tensor, 
                                  seed))
         else:
             curves.append(_curve(e, key[1], s, probs0, probs, None, permutations, seed))
-    return EditSweeps(restoring, curves, scorer.evaluated, before)
+    tables = {}
+    for (j, d), (_, after, _) in sweeps.items():
+        if editors[j].restores:
+            table = after.clone()
+            if search == "screened":  # the strengths the screen skipped for images that did not sweep the direction
+                _, _, _, cols = screened[(j, d)]
+                skipped = [i for i in range(steps) if i not in cols]
+                unswept = live_of[(j, d)] & ~swept_mask[(j, d)]
+                table[unswept.unsqueeze(1) & torch.isin(torch.arange(steps), torch.tensor(skipped, dtype=torch.long))
+                      .unsqueeze(0)] = float("nan")
+            tables[f"{editors[j].property}:{d}"] = table
+    return EditSweeps(restoring, curves, scorer.evaluated, before, tables)
 
 
 def _unchanged_edits(images: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:

@@ -106,6 +106,30 @@ def test_screened_search_sweeps_only_the_most_promising_directions(setup):
            [r.property + ":" + r.direction for r in full.restoring[:6]]
 
 
+def test_the_score_tables_are_the_target_on_each_edited_image_and_nan_where_the_screen_skipped(setup):
+    model, images, target, ranges = setup
+    editors = [e for e in parametric_editors() if e.property in ("brightness", "contrast", "saturation")]
+    full = sweep_edits(model, target, images, editors, steps=8, ranges=ranges, search="full")
+    assert set(full.scores) == {f"{e.property}:{d}" for e in editors for d in e.directions}
+    for e in editors:
+        for d in e.directions:
+            s = ranges.strengths(e, images, d, 8)
+            with torch.inference_mode():  # the target on each edited image, computed here without the sweep
+                expected = target(e.edit(images, s)[:, 1:].flatten(0, 1)).view(len(images), 8).clone()
+            empty = (s == e.neutral).all(1)  # an empty range: the original's score at every strength
+            expected = torch.where(empty.unsqueeze(1), full.score_before.unsqueeze(1), expected)
+            got = full.scores[f"{e.property}:{d}"]
+            lost = torch.isinf(got)  # edits that lose the content are −inf
+            torch.testing.assert_close(got[~lost], expected[~lost].float(), atol=1e-5, rtol=0)
+    screened = sweep_edits(model, target, images, editors, steps=8, ranges=ranges, search="screened", screen_top=2)
+    for key, table in screened.scores.items():
+        known = ~torch.isnan(table)
+        assert known[:, [1, 4, 7]].all()  # the screen's strengths, for every image
+        torch.testing.assert_close(table[known], full.scores[key][known])  # the same value where it was run
+    swept = (~torch.isnan(torch.stack(list(screened.scores.values()), 1))).all(2).sum(1)
+    assert (swept >= 2).all()  # each image swept its two best directions in full (more where ranges are empty)
+
+
 def test_pixelation_is_swept_at_every_strength_not_screened(setup):
     model, images, target, _ = setup
     pixelation = Pixelation()
