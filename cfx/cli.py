@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from click.core import ParameterSource
 import torch
 
 from tqdm.auto import tqdm
@@ -511,6 +512,18 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         raise click.BadParameter(f"score(s) {needs_fit} need a fitted folder that has them (cfx fit"
                                  f"{' --oracle' if 'oracle' in needs_fit else ''}; then --fitted DIR)",
                                  param_hint="--methods")
+    if flag_score not in SCORES:
+        raise click.BadParameter(f"unknown score {flag_score!r}; choose from {', '.join(SCORES)}",
+                                 param_hint="--flag-score")
+    if not SCORES[flag_score].applies_to(classifier, fitted):
+        default = click.get_current_context().get_parameter_source("flag_score") == ParameterSource.DEFAULT
+        if not default:
+            raise click.BadParameter(f"{flag_score} does not apply to this model ({SCORES[flag_score].description})",
+                                     param_hint="--flag-score")
+        flag_score = "msp"  # the default, GradTrust-top-5, is one number for every image of a two-class model
+        if flag_below is not None or flag_percentile is not None:
+            click.echo("flag score msp: gradtrust_topk, the default, is the same for every image of a "
+                       f"{classifier.num_classes}-class model")
     if (flag_below is not None or flag_percentile is not None) and flag_score not in chosen:
         chosen.append(flag_score)
     options = {"odin_temperature": odin_temperature, "odin_epsilon": odin_epsilon, "mc_passes": mc_passes,

@@ -19,6 +19,12 @@ def tiny_cnn() -> nn.Module:
     return TinyCNN()
 
 
+def two_class_cnn() -> nn.Module:
+    """A binary classifier (two logits)."""
+    torch.manual_seed(3)
+    return TinyCNN(num_classes=2)
+
+
 def bn_cnn() -> nn.Module:
     """A 1×1 conv + batch-norm net (untrained: running mean 0, variance 1) for the CLI's input check."""
     torch.manual_seed(2)

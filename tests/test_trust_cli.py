@@ -164,3 +164,36 @@ def test_metrics_table_writes_undefined_metrics_as_not_available():
     table = metrics_table({"msp": {"auroc": float("nan"), "aupr_error": 0.5, "fpr_at_95_tpr": float("nan"),
                                    "aurc": 0.25}})
     assert "| msp | n/a | 0.500 | n/a | 0.250 |" in table
+
+
+def test_a_two_class_model_is_flagged_by_a_score_that_varies(tmp_path):
+    """GradTrust-top-5 is one number for every image of a two-class model (both classes' terms are equal), so it
+    must not be what flags: the unlabelled default falls back to MSP there, and says so."""
+    import cfx
+    from cfx.trust import applicable_scores
+    from cfx.trust.threshold import choose_flag_score
+    from cfx.trust.functional import gradtrust
+
+    binary = cfx.load_classifier(f"python:{FACTORIES}:two_class_cnn")
+    four = cfx.load_classifier(f"python:{FACTORIES}:tiny_cnn")
+    z = torch.randn(50, 2) * 5
+    assert torch.allclose(gradtrust(z, "topk"), torch.ones(50))  # why: constant for C = 2
+    assert "gradtrust_topk" not in applicable_scores(binary) and "gradtrust_topk" in applicable_scores(four)
+    choice = choose_flag_score("auto", applicable_scores(binary))
+    assert choice.score == "msp" and "not available for this model" in choice.reason
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "data" / f"{i}.png")
+    r = CliRunner().invoke(main, ["explain", "--model", f"python:{FACTORIES}:two_class_cnn", "--data",
+                                  str(tmp_path / "data"), "--out", str(tmp_path / "e"), "--flag-share", "20",
+                                  "--generators", "igd", "--quiet"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["flag_score"]["score"] == "msp" and summary["counts"]["flagged"] == 4
+    r = _run(["--model", f"python:{FACTORIES}:two_class_cnn", "--data", str(tmp_path / "data"), "--flag-below",
+              "0.6", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 0 and "flag score msp" in r.output, r.output
+    r = _run(["--model", f"python:{FACTORIES}:two_class_cnn", "--data", str(tmp_path / "data"), "--flag-score",
+              "gradtrust_topk", "--flag-below", "0.6", "--out", str(tmp_path / "t2")])
+    assert r.exit_code == 2 and "does not apply to this model" in r.output

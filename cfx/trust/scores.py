@@ -102,8 +102,13 @@ class TrustScore:
 class LogitScore(TrustScore):
     """A score that is a function of the logits alone (the fitted folder stores its calibration percentiles)."""
 
-    def __init__(self, name: str, fn: Callable[[Tensor], Tensor], description: str, reference: str = ""):
+    def __init__(self, name: str, fn: Callable[[Tensor], Tensor], description: str, reference: str = "",
+                 min_classes: int = 2):
         self.name, self.fn, self.description, self.reference = name, fn, description, reference
+        self.min_classes = min_classes  # below it the score cannot vary (it is the same number for every image)
+
+    def applies_to(self, classifier: Classifier, fitted: "Fitted | None" = None) -> bool:
+        return classifier.num_classes >= self.min_classes and super().applies_to(classifier, fitted)
 
     def score(self, inputs: ScoreInputs) -> Tensor:
         return self.fn(inputs.logits)
@@ -186,7 +191,9 @@ for _score in (
     LogitScore("gradtrust", gradtrust, "GradTrust: max/mean over classes of the variance of counterfactual "
                "final-layer gradients, all C labels (closed form)", "Prabhushankar & AlRegib 2024"),
     LogitScore("gradtrust_topk", lambda z: gradtrust(z, labels="topk", k=5), "GradTrust with cross-entropy "
-               "counterfactuals for the top-5 labels (closed form)", "Prabhushankar & AlRegib 2024, general form"),
+               "counterfactuals for the top-5 labels (closed form; 3 classes or more: with two, both classes' terms are "
+               "equal and the score is 1 for every image)", "Prabhushankar & AlRegib 2024, general form",
+               min_classes=3),
     LogitScore("msp", msp, "maximum softmax probability", "Hendrycks & Gimpel 2017"),
     LogitScore("max_logit", max_logit, "maximum raw logit", "Hendrycks et al. 2022"),
     LogitScore("log_prob", log_prob, "log-softmax of the predicted class (minus its NLL)"),

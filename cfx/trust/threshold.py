@@ -25,6 +25,8 @@ AUTO = "auto"
 #: The flag score without labelled calibration data to judge by: the GradTrust variant that separated untrusted
 #: predictions best across the data sets measured in ``docs/results.md`` (``bench/flag_score_variants.py``).
 UNLABELLED_FLAG_SCORE = "gradtrust_topk"
+#: Without labels, the first of these the model has (GradTrust-top-5 needs three classes or more).
+UNLABELLED_FALLBACKS = (UNLABELLED_FLAG_SCORE, "msp")
 #: Labelled calibration data must hold at least this many misclassified images before a score is chosen on it.
 MIN_CALIBRATION_ERRORS = 30
 #: Calibration AUROCs this close to the best are a tie (with tens of errors such differences are noise); ties go to
@@ -58,19 +60,21 @@ def choose_flag_score(requested: str, available: Sequence[str],
         return FlagScoreChoice(requested, "asked for")
     if not available:
         raise ValueError("no trust score is available to flag with")
-    fallback = UNLABELLED_FLAG_SCORE if UNLABELLED_FLAG_SCORE in available else available[0]
+    fallback = next((s for s in UNLABELLED_FALLBACKS if s in available), available[0])
+    measured = ("the score measured to separate untrusted predictions best without labels (docs/results.md)"
+                if fallback == UNLABELLED_FLAG_SCORE else
+                f"as {UNLABELLED_FLAG_SCORE}, the score measured best without labels, is not available for this model "
+                "(with two classes it is the same for every image)")
     correct = None if calibration is None else calibration.get("correct")
     if correct is None:
         why = "no fitted folder" if calibration is None else "the fitted folder's calibration data has no labels"
-        return FlagScoreChoice(fallback, f"{why}: {fallback}, the score measured to separate untrusted predictions "
-                                         "best without labels (docs/results.md)")
+        return FlagScoreChoice(fallback, f"{why}: {fallback}, {measured}")
     correct = torch.as_tensor(correct).bool()
     errors = int((~correct).sum())
     if errors < min_errors or bool((~correct).all()):
         plural = "" if errors == 1 else "s"
         return FlagScoreChoice(fallback, f"the labelled calibration data holds {errors} error{plural} (fewer than "
-                                         f"{min_errors} to judge by): {fallback}, the score measured to separate "
-                                         "untrusted predictions best without labels (docs/results.md)")
+                                         f"{min_errors} to judge by): {fallback}, {measured}")
     aurocs = {}
     for name in available:
         values = calibration.get(name)
