@@ -60,7 +60,8 @@ def model_options(func: Callable) -> Callable:
                      help="torchscript:PATH, hf:LOCAL_DIR, python:module:callable (or python:file.py:callable), "
                           "torchvision:NAME[:WEIGHTS], timm:NAME[:WEIGHTS], or demo:shapes / demo:digits."),
         click.option("--image-size", metavar="H[xW]", help="Input size for specs without preprocessing metadata "
-                     "(TorchScript, python factories). Default: keep the image size."),
+                     "(TorchScript, python factories). Default for a model that takes any size: one size per run, the "
+                     "fitted folder's, else the first readable image's; other images are resized to it."),
         click.option("--mean", metavar="M1,M2,M3", help="Normalisation mean (default: none, pixels in [0, 1])."),
         click.option("--std", metavar="S1,S2,S3", help="Normalisation std (default: none)."),
         click.option("--classes", type=click.Path(dir_okay=False), metavar="FILE",

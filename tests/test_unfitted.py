@@ -8,6 +8,7 @@ the stored scores, brute-force cosine search for the nearest trusted image, scip
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +233,39 @@ def test_real_efficientnet_on_unlabelled_photographs_without_a_fitted_folder(tmp
         for kind in ("igd", "nn"):
             assert tuple(png_tensor(store.image(sid, kind)).shape) == (3, 224, 224)
     store.close()
+
+
+def test_images_of_many_sizes_are_scored_and_explained_at_one_size(tmp_path):
+    """A model that takes any size, no --image-size, a folder of images of several sizes: each image is read at the
+    same size when it is scored and when it is explained, so the scores its evidence quotes are the scores that
+    flagged it (each pass used to take the size of the first image *it* read)."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cfx.cli import main
+    from cfx.core.runstore import RunStore
+
+    factories = Path(__file__).parent / "factories.py"
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    sizes = [(20, 28), (16, 16), (12, 30), (40, 24), (16, 16), (24, 12)] * 3
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(data / f"{i:02d}.png")
+    r = CliRunner().invoke(main, ["explain", "--model", f"python:{factories}:tiny_cnn", "--data", str(data),
+                                  "--out", str(tmp_path / "e"), "--flag-share", "50", "--generators", "igd",
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["counts"]["explained"] == 9
+    with RunStore(tmp_path / "e") as store:
+        scored = {row["id"]: row["scores"] for row in store.samples()}
+        explained = store.explanations()
+    assert len(explained) == 9
+    for sid, row in explained.items():
+        quoted = row["evidence"]["scores"]
+        assert quoted["msp"] == pytest.approx(scored[sid]["msp"], abs=1e-4), sid  # 8-bit storage: ~1e-5
+    assert summary["image_size"] == [20, 28]  # the first image's, recorded with the run

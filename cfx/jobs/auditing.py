@@ -441,6 +441,7 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
     store = RunStore(out, config, restart=restart)
     with store.db:
         store.set_meta("flag_score", job.flag_choice.to_dict())
+        store.set_meta("image_size", list(job.classifier.preprocessing.size or ()) or None)  # every pass reads at it
     try:
         if engine is None:
             with store.db:
@@ -559,6 +560,7 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
         "properties": ranking, "slices": slices, "neighbours": neighbours,
         "errors": [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]],
         "flag_score": store.get_meta("flag_score"),
+        "image_size": store.get_meta("image_size"),  # (H, W) every image was read at
         "input_check": store.get_meta("input_check") or None,
         "edit_ranges": store.get_meta("edit_ranges"),
         "engine": store.get_meta("engine"),

@@ -7,7 +7,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,26 @@ class JobInputs:
     data_name: str
     model_name: str
     flag_choice: FlagScoreChoice
+
+
+def with_run_size(classifier: Classifier, fitted: Fitted | None, source: ImageSource) -> Classifier:
+    """The classifier with the one input size (H, W) every image of the run is read at, scored and explained at.
+
+    A model with an input size keeps it. A model that takes any size (no ``--image-size``) gets the size its fitted
+    folder's reference images were measured at, else the size of the source's first readable image, so that the
+    scoring pass and every later pass (explanations, a resumed run) read each image at the same size, whatever
+    order they meet the images in. The original classifier is not changed; images of another size are resized."""
+    if classifier.preprocessing.size is not None:
+        return classifier
+    stored = (fitted.manifest.get("reference_statistics") or {}).get("image_size") if fitted is not None else None
+    if stored:
+        size = tuple(int(v) for v in stored)
+    else:
+        first = next((r for r in source if r.error is None and r.image is not None), None)
+        if first is None:
+            return classifier
+        size = tuple(int(v) for v in first.image.shape[-2:])
+    return replace(classifier, preprocessing=replace(classifier.preprocessing, size=size))
 
 
 def _check_readable(source: ImageSource, name: str) -> None:
@@ -103,6 +123,7 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
     source = (open_source(data, classifier.class_names, classifier.num_classes) if not isinstance(data, ImageSource)
               else data)
     _check_readable(source, data_spec or str(data))
+    classifier = with_run_size(classifier, fitted, source)
     data_name = data_spec or (data if isinstance(data, str) else f"{type(source).__name__} of {len(source)} images")
     model_name = model_spec or (model if isinstance(model, str) else type(classifier.model).__name__)
     return JobInputs(classifier, fitted, source, threshold, methods, data_name, model_name, choice)
@@ -341,12 +362,13 @@ class ExplainResult(_Result):
     reference: dict[str, Any] | None = None   # what the evidence compared with
     out: Path | None = field(default=None, repr=False)
     input_check: dict[str, Any] | None = None  # the normalisation against the model's first batch norm
+    image_size: list[int] | None = None  # (H, W) every image was read at, scored and explained at
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any], out: Path, seconds: float) -> "ExplainResult":
         return cls(summary["config"], summary["counts"], summary["timing"], summary["metrics"], summary["samples"],
                    round(seconds, 2), summary.get("flag_score"), summary.get("reference"), out,
-                   summary.get("input_check"))
+                   summary.get("input_check"), summary.get("image_size"))
 
     @property
     def report_path(self) -> Path | None:
@@ -370,6 +392,7 @@ class AuditResult(_Result):
     engine: dict[str, Any] | None = None  # where it ran: this process or Ray actors
     out: Path | None = field(default=None, repr=False)
     input_check: dict[str, Any] | None = None  # the normalisation against the model's first batch norm
+    image_size: list[int] | None = None  # (H, W) every image was read at
 
     @property
     def report_path(self) -> Path | None:
