@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -106,8 +107,34 @@ def _engine(ray_address: str | None, actors: int | None, cpus: float, gpus: floa
         raise click.BadParameter(str(exc), param_hint="--ray-*") from None
 
 
+def _check_out(out: str | Path) -> None:
+    """Fail at once, before any work, when ``--out`` cannot be written (a file in the way, a read-only folder)."""
+    path = Path(out)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise click.BadParameter(f"{existing} is a file, not a folder: the output cannot go under it",
+                                 param_hint="--out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{existing} is not writable: choose an output folder you can write to",
+                                 param_hint="--out")
+
+
+def _check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise click.BadParameter(f"{device!r} is not a device; use cpu, cuda or cuda:N", param_hint="--device") \
+            from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("no CUDA GPU is available to this torch; use --device cpu", param_hint="--device")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise click.BadParameter("no Apple GPU (MPS) is available to this torch; use --device cpu",
+                                 param_hint="--device")
+
+
 def _load_model(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
                 head: str | None, device: str):
+    _check_device(device)
     try:
         return load_classifier(model_spec, image_size=image_size, mean=_floats(mean), std=_floats(std),
                                classes=classes, head=head, device=device)
@@ -309,6 +336,8 @@ def inspect(model_spec: str, image_size: str | None, mean: str | None, std: str 
 
     With --data, every image is decoded and classified; unreadable files are listed as errors (the run goes on).
     """
+    if out is not None:
+        _check_out(out)
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     info: dict[str, Any] = {"command": "inspect", "model": classifier.describe()}
     d = info["model"]
@@ -402,6 +431,7 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
         cfx fit --model demo:shapes --train demo:shapes:train --calibration demo:shapes:calibration \\
                 --out fitted/ --oracle
     """
+    _check_out(out)
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     train_source = _open_data(train_spec, classifier)
     cal_source = _open_data(calibration_spec, classifier) if calibration_spec else None
@@ -491,6 +521,7 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         cfx trust --model demo:shapes --data demo:shapes:test --flag-percentile 10 \\
                   --calibration demo:shapes:calibration
     """
+    _check_out(out)
     engine = _engine(ray_address, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     fitted = None
@@ -650,6 +681,7 @@ def explain(model_spec: str, image_size: str | None, mean: str | None, std: str 
     """
     if flag_below is not None and flag_percentile is not None:
         raise click.UsageError("give either --flag-below or --flag-percentile, not both")
+    _check_out(out)
     engine = _engine(ray_address, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     source = _open_data(data_spec, classifier)
@@ -743,6 +775,7 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     if flag_below is not None and flag_percentile is not None:
         raise click.UsageError("give either --flag-below or --flag-percentile, not both")
     names = [p.strip() for n in nuisance for p in n.split(",") if p.strip()]
+    _check_out(out)
     engine = _engine(ray_address, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
     classifier = _load_model(model_spec, image_size, mean, std, classes, head, device)
     source = _open_data(data_spec, classifier)

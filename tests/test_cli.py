@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -100,3 +101,42 @@ def test_trust_lists_its_scores():
     result = CliRunner().invoke(main, ["trust", "--list-methods"])
     assert result.exit_code == 0
     assert "gradtrust" in result.output and "parce" in result.output and "needs cfx fit" in result.output
+
+
+def test_an_output_folder_that_cannot_be_written_or_a_missing_device_fails_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for command in (["trust"], ["fit", "--train", "demo:digits:calibration"], ["explain"], ["audit"]):
+        data = [] if command[0] == "fit" else ["--data", "demo:digits:test"]
+        r = CliRunner().invoke(main, [*command, "--model", f"python:{FACTORIES}:tiny_cnn", *data, "--out",
+                                      str(tmp_path / "afile" / "sub")])
+        assert r.exit_code == 2 and "is a file, not a folder" in r.output and "Traceback" not in r.output, r.output
+    for device, says in (("banana", "is not a device"), ("cuda", "no CUDA GPU") if not torch.cuda.is_available()
+                         else ("cpu", None)):
+        r = CliRunner().invoke(main, ["inspect", "--model", f"python:{FACTORIES}:tiny_cnn", "--device", device])
+        if says is not None:
+            assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_second_process_writing_the_same_folder_is_refused_until_the_first_is_gone(tmp_path):
+    """Two cfx runs on one --out would write into (or, with --restart, delete) a store the other is using: the
+    second is refused while the first holds the folder, and a killed first one frees it (the lock dies with it)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cfx.core.runstore import RunStore\n"
+                               f"store = RunStore({str(out)!r}, {{'a': 1}})\nprint('ready', flush=True)\n"
+                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        args = ["explain", "--model", f"python:{FACTORIES}:tiny_cnn", "--data", "demo:digits:test", "--out",
+                str(out), "--restart", "--quiet"]
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and "another cfx process is writing to" in r.output, r.output
+        assert (out / "run.sqlite").exists()  # --restart did not delete the store under the first process
+    finally:
+        holder.kill()
+        holder.wait()
+    from cfx.core.runstore import RunStore
+
+    RunStore(out, {"b": 2}, restart=True).close()  # free again once the holder is gone

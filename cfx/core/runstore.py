@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ from torch import Tensor
 __all__ = ["RunStore", "RunStoreError", "config_hash", "png_bytes", "png_tensor"]
 
 FILENAME = "run.sqlite"
+LOCKNAME = ".cfx-run.lock"  # held by the one process writing the folder
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
@@ -72,6 +74,24 @@ def png_tensor(data: bytes) -> Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def _writer_lock(out: Path):
+    """An exclusive lock on ``out`` for one writing process (released when the store closes, or by the operating
+    system when the process dies): a second ``cfx explain`` or ``cfx audit`` on the same folder is refused instead
+    of writing into a store the first one is using, or deleting it under it with ``--restart``."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(out / LOCKNAME, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunStoreError(f"another cfx process is writing to {out}; wait for it to finish, or use another "
+                            "--out") from None
+    except OSError as exc:
+        raise RunStoreError(f"cannot write to the output folder {out} ({exc.strerror or exc}); choose another "
+                            "--out") from None
+    return lock
+
+
 class RunStore:
     """Open (or create) ``out/run.sqlite``. ``config=None`` opens an existing store read-only (for reports)."""
 
@@ -80,7 +100,12 @@ class RunStore:
         self.path = self.out / FILENAME
         if config is None and not self.path.exists():
             raise RunStoreError(f"no run store at {self.path}; run `cfx explain --out {self.out}` first")
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunStoreError(f"cannot make the output folder {self.out} ({exc.strerror or exc}); choose another "
+                                "--out") from None
+        self._lock = _writer_lock(self.out) if config is not None else None  # one writer per folder
         if restart and self.path.exists():
             for suffix in ("", "-wal", "-shm"):
                 Path(str(self.path) + suffix).unlink(missing_ok=True)
@@ -90,6 +115,10 @@ class RunStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            self._release()
+            if not os.access(self.out, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+                raise RunStoreError(f"cannot write the run store {self.path} ({exc}): the folder or the file is not "
+                                    "writable; choose another --out") from None
             raise RunStoreError(f"{self.path} is not a readable run store ({exc}); use --restart to start over") \
                 from None
         self.resumed = False
@@ -110,6 +139,7 @@ class RunStore:
                 old = self.get_meta("config") or {}
                 changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
                 self.db.close()
+                self._release()
                 raise RunStoreError(
                     f"{self.out} holds a run with another config (changed: {', '.join(changed) or 'unknown'}); "
                     "use another --out folder, or --restart to discard it and start over")
@@ -200,6 +230,12 @@ class RunStore:
 
     def close(self) -> None:
         self.db.close()
+        self._release()
+
+    def _release(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> RunStore:
         return self
