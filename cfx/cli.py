@@ -25,7 +25,7 @@ from .core.data import DataSourceError, iter_batches, open_source
 from .core.images import is_grey
 from .core.models import ClassifierError, advise_on_inputs, load_classifier, suggest_normalisation
 from .core.registry import load_plugins
-from .core.runstore import RunStoreError
+from .core.runstore import RunStore, RunStoreError
 from .core.shifts import CAUSES, SHIFTS, apply_shift
 from .demo import cause_conditions, cause_examples, demo_fitted, demo_source, explanation_benchmark, load_demo
 from .jobs import AuditResult, ExplainResult
@@ -35,7 +35,7 @@ from .jobs import fit as fit_folder
 from .jobs.common import input_check, score_table_on_ray
 from .jobs.distributed import RayEngine, RayNotInstalled, ray_session, resolve_engine
 from .jobs.explaining import ExplainConfigError
-from .reports import render_review
+from .reports import render_audit, render_review
 from .trust.fitted import Fitted, FittedError
 from .trust.metrics import metrics_table
 from .trust.scores import SCORES, applicable_scores, default_scores
@@ -810,7 +810,15 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @click.option("--max-cards", default=200, show_default=True, help="Flagged samples shown as cards.")
 @_friendly_errors
 def report(run_dir: str, max_cards: int) -> None:
-    """Re-render RUN/report.html and RUN/summary.json from the run store, without recomputing anything."""
+    """Re-render RUN/report.html and RUN/summary.json from the run store, without recomputing anything.
+
+    For a cfx audit folder (RUN/audit.json), re-render RUN/audit.html from it instead."""
+    audit_json = Path(run_dir) / "audit.json"
+    if audit_json.exists():  # an audit: its report comes from audit.json, not from explanations
+        with RunStore(run_dir) as store:
+            path = render_audit(store, json.loads(audit_json.read_text()))
+        click.echo(f"an audit run: wrote {path}")
+        return
     path = render_review(run_dir, max_cards=max_cards)
     status = json.loads((Path(run_dir) / "summary.json").read_text()).get("status", "complete")
     if status != "complete":

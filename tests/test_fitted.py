@@ -88,6 +88,15 @@ def test_reference_statistics_fall_back_to_the_most_competent_of_every_reference
     assert stored["mean"]["contrast"] == pytest.approx(float(expected["contrast"].mean()), rel=1e-5)
 
 
+def test_a_fitted_score_the_folder_lacks_is_refused_with_what_to_do(tiny_fitted):
+    from cfx.trust import score_source
+
+    clf, fitted, images, labels = tiny_fitted
+    assert "oracle" not in fitted.score_names  # fitted without --oracle
+    with pytest.raises(ValueError, match=r"\['oracle'\] are not in the fitted folder .*cfx fit --oracle"):
+        score_source(clf, TensorSource(images[:8], labels[:8]), ["msp", "oracle"], fitted=fitted, progress=False)
+
+
 def test_a_reference_of_few_images_or_few_classes_is_called_narrow():
     from cfx.jobs.fitting import reference_coverage
 

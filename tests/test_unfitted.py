@@ -161,6 +161,11 @@ def test_cli_explain_and_audit_on_a_folder_without_labels_or_fitted_folder(model
     assert report["counts"]["flagged"] == 9 and report["flag_score"]["score"] == "gradtrust_topk"
     assert report["neighbours"]["n"] == 9 and "most trusted images of this run" in report["neighbours"]["searched"]
     assert "no fitted folder" in (tmp_path / "audit" / "audit.html").read_text()
+    (tmp_path / "audit" / "audit.html").unlink()  # cfx report on an audit folder re-renders the audit, nothing else
+    result = CliRunner().invoke(main, ["report", "--run", str(tmp_path / "audit")])
+    assert result.exit_code == 0 and "an audit run" in result.output, result.output
+    assert "no fitted folder" in (tmp_path / "audit" / "audit.html").read_text()
+    assert not (tmp_path / "audit" / "report.html").exists() and not (tmp_path / "audit" / "summary.json").exists()
 
 
 def test_a_share_that_flags_nothing_says_so(model_and_production, tmp_path):

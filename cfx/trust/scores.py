@@ -245,6 +245,11 @@ def score_batch(classifier: Classifier, images: Tensor, methods: Sequence[str] |
     if needs_fit and fitted is None:
         raise ValueError(f"score(s) {needs_fit} need a fitted folder: run cfx fit, then pass it (--fitted DIR, "
                          "fitted=cfx.Fitted.load(DIR, classifier))")
+    missing = [name for name in needs_fit if fitted is not None and name not in fitted.score_names]
+    if missing:
+        raise ValueError(f"score(s) {missing} are not in the fitted folder {fitted.path}: fit it again with what they "
+                         f"need (cfx fit{' --oracle' if 'oracle' in missing else ''}; Mahalanobis needs labelled "
+                         "reference data and the model's features)")
     need_features = any("features" in s.needs for s in scores)
     images = images.to(classifier.device)
     with torch.inference_mode():
