@@ -247,3 +247,36 @@ def test_iter_batches_bounded_resized_and_errors_ride_along(tmp_path):
     with pytest.raises(ValueError):
         next(iter_batches(src, batch_size=0))
     assert good.exists()
+
+
+def test_linked_folders_are_read_hidden_folders_skipped_and_a_broken_link_is_an_error_row(tmp_path):
+    import os
+
+    from cfx.core.data import open_source
+
+    def save(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(path)
+
+    elsewhere = tmp_path / "elsewhere"
+    for i in range(3):
+        save(elsewhere / f"e{i}.png")
+    flat = tmp_path / "flat"
+    save(flat / "a.png")
+    save(flat / ".thumbs" / "t.png")                       # a thumbnail cache: not data
+    os.symlink(elsewhere, flat / "linked")                  # a linked sub-folder: its 3 images count
+    os.symlink(tmp_path / "gone.png", flat / "broken.png")  # a link to a file that is gone: an error row
+    os.symlink(flat, flat / "again")                        # a link back to the folder itself: read once
+    source = open_source(str(flat))
+    records = list(source)
+    ids = sorted(r.id for r in records)
+    assert "a.png" in ids and "broken.png" in ids and not any(".thumbs" in i for i in ids)
+    assert ids == ["a.png", "broken.png", "linked/e0.png", "linked/e1.png", "linked/e2.png"]
+    assert [r.id for r in records if r.error is not None] == ["broken.png"]
+    labelled = tmp_path / "labelled"
+    save(labelled / "1" / "x.png")
+    save(labelled / "1" / ".thumbs" / "t.png")
+    os.symlink(elsewhere, labelled / "0")                   # a linked class folder
+    folder = open_source(str(labelled), num_classes=2)
+    assert sorted((r.id, r.label) for r in folder) == [
+        ("0/e0.png", 0), ("0/e1.png", 0), ("0/e2.png", 0), ("1/x.png", 1)]

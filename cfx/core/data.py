@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -183,6 +184,28 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def _image_files(root: Path) -> list[Path]:
+    """The image files under ``root``, sorted: sub-folders reached through symbolic links are followed (each real
+    folder once, so a link loop ends), hidden files and everything inside hidden folders (``.thumbs/``,
+    ``.ipynb_checkpoints/``) are skipped, and a link to a file that is gone is listed, to become an error row
+    rather than vanish."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(folder, name)
+            if (not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+                    and (path.is_file() or (path.is_symlink() and not path.exists()))):
+                found.append(path)
+    return sorted(found)
+
+
 class ImageFolder(ImageSource):
     """``root/<class name>/<image>``: labels are the indices of the sorted sub-folder names.
 
@@ -218,8 +241,7 @@ class ImageFolder(ImageSource):
                                       f"model has {num_classes} classes; name the sub-folders by class index "
                                       f"(0 to {num_classes - 1}) or give the model's class names (--classes)")
             index = {name: i for i, name in enumerate(self.class_names)}
-        self.items = [(p, index[folder]) for folder in folders
-                      for p in sorted((self.root / folder).rglob("*")) if _is_image_file(p)]
+        self.items = [(p, index[folder]) for folder in folders for p in _image_files(self.root / folder)]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -246,7 +268,7 @@ class FlatFolder(ImageSource):
         self.note = note
         if not self.root.is_dir():
             raise DataSourceError(f"image folder {str(self.root)!r} does not exist or is not a folder")
-        self.items = [p for p in sorted(self.root.rglob("*")) if _is_image_file(p)]
+        self.items = _image_files(self.root)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -570,8 +592,7 @@ def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | Non
             return opener(text)
     path = Path(text)
     if path.is_dir():
-        has_class_dirs = any(p.is_dir() and not p.name.startswith(".") and any(_is_image_file(f) for f in p.rglob("*"))
-                             for p in path.iterdir())
+        has_class_dirs = any(p.is_dir() and not p.name.startswith(".") and _image_files(p) for p in path.iterdir())
         has_top_images = any(_is_image_file(p) for p in path.iterdir())
         if has_class_dirs and not has_top_images:
             folders = _sub_folders(path)
