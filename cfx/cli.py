@@ -605,7 +605,8 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
             click.echo(metrics_table(ranked))
     else:
         click.echo("no labels: metrics need labelled data (ImageFolder or a manifest with a label column)")
-    click.echo(f"wrote {Path(out) / 'summary.json'}, scores.csv" + (", roc.png, risk_coverage.png" if metrics else ""))
+    written = ["summary.json", "scores.csv"] + (["roc.png", "risk_coverage.png"] if metrics else [])
+    click.echo("wrote " + ", ".join(str(Path(out) / name) for name in written))
 
 
 @main.command(context_settings=CONTEXT)

@@ -197,3 +197,20 @@ def test_a_two_class_model_is_flagged_by_a_score_that_varies(tmp_path):
     r = _run(["--model", f"python:{FACTORIES}:two_class_cnn", "--data", str(tmp_path / "data"), "--flag-score",
               "gradtrust_topk", "--flag-below", "0.6", "--out", str(tmp_path / "t2")])
     assert r.exit_code == 2 and "does not apply to this model" in r.output
+
+
+def test_scores_csv_keeps_file_names_that_look_like_formulas_as_text(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    for name in ("=HYPERLINK(1).png", "+1.png", "plain.png"):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "data" / name)
+    r = _run(["--model", f"python:{FACTORIES}:tiny_cnn", "--data", str(tmp_path / "data"), "--out",
+              str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {tmp_path / 't' / 'summary.json'}, {tmp_path / 't' / 'scores.csv'}" in r.output
+    with (tmp_path / "t" / "scores.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(row["id"] for row in rows) == ["'+1.png", "'=HYPERLINK(1).png", "plain.png"]
+    assert all(isinstance(float(row[m]), float) for row in rows for m in ("msp", "energy", "max_logit"))  # numbers
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert "=HYPERLINK(1).png" in [s["id"] for s in summary["samples"]]  # the JSON keeps the real name

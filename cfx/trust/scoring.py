@@ -141,6 +141,14 @@ def _plain(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
 
+def spreadsheet_text(value: str) -> str:
+    """Text for a CSV cell that a spreadsheet shows as text: one that starts with ``=``, ``+``, ``-``, ``@``, a tab
+    or a carriage return would be read as a formula (a file named ``=HYPERLINK(…).png``), so it gets a leading
+    apostrophe, as the report's verdict export does. Numbers are written as they are, not through this."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def write_trust_outputs(table: ScoreTable, out: str | Path, classifier: Classifier, data_description: dict,
                         threshold: Threshold | None = None, bootstrap: int = 0,
                         input_check: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -175,7 +183,8 @@ def write_trust_outputs(table: ScoreTable, out: str | Path, classifier: Classifi
         writer = csv.writer(fh)
         writer.writerow(["id", "label", "prediction", "correct", "flagged", "error"] + methods)
         for r in rows:
-            writer.writerow([r["id"], r["label"], r["prediction"], r["correct"], r["flagged"], r["error"] or ""]
+            writer.writerow([spreadsheet_text(r["id"]), r["label"], r["prediction"], r["correct"], r["flagged"],
+                             spreadsheet_text(r["error"] or "")]
                             + ["" if r["scores"][m] is None else f"{r['scores'][m]:.6g}" for m in methods])
     metrics = table.metrics(bootstrap=bootstrap, threshold=threshold)
     plots = {}
