@@ -167,6 +167,9 @@ def test_mc_dropout_needs_dropout_and_keeps_batchnorm_in_eval():
         probs = torch.stack([torch.softmax(net[5](F.dropout(h, 0.5, training=True)), 1) for _ in range(20)]).mean(0)
     torch.testing.assert_close(s, (probs * probs.log()).sum(1))
     assert not torch.allclose(s, neg_entropy(clf.logits(x).detach()))
+    scripted = Classifier.wrap(torch.jit.script(net.eval()), example_size=(16, 16))
+    with pytest.raises(ValueError, match=r"TorchScript model has 1 dropout layer\(s\).*python:module:factory"):
+        mc_dropout(scripted, x)
 
 
 def test_bad_logits_errors():

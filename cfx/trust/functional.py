@@ -237,6 +237,11 @@ def mc_dropout(classifier: Classifier, images: Tensor, passes: int = 10, seed: i
         raise ValueError(f"passes must be at least 1, got {passes}")
     drops = dropout_modules(classifier.model)
     if not drops:
+        scripted = [m for m in classifier.model.modules() if "Dropout" in str(getattr(m, "original_name", ""))]
+        if scripted:
+            raise ValueError(f"this TorchScript model has {len(scripted)} dropout layer(s), but cfx cannot switch "
+                             "dropout on inside a compiled graph reliably; load the model as python:module:factory "
+                             "(the nn.Module) for MC dropout, or use neg_entropy")
         raise ValueError("MC dropout needs dropout layers with p > 0, and this model has none; use neg_entropy "
                          "or choose a model trained with dropout")
     generator_state = torch.random.get_rng_state()
