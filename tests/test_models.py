@@ -192,6 +192,36 @@ def test_torchscript_spec(tmp_path):
         torch.testing.assert_close(clf.features(x), net.body(net.convs(pre)))
 
 
+class _ConvHeadNet(nn.Module):
+    """A SqueezeNet-style classifier: a 1×1 convolution head, then global average pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(16, 5, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.classifier(self.body(x))).flatten(1)
+
+
+def test_a_torchscript_export_with_a_1x1_convolution_head_loads_and_scores(tmp_path):
+    from cfx.trust import score_batch
+
+    torch.manual_seed(0)
+    net = _ConvHeadNet().eval()
+    path = tmp_path / "conv_head.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    clf = load_classifier(f"torchscript:{path}", image_size="16")
+    assert clf.num_classes == 5 and clf.head_name == "classifier"
+    assert clf.describe()["feature_dim"] == 16
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(clf.logits(x), net(x))
+    scores = score_batch(clf, x, ["gradtrust_topk", "msp"]).scores  # the logit scores need nothing more
+    torch.testing.assert_close(scores["msp"], torch.softmax(net(x).detach(), 1).max(1).values)
+
+
 def test_torchscript_with_exported_features(tmp_path):
     class WithFeatures(nn.Module):
         def __init__(self):

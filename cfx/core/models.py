@@ -156,6 +156,14 @@ def head_weight(module: nn.Module) -> Tensor | None:
     if isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") == "Linear":
         weight = getattr(module, "weight", None)
         return weight if isinstance(weight, Tensor) and weight.dim() == 2 else None
+    if isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") == "Conv2d":
+        weight = getattr(module, "weight", None)
+        try:
+            pointwise = (tuple(module.kernel_size) == (1, 1) and tuple(module.stride) == (1, 1)
+                         and int(module.groups) == 1 and module.padding in ((0, 0), [0, 0], "valid"))
+        except (AttributeError, RuntimeError, TypeError):  # an export that dropped the attributes
+            pointwise = isinstance(weight, Tensor) and weight.dim() == 4 and tuple(weight.shape[2:]) == (1, 1)
+        return weight if pointwise and isinstance(weight, Tensor) and weight.dim() == 4 else None
     return None
 
 
