@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -135,8 +136,11 @@ def _check_device(device: str) -> None:
 def _load_model(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
                 head: str | None, device: str):
     _check_device(device)
+    mean_values, std_values = _floats(mean), _floats(std)
+    if (mean is None) != (std is None):
+        raise click.UsageError("give --mean and --std together: normalisation is (x - mean) / std")
     try:
-        return load_classifier(model_spec, image_size=image_size, mean=_floats(mean), std=_floats(std),
+        return load_classifier(model_spec, image_size=image_size, mean=mean_values, std=std_values,
                                classes=classes, head=head, device=device)
     except (ClassifierError, DataSourceError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -204,6 +208,12 @@ def main() -> None:
         cfx inspect --model torchscript:model.pt --image-size 224 --data images/
     """
     load_plugins()  # installed plugins register their kinds (scores, editors, reporters, ...) before any option is read
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line: one line that says what is wrong, not the cfx source line that raised it."""
+    print(f"warning: {message}", file=file if file is not None else sys.stderr)
 
 
 @main.command(context_settings=CONTEXT)
@@ -447,8 +457,11 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
     m = fitted.manifest
     click.echo(f"fitted {m['counts']['train']} train / {m['counts']['calibration']} calibration images "
                f"({m['counts']['errors']} unreadable) in {m['seconds']:.1f} s")
-    click.echo(f"PaRCE: z* = {m['parce']['z_star']:.2f}, calibration accuracy {m['parce']['calibration_accuracy']:.3f}"
-               f", mean competency off by {m['parce']['calibration_gap']:.3f}; autoencoder "
+    click.echo(f"PaRCE: z* = {m['parce']['z_star']:.2f}, "
+               + (f"calibration accuracy {m['parce']['calibration_accuracy']:.3f}, mean competency off by "
+                  f"{m['parce']['calibration_gap']:.3f}" if m.get("labelled", True) else
+                  "matched to the model's mean top probability (no labels)")
+               + "; autoencoder "
                f"{m['autoencoder']['image_size']} latent {m['autoencoder']['latent_dim']}")
     if "oracle" in m:
         click.echo(f"oracle ({m['oracle']['loss']}): trained on {m['oracle_training']['images']} images, "
@@ -737,7 +750,8 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
               help="A property that should not matter (repeat, or comma-separate): brightness, contrast, saturation, "
                    "hue, noise, denoise, pixelation, sharpness, blur, occlusion, or (demo world) a generating "
                    "attribute such as background_hue.")
-@click.option("--sample", default=2000, show_default=True, help="Images that get the property edits (0 = all).")
+@click.option("--sample", default=2000, show_default=True, type=click.IntRange(min=0),
+              help="Images that get the property edits (0 = all).")
 @click.option("--properties", default=None, help="Only these properties (comma-separated); default all.")
 @click.option("--flag-score", default="auto", show_default=True,
               help="Trust score that decides the flags (auto: as for cfx explain).")

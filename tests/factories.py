@@ -25,6 +25,11 @@ def two_class_cnn() -> nn.Module:
     return TinyCNN(num_classes=2)
 
 
+def softmax_cnn() -> nn.Module:
+    """A classifier that ends in a softmax (probabilities, not logits)."""
+    return nn.Sequential(tiny_cnn(), nn.Softmax(dim=1)).eval()
+
+
 def bn_cnn() -> nn.Module:
     """A 1×1 conv + batch-norm net (untrained: running mean 0, variance 1) for the CLI's input check."""
     torch.manual_seed(2)

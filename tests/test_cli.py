@@ -140,3 +140,15 @@ def test_a_second_process_writing_the_same_folder_is_refused_until_the_first_is_
     from cfx.core.runstore import RunStore
 
     RunStore(out, {"b": 2}, restart=True).close()  # free again once the holder is gone
+
+
+def test_warnings_are_one_line_and_normalisation_needs_both_mean_and_std():
+    r = CliRunner().invoke(main, ["inspect", "--model", f"python:{FACTORIES}:softmax_cnn", "--image-size", "16"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if "probabilities" in line]
+    assert lines and lines[0].startswith("warning: the model's outputs look like probabilities")
+    assert "warnings.warn" not in r.output and "UserWarning" not in r.output
+    assert not any(".py:" in line and "--model" not in line and not line.startswith("model") for line in
+                   r.output.splitlines())  # no "file.py:123: UserWarning" source location
+    r = CliRunner().invoke(main, ["inspect", "--model", f"python:{FACTORIES}:tiny_cnn", "--std", "0.5,0.5,0.5"])
+    assert r.exit_code == 2 and "give --mean and --std together" in r.output

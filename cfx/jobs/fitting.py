@@ -281,7 +281,8 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
         trusted_predicted = torch.cat([cal["logits"][pick[pick < n_cal]],
                                        ref["logits"][tr_idx][pick[pick >= n_cal] - n_cal]]).argmax(1)
         trusted_from = ("confident reference images (calibration and training splits)" if len(over) >= 10 else
-                        "most competent reference images (a tenth of calibration and training splits)")
+                        "most competent reference images (the most competent tenth of the calibration and "
+                        "training splits, at least 10)")
     edit_ranges = None
     if len(trusted_images) > 1:
         # how far property edits may go: the band of each edited statistic over the same trusted images
