@@ -280,3 +280,13 @@ def test_linked_folders_are_read_hidden_folders_skipped_and_a_broken_link_is_an_
     folder = open_source(str(labelled), num_classes=2)
     assert sorted((r.id, r.label) for r in folder) == [
         ("0/e0.png", 0), ("0/e1.png", 0), ("0/e2.png", 0), ("1/x.png", 1)]
+
+
+def test_a_single_image_file_is_a_source_of_one(tmp_path):
+    from cfx.core.data import open_source
+
+    Image.fromarray(np.full((8, 6, 3), 200, np.uint8)).save(tmp_path / "one image.png")
+    (tmp_path / "other.png").write_bytes(b"")
+    records = list(open_source(str(tmp_path / "one image.png")))
+    assert [(r.id, r.label, r.error) for r in records] == [("one image.png", None, None)]
+    np.testing.assert_allclose(records[0].image.numpy(), 200 / 255, atol=1e-6)

@@ -260,12 +260,15 @@ class ImageFolder(ImageSource):
 
 
 class FlatFolder(ImageSource):
-    """Every image file under ``root`` (recursively), without labels. ``note`` says why a folder with sub-folders
-    was read this way (see :func:`open_source`)."""
+    """Every image file under ``root`` (recursively), without labels; ``root`` may also be one image file. ``note``
+    says why a folder with sub-folders was read this way (see :func:`open_source`)."""
 
     def __init__(self, root: str | Path, note: str | None = None):
         self.root = Path(root)
         self.note = note
+        if self.root.is_file() and self.root.suffix.lower() in IMAGE_EXTENSIONS:  # a single image file
+            self.items, self.root = [self.root], self.root.parent
+            return
         if not self.root.is_dir():
             raise DataSourceError(f"image folder {str(self.root)!r} does not exist or is not a folder")
         self.items = _image_files(self.root)
@@ -610,6 +613,8 @@ def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | Non
         return FlatFolder(path)
     if path.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
         return Manifest(path, class_names, num_classes)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:  # one image: a folder of one
+        return FlatFolder(path)
     if not path.exists():
         raise DataSourceError(f"data source {text!r} does not exist; give a folder, a .csv/.jsonl manifest or "
                               "demo:shapes / demo:digits")
