@@ -107,7 +107,7 @@ def test_unknown_method_and_threshold_misuse(tmp_path):
 
 def test_model_without_findable_head_is_a_clear_error(tmp_path):
     path = tmp_path / "nohead.pt"
-    torch.jit.save(torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())),
+    torch.jit.save(torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())),
                    str(path))
     r = _run(["--model", f"torchscript:{path}", "--data", "demo:digits"])
     assert r.exit_code == 1 and "no linear layer with 4 outputs" in r.output and "head" in r.output
