@@ -109,7 +109,7 @@ def test_model_without_findable_head_is_a_clear_error(tmp_path):
     path = tmp_path / "nohead.pt"
     torch.jit.save(torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())),
                    str(path))
-    r = _run(["--model", f"torchscript:{path}", "--data", "demo:digits"])
+    r = _run(["--model", f"torchscript:{path}", "--data", "demo:digits", "--out", str(tmp_path / "t")])
     assert r.exit_code == 1 and "no linear layer with 4 outputs" in r.output and "head" in r.output
 
 
