@@ -95,7 +95,7 @@ class TransformersReporter(Reporter):
             results = []
             for ev, p in zip(evidence, prompts):
                 fb = self.fallback.explain(ev)
-                fb.backend = f"{fb.backend} (fallback: transformers failed: {type(exc).__name__}: {exc})"[:300]
+                fb.backend = f"{fb.backend} (fallback from transformers)"  # why: in fb.fallback
                 fb.fallback = f"transformers:{self.name} failed: {type(exc).__name__}: {exc}"[:300]
                 fb.prompt = p
                 results.append(fb)

@@ -210,7 +210,7 @@ class OpenAIReporter(Reporter):
         except (EndpointError, KeyError, IndexError, TypeError) as exc:
             reason = str(exc) if isinstance(exc, EndpointError) else f"malformed answer ({type(exc).__name__})"
             fallback = self.fallback.explain(evidence)
-            fallback.backend = f"{fallback.backend} (fallback: {self.backend} failed: {reason})"[:300]
+            fallback.backend = f"{fallback.backend} (fallback from {self.backend})"  # why: in fallback.fallback
             fallback.fallback = f"{self.backend}:{self.model} failed: {reason}"[:300]
             fallback.prompt = prompt
             return fallback

@@ -143,6 +143,7 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
             "original": data_uri(original), "counterfactuals": cfs,
             "cause": e.get("cause") or "–", "confidence": fmt(exp.get("confidence"), 2),
             "text": exp.get("text") or "", "backend": exp.get("backend") or "", "error": e.get("error"),
+            "fallback": exp.get("fallback") or "",
             "pending": not e,
             "restoring": {"property": restoring.get("property"), "direction": restoring.get("direction"),
                           "strength": fmt(restoring.get("strength"), 2), "before": fmt(restoring.get("score_before")),

@@ -71,6 +71,7 @@ def test_load_from_folder_and_fallback(tiny_llava, tmp_path, monkeypatch):
     broken = TransformersReporter(model, proc, max_new_tokens=4)
     monkeypatch.setattr(broken.model, "generate", lambda **kw: (_ for _ in ()).throw(RuntimeError("out of memory")))
     e = broken.explain(EVIDENCE, torch.rand(3, 16, 16))
-    assert e.backend.startswith("evidence (fallback: transformers failed: RuntimeError") and e.cause == "brightness"
+    assert e.backend == "evidence (fallback from transformers)" and e.cause == "brightness"
+    assert e.fallback.startswith("transformers:") and "failed: RuntimeError: out of memory" in e.fallback
     with pytest.raises(ValueError, match="needs the image"):
         rep.explain(EVIDENCE)

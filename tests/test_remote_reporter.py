@@ -98,7 +98,8 @@ def test_faults_fall_back_to_the_evidence_reporter(server, mode, reason):
     _Handler.mode = mode
     rep = OpenAIReporter(server, "tiny-vlm", timeout=0.3, retries=1, backoff=0.01)
     e = rep.explain(EVIDENCE)
-    assert e.backend.startswith("evidence (fallback: openai failed") and reason in e.backend
+    assert e.backend == "evidence (fallback from openai)" and e.fallback.startswith("openai:tiny-vlm failed")
+    assert reason in e.fallback
     assert e.cause == "brightness"  # the offline reporter's answer from the evidence
     assert _Handler.calls == (2 if mode != "malformed" else 1)  # retried where retrying can help
 
@@ -108,7 +109,7 @@ def test_unreachable_endpoint_and_bad_configuration():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     rep = OpenAIReporter(f"http://127.0.0.1:{port}/v1", "m", timeout=0.5, retries=0)
-    assert "cannot reach" in rep.explain(EVIDENCE).backend
+    assert "cannot reach" in rep.explain(EVIDENCE).fallback
     with pytest.raises(ValueError, match="an endpoint and a model"):
         OpenAIReporter(None, None)
     with pytest.raises(ValueError, match="http"):
@@ -231,3 +232,22 @@ def test_cli_reporter_options_need_no_environment_variables(server, monkeypatch,
                                        "--reporter-concurrency", "2"])
     assert result.exit_code == 0, result.output
     assert "explained by: openai:tiny-vlm 4" in result.output and _Handler.calls == 4
+
+
+def test_the_report_says_which_back_end_wrote_each_explanation_and_why_it_fell_back(server, tmp_path):
+    import cfx
+    from cfx.core.data import TensorSource
+    from cfx.core.models import Classifier, Preprocessing
+
+    from factories import tiny_cnn
+
+    _Handler.mode = "error500"
+    model = Classifier.wrap(tiny_cnn(), preprocessing=Preprocessing(size=(32, 32)))
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    run = cfx.explain(model, TensorSource(images), None, tmp_path, reporter=f"openai:{server}", flag_share=50,
+                      reporter_options={"model": "m", "retries": 0}, generators=["igd"], progress=False)
+    flagged = [s for s in run.samples if s["flagged"]]
+    assert len(flagged) == 4 and all(s["backend"] == "evidence (fallback from openai)" for s in flagged)
+    assert all(s["fallback"].startswith("openai:m failed: HTTP 500") for s in flagged)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("written by the fallback: openai:m failed: HTTP 500") == 4
