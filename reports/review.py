@@ -175,7 +175,7 @@ def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None =
             "edit_ranges": summary.get("edit_ranges") or {},
             "target": (summary.get("reference") or {}).get("trust_target") or "parce",
             "finished": store.get_meta("finished"), "created": store.get_meta("created"),
-            "status": summary.get("status", "complete")}
+            "status": summary.get("status", "complete"), "model_notes": summary.get("model_notes") or []}
 
 
 def render_review(store_or_dir, path: str | Path | None = None, max_cards: int = 200,

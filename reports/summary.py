@@ -69,6 +69,7 @@ def write_summary(store: RunStore) -> dict[str, Any]:
         "uncalibrated": store.get_meta("uncalibrated") or {},
         "flag_score": store.get_meta("flag_score"),    # which score flagged, and why
         "image_size": store.get_meta("image_size"),    # (H, W) every image was read at, scored and explained at
+        "model_notes": store.get_meta("model_notes") or [],  # what is wrong with the model's outputs, if anything
         "input_check": store.get_meta("input_check") or None,  # the normalisation against the first batch norm
         "engine": store.get_meta("engine") or {"engine": "local"},  # this process, or Ray actors
         "reference": store.get_meta("reference"),      # what the evidence compares with

@@ -298,3 +298,17 @@ def test_an_images_evidence_does_not_depend_on_the_images_explained_with_it(shap
         assert run.counts["explained"] == run.counts["flagged"] >= 40
         outcomes.append(_evidence_outcomes(tmp_path / str(size)))
     assert outcomes[0] == outcomes[1]
+
+
+def test_a_model_that_outputs_probabilities_is_named_in_the_summary_and_the_report(tmp_path):
+    from factories import softmax_cnn
+
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        model = cfx.Classifier.wrap(softmax_cnn(), preprocessing=cfx.Preprocessing(size=(16, 16)))
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    run = cfx.explain(model, cfx.TensorSource(images), None, tmp_path, flag_share=50, generators=["igd"],
+                      progress=False)
+    assert len(run.model_notes) == 1 and run.model_notes[0].startswith("the model's outputs look like probabilities")
+    assert json.loads((tmp_path / "summary.json").read_text())["model_notes"] == run.model_notes
+    assert "<b>Model:</b> the model&#39;s outputs look like probabilities" in (tmp_path / "report.html").read_text()
+    assert cfx.Classifier.wrap(softmax_cnn(), num_classes=4).notes == []  # no probe pass: nothing is claimed

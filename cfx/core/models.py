@@ -233,6 +233,8 @@ class Classifier:
     _feature_route: object = field(default=None, init=False, repr=False, compare=False)
     # how load_classifier made it (the spec and its options), so another process can load the same model
     origin: tuple[str, dict] | None = field(default=None, repr=False, compare=False)
+    #: what the probe pass found wrong with the model (e.g. it outputs probabilities), kept for summaries and reports
+    notes: list[str] = field(default_factory=list, repr=False, compare=False)
     #: On the CPU, forward passes run in chunks of at most this many input pixels (4 images at 224 × 224): CPU caches
     #: make large batches of large images several times slower per image (EfficientNet-Lite0 at 224 px on 2 cores:
     #: 10.7 ms/image in batches of 4, 38 ms in batches of 64). Results do not depend on it; 0 turns chunking off.
@@ -254,6 +256,7 @@ class Classifier:
         model = model.eval()
         if device is not None:
             model = model.to(device)
+        notes: list[str] = []
         if num_classes is None:
             size = preprocessing.size or example_size or (32, 32)
             param = next(iter(model.parameters()), None)
@@ -286,10 +289,10 @@ class Classifier:
                                       "(N, C) logits")
             num_classes = int(logits.shape[1])
             if _looks_like_probabilities(logits):
-                warnings.warn("the model's outputs look like probabilities (every row is non-negative and sums to "
-                              "1): cfx reads them as logits, so MSP, margin, entropy, energy and GradTrust see a "
-                              "softmax of probabilities. Give cfx the model without its final softmax",
-                              UserWarning, stacklevel=2)
+                notes.append("the model's outputs look like probabilities (every row is non-negative and sums to "
+                             "1): cfx reads them as logits, so MSP, margin, entropy, energy and GradTrust see a "
+                             "softmax of probabilities. Give cfx the model without its final softmax")
+                warnings.warn(notes[-1], UserWarning, stacklevel=2)
         if num_classes < 2:
             raise ClassifierError(f"a classifier needs at least 2 classes, this one has {num_classes}")
         head_name, head_module = find_head(model, num_classes, head)
@@ -298,7 +301,7 @@ class Classifier:
             raise ClassifierError(f"{len(names)} class names were given but the model has {num_classes} classes")
         return cls(model=model, head=head_module, head_name=head_name, num_classes=num_classes,
                    preprocessing=preprocessing, class_names=names, source=source,
-                   probe_size=tuple(preprocessing.size or example_size or (32, 32)))
+                   probe_size=tuple(preprocessing.size or example_size or (32, 32)), notes=notes)
 
     # ------------------------------------------------------------------ device
     @property
@@ -468,7 +471,8 @@ class Classifier:
         return {"source": self.source, "head": self.head_name, "num_classes": self.num_classes,
                 "feature_dim": int(head_weight(self.head).shape[1]) if head_weight(self.head) is not None
                 else None,
-                "class_names": self.class_names, "preprocessing": self.preprocessing.to_dict()}
+                "class_names": self.class_names, "preprocessing": self.preprocessing.to_dict(),
+                "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)

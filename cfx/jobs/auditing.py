@@ -442,6 +442,7 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
     with store.db:
         store.set_meta("flag_score", job.flag_choice.to_dict())
         store.set_meta("image_size", list(job.classifier.preprocessing.size or ()) or None)  # every pass reads at it
+        store.set_meta("model_notes", list(job.classifier.notes))  # e.g. the model outputs probabilities
     try:
         if engine is None:
             with store.db:
@@ -561,6 +562,7 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
         "errors": [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]],
         "flag_score": store.get_meta("flag_score"),
         "image_size": store.get_meta("image_size"),  # (H, W) every image was read at
+        "model_notes": store.get_meta("model_notes") or [],  # what is wrong with the model's outputs, if anything
         "input_check": store.get_meta("input_check") or None,
         "edit_ranges": store.get_meta("edit_ranges"),
         "engine": store.get_meta("engine"),

@@ -363,12 +363,13 @@ class ExplainResult(_Result):
     out: Path | None = field(default=None, repr=False)
     input_check: dict[str, Any] | None = None  # the normalisation against the model's first batch norm
     image_size: list[int] | None = None  # (H, W) every image was read at, scored and explained at
+    model_notes: list[str] = field(default_factory=list)  # what is wrong with the model's outputs, if anything
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any], out: Path, seconds: float) -> "ExplainResult":
         return cls(summary["config"], summary["counts"], summary["timing"], summary["metrics"], summary["samples"],
                    round(seconds, 2), summary.get("flag_score"), summary.get("reference"), out,
-                   summary.get("input_check"), summary.get("image_size"))
+                   summary.get("input_check"), summary.get("image_size"), summary.get("model_notes") or [])
 
     @property
     def report_path(self) -> Path | None:
@@ -393,6 +394,7 @@ class AuditResult(_Result):
     out: Path | None = field(default=None, repr=False)
     input_check: dict[str, Any] | None = None  # the normalisation against the model's first batch norm
     image_size: list[int] | None = None  # (H, W) every image was read at
+    model_notes: list[str] = field(default_factory=list)  # what is wrong with the model's outputs, if anything
 
     @property
     def report_path(self) -> Path | None:

@@ -133,6 +133,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
         store.set_meta("uncalibrated", fitted.uncalibrated if fitted is not None else {})
         store.set_meta("flag_score", job.flag_choice.to_dict())
         store.set_meta("image_size", list(job.classifier.preprocessing.size or ()) or None)  # every pass reads at it
+        store.set_meta("model_notes", list(job.classifier.notes))  # e.g. the model outputs probabilities
         if store.get_meta("model_name") is None:
             store.set_meta("model_name", job.model_name)
     try:
