@@ -100,13 +100,16 @@ def small_models(digits_cache: Path) -> None:
         rows.append((f"demo {name}", demo.classifier, *demo.data.split("test")))
     clf, _, x, y = colour_digits_setup(digits_cache)
     rows.append(("colour digits", clf, x, y))
-    print("\nmisprediction AUROC on clean test splits\n\n| data set | " + " | ".join(variants(
-        {v: torch.zeros(1, 3) for v in VIEWS})) + " |\n|---|" + "---|" * 6)
+    table = {}
     for name, classifier, x, y in rows:
         logits = view_logits(classifier, x, batch=256)
         correct = (logits["image"].argmax(1) == y).numpy()
-        print(f"| {name} | " + " | ".join(f"{roc_auc_score(correct, v.numpy()):.3f}"
-                                           for v in variants(logits).values()) + " |")
+        table[name] = {score: roc_auc_score(correct, v.numpy()) for score, v in variants(logits).items()}
+    scores = list(next(iter(table.values())))
+    print("\nmisprediction AUROC on clean test splits\n\n| data set | " + " | ".join(scores) + " |\n|---|"
+          + "---|" * len(scores))
+    for name, aurocs in table.items():
+        print(f"| {name} | " + " | ".join(f"{aurocs[s]:.3f}" for s in scores) + " |")
 
 
 def main() -> None:

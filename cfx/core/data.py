@@ -185,11 +185,15 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _image_files(root: Path) -> list[Path]:
-    """The image files under ``root``, sorted: sub-folders reached through symbolic links are followed (each real
-    folder once, so a link loop ends), hidden files and everything inside hidden folders (``.thumbs/``,
+    """The image files under ``root``, sorted (see :func:`_walk_image_files`)."""
+    return sorted(_walk_image_files(root))
+
+
+def _walk_image_files(root: Path) -> Iterator[Path]:
+    """The image files under ``root``, as they are found: sub-folders reached through symbolic links are followed
+    (each real folder once, so a link loop ends), hidden files and everything inside hidden folders (``.thumbs/``,
     ``.ipynb_checkpoints/``) are skipped, and a link to a file that is gone is listed, to become an error row
     rather than vanish."""
-    found: list[Path] = []
     seen: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -202,8 +206,7 @@ def _image_files(root: Path) -> list[Path]:
             path = Path(folder, name)
             if (not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
                     and (path.is_file() or (path.is_symlink() and not path.exists()))):
-                found.append(path)
-    return sorted(found)
+                yield path
 
 
 class ImageFolder(ImageSource):
@@ -595,7 +598,8 @@ def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | Non
             return opener(text)
     path = Path(text)
     if path.is_dir():
-        has_class_dirs = any(p.is_dir() and not p.name.startswith(".") and _image_files(p) for p in path.iterdir())
+        has_class_dirs = any(p.is_dir() and not p.name.startswith(".") and next(_walk_image_files(p), None)
+                             for p in path.iterdir())  # stops at the first image: no full listing
         has_top_images = any(_is_image_file(p) for p in path.iterdir())
         if has_class_dirs and not has_top_images:
             folders = _sub_folders(path)

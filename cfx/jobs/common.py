@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cfx.core.data import Batch, DataSourceError, ImageSource, iter_batches, open_source
+from cfx.core.data import Batch, DataSourceError, ImageSource, Record, iter_batches, open_source
 from cfx.core.models import Classifier, advise_on_inputs, checks_inputs, load_classifier
 from cfx.core.runstore import RunStore, png_bytes
 from cfx.evidence import RunReference
@@ -54,32 +54,27 @@ class JobInputs:
     flag_choice: FlagScoreChoice
 
 
-def with_run_size(classifier: Classifier, fitted: Fitted | None, source: ImageSource) -> Classifier:
+def with_run_size(classifier: Classifier, fitted: Fitted | None, first: Record) -> Classifier:
     """The classifier with the one input size (H, W) every image of the run is read at, scored and explained at.
 
     A model with an input size keeps it. A model that takes any size (no ``--image-size``) gets the size its fitted
     folder's reference images were measured at, else the size of the source's first readable image, so that the
     scoring pass and every later pass (explanations, a resumed run) read each image at the same size, whatever
-    order they meet the images in. The original classifier is not changed; images of another size are resized."""
+    order they meet the images in (``first``: that image, as :func:`_check_readable` found it). The original
+    classifier is not changed; images of another size are resized."""
     if classifier.preprocessing.size is not None:
         return classifier
     stored = (fitted.manifest.get("reference_statistics") or {}).get("image_size") if fitted is not None else None
-    if stored:
-        size = tuple(int(v) for v in stored)
-    else:
-        first = next((r for r in source if r.error is None and r.image is not None), None)
-        if first is None:
-            return classifier
-        size = tuple(int(v) for v in first.image.shape[-2:])
+    size = tuple(int(v) for v in (stored or first.image.shape[-2:]))
     return replace(classifier, preprocessing=replace(classifier.preprocessing, size=size))
 
 
-def _check_readable(source: ImageSource, name: str) -> None:
-    """Fail before anything is written when the source holds no readable image (reads up to the first good one)."""
+def _check_readable(source: ImageSource, name: str) -> Record:
+    """The source's first readable image; fail before anything is written when there is none (reads up to it)."""
     errors = []
     for record in source:
         if record.error is None:
-            return
+            return record
         errors.append(f"{record.id}: {record.error}")
     if not errors:
         raise DataSourceError(f"the data source {name!r} holds no images")
@@ -122,8 +117,8 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
         threshold = Threshold.of_run_share(choice.score, DEFAULT_FLAG_SHARE)
     source = (open_source(data, classifier.class_names, classifier.num_classes) if not isinstance(data, ImageSource)
               else data)
-    _check_readable(source, data_spec or str(data))
-    classifier = with_run_size(classifier, fitted, source)
+    first = _check_readable(source, data_spec or str(data))
+    classifier = with_run_size(classifier, fitted, first)
     data_name = data_spec or (data if isinstance(data, str) else f"{type(source).__name__} of {len(source)} images")
     model_name = model_spec or (model if isinstance(model, str) else type(classifier.model).__name__)
     return JobInputs(classifier, fitted, source, threshold, methods, data_name, model_name, choice)
