@@ -174,12 +174,26 @@ def _friendly_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except (ClassifierError, DataSourceError, FittedError, RunStoreError, ExplainConfigError) as exc:
+            _close_progress_bars()
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted; finished work was written (re-run the same command to resume)", err=True)
+            _close_progress_bars()
+            click.echo("interrupted; finished work was written (re-run the same command to resume)", err=True)
             sys.exit(130)
+        except BaseException:  # click's own errors and anything unexpected: start them on a line of their own
+            _close_progress_bars()
+            raise
 
     return wrapper
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars an error left open, so the error starts on its own line, not after a bar."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -456,7 +470,7 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
         raise click.ClickException(str(exc)) from None
     m = fitted.manifest
     click.echo(f"fitted {m['counts']['train']} train / {m['counts']['calibration']} calibration images "
-               f"({m['counts']['errors']} unreadable) in {m['seconds']:.1f} s")
+               f"({m['counts']['errors']} unreadable or failed) in {m['seconds']:.1f} s")
     click.echo(f"PaRCE: z* = {m['parce']['z_star']:.2f}, "
                + (f"calibration accuracy {m['parce']['calibration_accuracy']:.3f}, mean competency off by "
                   f"{m['parce']['calibration_gap']:.3f}" if m.get("labelled", True) else
@@ -720,7 +734,7 @@ def _print_explain_summary(result: ExplainResult, out: Path) -> None:
     t = result.timing
     if result.flag_score:
         click.echo(f"flag score {result.flag_score['score']}: {result.flag_score['reason']}")
-    click.echo(f"scored {c['samples']} inputs ({c['errors']} unreadable), flagged {c['flagged']}, "
+    click.echo(f"scored {c['samples']} inputs ({c['errors']} unreadable or failed), flagged {c['flagged']}, "
                f"explained {c['explained']}" + (f" ({c['explain_errors']} failed)" if c["explain_errors"] else ""))
     if t.get("score_seconds") and t.get("explain_seconds"):
         click.echo(f"throughput: {c['samples'] / t['score_seconds']:.0f} images/s scored, "
@@ -804,7 +818,7 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     c = result.counts
-    click.echo(f"audited {c['samples']} images ({c['errors']} unreadable, {c['flagged']} flagged); property edits on "
+    click.echo(f"audited {c['samples']} images ({c['errors']} unreadable or failed, {c['flagged']} flagged); property edits on "
                f"{c['property_sample']}")
     click.echo(_table(["property", "edit", "mean EPGM", "significant", "flips", "nuisance", "flagged"],
                       [[r["property"], r["kind"], round(r["mean_epgm"], 4), r["share_significant"], r["share_flips"],

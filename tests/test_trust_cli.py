@@ -132,6 +132,78 @@ def test_nan_logits_become_error_rows_and_the_run_goes_on():
     assert set(table.metrics()) == {"gradtrust", "msp"}
 
 
+class _RaisesOnWhite(nn.Module):
+    """A model that raises for any batch holding an all-white image (as a model with an assertion inside might)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 5)
+
+    def forward(self, x):
+        if bool((x.mean(dim=(1, 2, 3)) > 0.98).any()):
+            raise RuntimeError("cannot classify a blank frame")
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_an_image_the_model_raises_on_is_an_error_row_and_the_rest_is_scored_as_without_it(tmp_path):
+    clf = Classifier.wrap(_RaisesOnWhite(), num_classes=5)
+    images = torch.rand(11, 3, 16, 16) * 0.9
+    images[[3, 9]] = 1.0
+    table = score_source(clf, TensorSource(images, [0] * 11), ["gradtrust_topk", "msp"], batch_size=8,
+                         progress=False)
+    assert [e is not None for e in table.errors] == [i in (3, 9) for i in range(11)]
+    assert "cannot classify a blank frame" in table.errors[3] and table.predictions[3] == -1
+    # the other images get the scores they get in a batch without the bad ones (the independent reference)
+    good = [i for i in range(11) if i not in (3, 9)]
+    reference = score_source(clf, TensorSource(images[good], [0] * 9), ["gradtrust_topk", "msp"], batch_size=64,
+                             progress=False)
+    for name in ("gradtrust_topk", "msp"):
+        torch.testing.assert_close(table.scores[name][good], reference.scores[name])
+    assert torch.isnan(table.scores["msp"][[3, 9]]).all()
+
+    # a model that fails on every image of a batch is not one bad sample: the run stops and says so
+    with pytest.raises(ValueError, match="failed on every one of 4 images"):
+        score_source(clf, TensorSource(torch.ones(4, 3, 16, 16), [0] * 4), ["msp"], progress=False)
+
+    # through the CLI: a TorchScript export, a folder with one blank frame; trust and fit both go on
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(_RaisesOnWhite()), str(path))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 230, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    Image.new("RGB", (16, 16), (255, 255, 255)).save(folder / "blank.png")
+    r = _run(["--model", f"torchscript:{path}", "--image-size", "16", "--data", str(folder), "--out",
+              str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    rows = {row["id"]: row for row in csv.DictReader(open(tmp_path / "t" / "scores.csv"))}
+    assert len(rows) == 13 and "cannot classify a blank frame" in rows["blank.png"]["error"]
+    assert "Traceback" not in rows["blank.png"]["error"] and "serialized code" not in rows["blank.png"]["error"]
+    assert all(rows[f"{i}.png"]["error"] == "" and rows[f"{i}.png"]["msp"] for i in range(12))
+    r = CliRunner().invoke(main, ["fit", "--quiet", "--model", f"torchscript:{path}", "--image-size", "16",
+                                  "--train", str(folder), "--out", str(tmp_path / "f"), "--ae-epochs", "1"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    assert [e["id"] for e in manifest["errors"]] == ["blank.png"]
+
+
+def test_an_error_after_a_progress_bar_starts_on_a_line_of_its_own():
+    import io
+
+    from tqdm.auto import tqdm
+
+    from cfx.cli import _close_progress_bars
+
+    stream = io.StringIO()
+    bar = tqdm(total=10, desc="scoring", file=stream)
+    bar.update(3)
+    assert not stream.getvalue().endswith("\n")
+    _close_progress_bars()
+    assert stream.getvalue().endswith("\n")
+
+
 def test_wrong_tensor_shape_is_a_clear_error():
     with pytest.raises(Exception, match=r"\(N, 3, H, W\)|channels"):
         TensorSource(torch.rand(2, 5, 8, 8, 2))

@@ -32,7 +32,7 @@ from cfx.generators.diffusion import train_ddpm
 from cfx.generators.ranges import EditRanges
 from cfx.trust.fitted import (FORMAT_VERSION, Fitted, Mahalanobis, OracleLoss, PaRCE, TrustOracle, file_sha256)
 from cfx.trust.latent_index import LatentIndex
-from cfx.trust.scores import SCORES, ScoreInputs
+from cfx.trust.scores import SCORES, ScoreInputs, forward_isolating_failures
 
 __all__ = ["fit", "oracle_training_set"]
 
@@ -53,11 +53,11 @@ def _collect(classifier: Classifier, source: ImageSource | Iterable[Record], bat
     for batch in iter_batches(source, batch_size, size=size):
         errors += [(r.id, r.error) for r in batch.errors]
         if len(batch):
-            with torch.inference_mode():
-                z, h = (classifier.logits_and_features(batch.images) if with_features
-                        else (classifier.logits(batch.images), None))
+            with torch.inference_mode():  # an image the model fails on is skipped with its error, as unreadable ones
+                z, h, failed = forward_isolating_failures(classifier, batch.images, with_features)
             finite = torch.isfinite(z).all(1).cpu()
-            errors += [(i, "non-finite logits") for i, ok in zip(batch.ids, finite.tolist()) if not ok]
+            errors += [(i, failed.get(k, "non-finite logits")) for k, (i, ok) in enumerate(zip(batch.ids,
+                                                                                         finite.tolist())) if not ok]
             images.append((batch.images[finite] * 255).round().to(torch.uint8))
             labels.append(batch.labels[finite])
             ids += [i for i, ok in zip(batch.ids, finite.tolist()) if ok]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import Tensor
 
-from cfx.core.models import Classifier
+from cfx.core.models import Classifier, ClassifierError
 from cfx.core.registry import Registry
 
 from .functional import (dropout_modules, energy, gradnorm, gradtrust, log_prob, margin, max_logit, mc_dropout,
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the fitted folder is a sibling module; only its type is nam
     from .fitted import Fitted
 
 __all__ = ["BatchScores", "LogitScore", "SCORES", "ScoreInputs", "ScoreOptions", "TrustScore", "applicable_scores",
-           "default_scores", "score_batch"]
+           "default_scores", "forward_isolating_failures", "score_batch"]
 
 NEEDS = ("logits", "features", "model", "fitted")
 
@@ -227,6 +227,73 @@ class BatchScores:
     errors: list[str | None]
 
 
+def forward_isolating_failures(classifier: Classifier, images: Tensor, need_features: bool
+                                ) -> tuple[Tensor, Tensor | None, dict[int, str]]:
+    """Logits (and features) of ``images`` on the CPU in float32, and ``{position: error}`` for the images the model
+    raised an exception on. When the batch fails, its halves are tried in turn until the failing images are found,
+    so one bad image costs a few extra passes and the rest of the batch is scored; their rows get NaN. cfx's own
+    input errors (:class:`ClassifierError`) and a model that fails on every image of a batch of several stop the
+    run instead: that is not one bad sample."""
+
+    def forward(x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if need_features:
+            logits, features = classifier.logits_and_features(x)
+            return logits.float().cpu(), features.float().cpu()
+        return classifier.logits(x).float().cpu(), None
+
+    def isolate(x: Tensor, offset: int) -> list[tuple[int, Tensor, Tensor | None] | tuple[int, BaseException]]:
+        try:
+            return [(offset, *forward(x))]
+        except ClassifierError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model's own failure on this input
+            if len(x) == 1:
+                return [(offset, exc)]
+            half = len(x) // 2
+            return isolate(x[:half], offset) + isolate(x[half:], offset + half)
+
+    try:
+        logits, features = forward(images)
+        return logits, features, {}
+    except ClassifierError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        first = exc  # the name bound by ``except`` does not outlive the block
+        if len(images) == 1:
+            parts = [(0, first)]
+        else:
+            half = len(images) // 2
+            parts = isolate(images[:half], 0) + isolate(images[half:], half)
+    done = [p for p in parts if len(p) == 3]
+    if not done:
+        if len(images) > 1:
+            raise ClassifierError(f"the model failed on every one of {len(images)} images of a batch "
+                                  f"({type(first).__name__}: {first}); check that the model accepts these images "
+                                  "(size, channels, normalisation: cfx inspect shows what it is fed)") from first
+        # one image, and it failed: an error row (nothing is scored, so no features are needed)
+        return torch.full((1, classifier.num_classes), float("nan")), None, {0: _failure_message(first)}
+    n = len(images)
+    logits = torch.full((n, done[0][1].shape[1]), float("nan"))
+    features = None if done[0][2] is None else torch.full((n, done[0][2].shape[1]), float("nan"))
+    failed: dict[int, str] = {}
+    for part in parts:
+        if len(part) == 3:
+            start, part_logits, part_features = part
+            logits[start:start + len(part_logits)] = part_logits
+            if features is not None:
+                features[start:start + len(part_logits)] = part_features
+        else:
+            failed[part[0]] = _failure_message(part[1])
+    return logits, features, failed
+
+
+def _failure_message(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # a TorchScript model's error carries its serialised code; the model's own message is the last line
+    text = lines[-1] if len(lines) > 1 and "TorchScript" in lines[0] else " ".join(lines)
+    return f"the model failed on this image ({type(exc).__name__}: {text[:300]})"
+
+
 def score_batch(classifier: Classifier, images: Tensor, methods: Sequence[str] | None = None,
                 odin_temperature: float = 1000.0, odin_epsilon: float = 0.0014, mc_passes: int = 10,
                 fitted: "Fitted | None" = None) -> BatchScores:
@@ -253,14 +320,10 @@ def score_batch(classifier: Classifier, images: Tensor, methods: Sequence[str] |
     need_features = any("features" in s.needs for s in scores)
     images = images.to(classifier.device)
     with torch.inference_mode():
-        if need_features:
-            logits, features = classifier.logits_and_features(images)
-        else:
-            logits, features = classifier.logits(images), None
-    logits = logits.float().cpu()
-    features = features.float().cpu() if features is not None else None
+        logits, features, failed = forward_isolating_failures(classifier, images, need_features)
     finite = torch.isfinite(logits).all(dim=1)
-    errors: list[str | None] = [None if ok else "the model returned NaN or infinite logits" for ok in finite.tolist()]
+    errors: list[str | None] = [failed.get(i, None if ok else "the model returned NaN or infinite logits")
+                                for i, ok in enumerate(finite.tolist())]
     n = len(logits)
     out: dict[str, Tensor] = {}
     good = torch.nonzero(finite).flatten()
