@@ -164,6 +164,28 @@ def test_parse_image_size():
     assert parse_image_size("240x320") == (240, 320)
     with pytest.raises(ClassifierError):
         parse_image_size("big")
+    assert parse_image_size(64) == (64, 64) and parse_image_size((32, 48)) == (32, 48)
+    for bad in ("0", "-3", 0, (10, 0), "10x10x10"):
+        with pytest.raises(ClassifierError, match="positive sides|look like"):
+            parse_image_size(bad)
+    # a side no machine can hold is refused before any allocation, with the memory it would take
+    with pytest.raises(ClassifierError, match=r"100000x100000 is too large: one image would take 120 GB"):
+        parse_image_size("100000")
+    assert parse_image_size(8192) == (8192, 8192)
+
+
+def test_a_huge_first_image_sets_a_run_size_that_fits_with_a_warning():
+    from dataclasses import replace
+
+    from cfx.core.data import Record
+    from cfx.jobs.common import with_run_size
+
+    clf = Classifier.wrap(SmallCNN(3))
+    clf = replace(clf, preprocessing=replace(clf.preprocessing, size=None))
+    first = Record("huge.tif", torch.zeros(3, 20000, 10000), None, {})
+    with pytest.warns(UserWarning, match="read at 8192x4096"):
+        assert with_run_size(clf, None, first).preprocessing.size == (8192, 4096)
+    assert with_run_size(clf, None, Record("a.png", torch.zeros(3, 40, 30), None, {})).preprocessing.size == (40, 30)
 
 
 def test_bad_images_rejected_with_hint():

@@ -53,6 +53,7 @@ __all__ = [
     "head_weight",
     "load_classifier",
     "model_fingerprint",
+    "MAX_IMAGE_SIDE",
     "parse_image_size",
     "read_class_names",
 ]
@@ -617,24 +618,34 @@ def suggest_normalisation(classifier: "Classifier", images: Tensor) -> list[dict
 
 # ---------------------------------------------------------------------------------------------- spec loading
 
+#: The largest image side cfx takes (pixels): one float image of 8192 × 8192 already holds 805 MB.
+MAX_IMAGE_SIDE = 8192
+
+
 def parse_image_size(text: str | int | Sequence[int] | None) -> tuple[int, int] | None:
-    """``"224"`` → (224, 224); ``"240x320"`` → (240, 320); ints and pairs pass through."""
+    """``"224"`` → (224, 224); ``"240x320"`` → (240, 320); ints and pairs are checked the same way."""
     if text is None:
         return None
-    if isinstance(text, int):
-        return (text, text)
-    if not isinstance(text, str):
-        values = tuple(int(v) for v in text)
-        return values if len(values) == 2 else (values[0], values[0])
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ClassifierError(f"image size must look like 224 or 240x320, got {text!r}") from None
+    if isinstance(text, str):
+        parts = text.lower().replace("×", "x").split("x")
+        try:
+            values: tuple[int, ...] = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ClassifierError(f"image size must look like 224 or 240x320, got {text!r}") from None
+    else:
+        try:
+            values = (int(text),) if isinstance(text, int) else tuple(int(v) for v in text)
+        except (TypeError, ValueError):
+            raise ClassifierError(f"image size must be an int or an (H, W) pair, got {text!r}") from None
     if len(values) == 1:
         values = (values[0], values[0])
     if len(values) != 2 or min(values) < 1:
-        raise ClassifierError(f"image size must look like 224 or 240x320, got {text!r}")
+        raise ClassifierError(f"image size must look like 224 or 240x320 (positive sides), got {text!r}")
+    if max(values) > MAX_IMAGE_SIDE:
+        gigabytes = 3 * 4 * values[0] * values[1] / 1e9
+        raise ClassifierError(f"image size {values[0]}x{values[1]} is too large: one image would take "
+                              f"{gigabytes:.3g} GB as float32, and cfx takes sides up to {MAX_IMAGE_SIDE} px; give "
+                              "the size the model was trained at (224 for most ImageNet models)")
     return values  # type: ignore[return-value]
 
 

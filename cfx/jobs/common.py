@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cfx.core.data import Batch, DataSourceError, ImageSource, Record, iter_batches, open_source
-from cfx.core.models import Classifier, advise_on_inputs, checks_inputs, load_classifier
+from cfx.core.models import MAX_IMAGE_SIDE, Classifier, advise_on_inputs, checks_inputs, load_classifier
 from cfx.core.runstore import RunStore, png_bytes
 from cfx.evidence import RunReference
 from cfx.trust.scoring import ScoreTable
@@ -66,6 +66,13 @@ def with_run_size(classifier: Classifier, fitted: Fitted | None, first: Record) 
         return classifier
     stored = (fitted.manifest.get("reference_statistics") or {}).get("image_size") if fitted is not None else None
     size = tuple(int(v) for v in (stored or first.image.shape[-2:]))
+    if max(size) > MAX_IMAGE_SIDE:  # a huge first photograph: the run is read at a size that fits in memory
+        scale = MAX_IMAGE_SIDE / max(size)
+        shrunk = tuple(max(1, int(v * scale)) for v in size)
+        warnings.warn(f"the first image ({first.id}) is {size[0]}x{size[1]} px, larger than cfx takes ({MAX_IMAGE_SIDE} "
+                      f"px a side); every image of this run is read at {shrunk[0]}x{shrunk[1]}. Give the size the "
+                      "model was trained at with --image-size (image_size=...)", stacklevel=2)
+        size = shrunk
     return replace(classifier, preprocessing=replace(classifier.preprocessing, size=size))
 
 
