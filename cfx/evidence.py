@@ -57,10 +57,12 @@ REGION_STATISTICS = ("outside_region_departure", "inside_region_departure")
 #: from its latent index's confident images; versions 3 (before blur's path in the factor model and the two-sided
 #: clipping statistic) and 4 (before the region model) are used as they are, with a warning that says what cannot be
 #: read until the folder is fitted again.
-STATISTICS_VERSION = 5
+STATISTICS_VERSION = 6
 MIN_STATISTICS_VERSION = 3
 _MISSING_BEFORE = {3: "no path for blur and no two-sided clipping, so blurred images cannot be named and clipping is "
-                      "not read", 4: "no region model, so a change confined to one region is read as a global one"}
+                      "not read", 4: "no region model, so a change confined to one region is read as a global one",
+                   5: "one factor model for grey and colour images together, so a colour image turned grey can look "
+                      "typical and a grey image's brightness and contrast are misread"}
 
 _RING = torch.tensor([i for i in range(16) if i // 4 in (0, 3) or i % 4 in (0, 3)])  # border tiles of a 4×4 grid
 
@@ -198,15 +200,28 @@ class FactorModel:
     root of the best reduction of the squared distance along its path, ``max_k 2 p_kᵀ Σ⁻¹ v − p_kᵀ Σ⁻¹ p_k`` (for a
     straight path, the projection ``dᵀ Σ⁻¹ v / √(dᵀ Σ⁻¹ d)``), signed by the direction that explains it best:
     brighter, more contrast, more saturated and more detail are positive. On grey references saturation is left out.
+
+    **Grey and colour images in one reference** (photographs, say, some of them black and white). The log
+    saturation of such a reference is two clusters, one at the floor, and a Gaussian over both makes a colour image
+    turned grey look typical and a grey image's other factors unreadable. When at least ``GREY_MIN`` reference images,
+    and at least ``GREY_SHARE`` of them, are grey (mean saturation under ``GREY_SATURATION``, the level below which
+    no colour shows) and as many are in colour, the model is two: one fitted on the colour images (``mean``,
+    ``covariance``, ``paths``) and one on the grey ones (``grey_part``, saturation left out). Each image is measured
+    against the part of its own kind: a grey image by its brightness, contrast and detail among grey images, a
+    colour image among colour ones, where desaturation and over-saturation stand out.
     """
 
     mean: list[float]
     covariance: list[list[float]]
     paths: dict[str, list[list[float]]]  # "change:direction" → displacement of the log factors per strength
     grey: bool = False
+    grey_part: dict[str, Any] | None = None  # the model of the reference's grey images, when it also holds colour
 
     STEPS = 8
     SAMPLE = 32
+    GREY_SATURATION = 0.02  # mean saturation under which an image (or a whole reference) counts as grey
+    GREY_MIN = 5
+    GREY_SHARE = 0.05
 
     @classmethod
     def measure(cls, images: Tensor, stats: dict[str, Tensor] | None = None, seed: int = 0) -> "FactorModel":
@@ -217,6 +232,18 @@ class FactorModel:
         if stats is None:
             parts = [_factor_statistics(as_float_images(images[i:i + 256])) for i in range(0, len(images), 256)]
             stats = {k: torch.cat([p[k] for p in parts]) for k in _FACTORS}
+        grey = stats["saturation"].double() < cls.GREY_SATURATION
+        n_grey, n_colour = int(grey.sum()), int((~grey).sum())
+        if min(n_grey, n_colour) >= cls.GREY_MIN and n_grey >= cls.GREY_SHARE * len(images):
+            colour_rows, grey_rows = torch.nonzero(~grey).flatten(), torch.nonzero(grey).flatten()
+            part = lambda rows: {k: stats[k][rows] for k in _FACTORS}  # noqa: E731
+            model = cls._measure_one(images[colour_rows.to(images.device)], part(colour_rows), seed)
+            model.grey_part = cls._measure_one(images[grey_rows.to(images.device)], part(grey_rows), seed).to_dict()
+            return model
+        return cls._measure_one(images, stats, seed)
+
+    @classmethod
+    def _measure_one(cls, images: Tensor, stats: dict[str, Tensor], seed: int) -> "FactorModel":
         x = _log_factors(stats)
         cov = torch.cov(x.T) + torch.eye(4, dtype=x.dtype) * 1e-4  # a floor: no direction is ever exactly fixed
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:cls.SAMPLE]
@@ -230,18 +257,31 @@ class FactorModel:
                 moved = shift.transform(sample, k, torch.Generator().manual_seed(seed + j)).clamp(0, 1)
                 path.append((_log_factors(_factor_statistics(moved)) - base).mean(0).tolist())
             paths[f"{change}:{direction}"] = path
-        return cls(x.mean(0).tolist(), cov.tolist(), paths, grey=bool(stats["saturation"].double().mean() < 0.02))
+        return cls(x.mean(0).tolist(), cov.tolist(), paths, grey=bool(stats["saturation"].double().mean() < cls.GREY_SATURATION))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FactorModel":
         return cls(list(data["mean"]), [list(r) for r in data["covariance"]],
-                   {k: [list(p) for p in v] for k, v in data["paths"].items()}, bool(data.get("grey", False)))
+                   {k: [list(p) for p in v] for k, v in data["paths"].items()}, bool(data.get("grey", False)),
+                   data.get("grey_part"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def shifts(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         """``{change: z (N,)}`` for each change of :data:`FACTOR_CHANGES` (see the class doc)."""
+        if self.grey_part is None:
+            return self._shifts(stats)
+        grey = stats["saturation"].double() < self.GREY_SATURATION
+        out = self._shifts(stats)
+        if bool(grey.any()):
+            rows = torch.nonzero(grey).flatten()
+            among_grey = FactorModel.from_dict(self.grey_part)._shifts({k: stats[k][rows] for k in _FACTORS})
+            for change, z in among_grey.items():
+                out[change][rows] = z
+        return out
+
+    def _shifts(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         keep = [0, 1, 3] if self.grey else [0, 1, 2, 3]
         v = (_log_factors(stats) - torch.tensor(self.mean, dtype=torch.float64))[:, keep]
         precision = torch.linalg.inv(torch.tensor(self.covariance, dtype=torch.float64)[keep][:, keep])

@@ -81,7 +81,7 @@ def photo_tiles(n: int, seed: int, names=("astronaut", "coffee", "chelsea", "roc
     rng = np.random.default_rng(seed)
     tiles = []
     for i in range(n):
-        p = Image.fromarray(photos[i % len(photos)])
+        p = Image.fromarray(photos[i % len(photos)]).convert("RGB")  # black-and-white photographs too
         side = int(rng.uniform(0.5, 0.9) * min(p.size))
         x0, y0 = int(rng.integers(0, p.size[0] - side + 1)), int(rng.integers(0, p.size[1] - side + 1))
         tile = p.crop((x0, y0, x0 + side, y0 + side)).resize((224, 224), Image.BILINEAR)

@@ -286,6 +286,49 @@ def test_each_global_change_is_best_explained_by_its_own_direction(photo_factor_
 
 
 @pytest.fixture(scope="module")
+def mixed_photo_reference():
+    """Crops of four colour photographs and of two black-and-white ones (camera, moon), as one reference."""
+    from factories import photo_tiles
+
+    return torch.cat([_small(photo_tiles(40, seed=0)), _small(photo_tiles(20, seed=0, names=("camera", "moon")))])
+
+
+def test_a_reference_of_grey_and_colour_photographs_measures_each_image_among_its_own_kind(mixed_photo_reference):
+    # Photographs the model was not measured on, each changed by a known cause. With one Gaussian over a reference
+    # holding both kinds (measured on these crops), a colour crop desaturated to a fifth sat inside the reference's
+    # spread of saturation (median z +0.3, saturation best for 7 of 24), over-saturated ones likewise (8 of 24), and
+    # a darkened grey crop read as *more* saturated (median z +4.8): a grey image's floor of saturation skewed
+    # every projection.
+    from factories import photo_tiles
+
+    from cfx.evidence import FactorModel, _factor_statistics
+
+    model = FactorModel.measure(mixed_photo_reference)
+    assert model.grey_part is not None and FactorModel.from_dict(model.to_dict()).grey_part == model.grey_part
+    colour = _small(photo_tiles(24, seed=5))
+    grey = _small(photo_tiles(24, seed=5, names=("camera", "moon")))
+    names = ("brightness", "contrast", "saturation", "detail")
+
+    def best(x):
+        z = model.shifts(_factor_statistics(x))
+        return z, [names[i] for i in torch.stack([z[k].abs() for k in names], 1).argmax(1).tolist()]
+
+    z, named = best(apply_shift(colour, "saturation", 0.2))
+    assert float(z["saturation"].median()) <= -2 and named.count("saturation") >= 20, named
+    z, named = best(apply_shift(colour, "saturation", 3.0))
+    assert float(z["saturation"].median()) >= 2 and named.count("saturation") >= 16, named
+    z, named = best(apply_shift(grey, "contrast", 0.4))
+    assert named.count("contrast") >= 15 and (z["saturation"] == 0).all(), named  # a grey image has no colour to change
+    z, named = best(apply_shift(grey, "brightness", 0.4))
+    assert named.count("brightness") >= 22 and float(z["brightness"].median()) <= -2, named
+    assert (z["saturation"] == 0).all()
+    # clean crops of either kind stay typical
+    for x in (colour, grey):
+        z, _ = best(x)
+        assert all(float(z[k].abs().median()) < 1.5 for k in names), z
+
+
+@pytest.fixture(scope="module")
 def photo_region_model():
     from factories import photo_tiles
 
