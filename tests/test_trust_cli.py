@@ -189,6 +189,21 @@ def test_an_image_the_model_raises_on_is_an_error_row_and_the_rest_is_scored_as_
     assert [e["id"] for e in manifest["errors"]] == ["blank.png"]
 
 
+def test_score_batch_says_what_is_wrong_with_the_images_not_that_the_model_failed():
+    from cfx.trust.scores import score_batch
+
+    clf = Classifier.wrap(_RaisesOnWhite(), num_classes=5)
+    x = torch.rand(4, 3, 16, 16) * 0.9
+    for bad, message in (((x * 255).to(torch.uint8), "divide uint8 by 255"), (x * 255, "divide 0-255 images by 255"),
+                         (x.permute(0, 2, 3, 1), "channels last"), (x[:, :1], "repeat the channel")):
+        with pytest.raises(ValueError, match=message):
+            score_batch(clf, bad, ["msp"])
+    # one (3, H, W) image, float64 pixels and one score's name as a string are taken as meant, for every score
+    one = score_batch(clf, x[0].double(), "msp")
+    torch.testing.assert_close(one.scores["msp"], score_batch(clf, x[:1], ["msp"]).scores["msp"])
+    assert one.errors == [None]
+
+
 def test_an_error_after_a_progress_bar_starts_on_a_line_of_its_own():
     import io
 

@@ -303,6 +303,8 @@ def score_batch(classifier: Classifier, images: Tensor, methods: Sequence[str] |
     and MC dropout make their own passes. A sample whose logits are not finite gets NaN scores and an error message
     instead of stopping the batch.
     """
+    if isinstance(methods, str):
+        methods = [methods]  # one name, not its letters
     methods = list(methods) if methods is not None else applicable_scores(classifier, fitted)
     unknown = [m for m in methods if m not in SCORES]
     if unknown:
@@ -318,7 +320,7 @@ def score_batch(classifier: Classifier, images: Tensor, methods: Sequence[str] |
                          f"need (cfx fit{' --oracle' if 'oracle' in missing else ''}; Mahalanobis needs labelled "
                          "reference data and the model's features)")
     need_features = any("features" in s.needs for s in scores)
-    images = images.to(classifier.device)
+    images = classifier.check_images(images)  # a caller's mistake is said as such, before any model failure is isolated
     with torch.inference_mode():
         logits, features, failed = forward_isolating_failures(classifier, images, need_features)
     finite = torch.isfinite(logits).all(dim=1)
