@@ -89,6 +89,23 @@ def test_rank_properties_and_the_nuisance_flag_rule():
         rank_properties(effects, nuisance=["fur"])
 
 
+def test_samples_whose_edits_gave_non_finite_logits_are_left_out_and_counted():
+    from cfx.jobs.auditing import _flag_link
+
+    nan = float("nan")
+    clean = [_effect("shape_cue", [0.2] * 40), _effect("background", [0.15] * 40)]
+    holed = [_effect("shape_cue", [0.2] * 36 + [nan] * 4), _effect("background", [0.15] * 40)]
+    rows = {r["property"]: r for r in rank_properties(holed, nuisance=["background"])}
+    expected = {r["property"]: r for r in rank_properties(clean, nuisance=["background"])}
+    assert rows["shape_cue"]["n"] == 36 and rows["shape_cue"]["unmeasured"] == 4
+    assert rows["shape_cue"]["mean_epgm"] == pytest.approx(expected["shape_cue"]["mean_epgm"])
+    assert rows["background"]["flagged"] == expected["background"]["flagged"]
+    # the link between EPGM and the flags is measured on the samples that have one (sklearn on those alone)
+    effect = _effect("x", [0.1, 0.2, nan, 0.4, 0.3, nan])
+    flagged = np.array([False, False, True, True, True, False])
+    assert _flag_link(effect, flagged) == pytest.approx(1.0)
+
+
 def test_benjamini_hochberg_by_hand():
     # p sorted 0.01, 0.02, 0.03, 0.5 (m = 4): 0.04, 0.04, 0.04, 0.5 after the step-up minimum
     assert _benjamini_hochberg([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.04, 0.5, 0.04, 0.04])

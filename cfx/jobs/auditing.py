@@ -20,7 +20,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,16 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
                          f"{', '.join(e.property for e in effects)}")
     rows = []
     for e in effects:
+        # a sample whose edits the model gave NaN or infinite logits for has no EPGM: it is left out and counted
+        measured = torch.isfinite(e.epgm) & (torch.isfinite(e.null_epgm) if e.null_epgm is not None else True)
+        if not bool(measured.all()):
+            keep = torch.nonzero(measured).flatten()
+            e = replace(e, epgm=e.epgm[keep], p_value=e.p_value[keep], flips=e.flips[keep],
+                        predicted=e.predicted[keep], ids=[e.ids[i] for i in keep.tolist()] if e.ids else e.ids,
+                        span=e.span[keep] if e.span is not None else None,
+                        null_epgm=e.null_epgm[keep] if e.null_epgm is not None else None)
+        if len(e.epgm) == 0:
+            continue  # nothing measurable along this property's edits
         v = e.epgm.double()
         sig = e.p_value < ALPHA
         if e.span is not None:  # a smooth but negligible trend also beats its shuffles; it does not count
@@ -248,6 +258,7 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
             name = class_names[c] if class_names and c < len(class_names) else str(c)
             per_class[name] = float(v[m].mean())
         row = {"property": e.property, "kind": e.kind, "nuisance": e.property in nuisance, "n": len(v),
+               "unmeasured": int((~measured).sum()) if isinstance(measured, Tensor) else 0,
                "mean_epgm": float(v.mean()), "std_epgm": float(v.std()) if len(v) > 1 else 0.0,
                "median_epgm": float(v.median()), "share_significant": float(sig.float().mean()),
                "share_flips": float(e.flips.float().mean()),
@@ -403,9 +414,12 @@ def slice_analysis(metadata: Sequence[dict[str, Any]], correct: Sequence[bool | 
 
 def _flag_link(effect: PropertyEffect, flagged: np.ndarray) -> float | None:
     """AUROC of the per-sample EPGM for telling flagged from trusted samples (0.5: no link)."""
+    epgm = effect.epgm.numpy()
+    finite = np.isfinite(epgm)  # samples whose edits gave non-finite logits have no EPGM
+    flagged, epgm = flagged[finite], epgm[finite]
     if flagged.all() or not flagged.any():
         return None
-    return float(roc_auc_score(flagged, effect.epgm.numpy()))
+    return float(roc_auc_score(flagged, epgm))
 
 
 # ---------------------------------------------------------------------------------------------- the job
