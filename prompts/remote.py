@@ -14,7 +14,9 @@ with the keyword filter, never executed or rendered as markup.
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -36,7 +38,35 @@ from .reporters import MAX_TEXT, EvidenceReporter, Explanation, Reporter
 from .scoring import cause_from_text
 from .templates import render_prompt, side_by_side
 
-__all__ = ["CircuitBreaker", "EndpointError", "OpenAIReporter"]
+__all__ = ["CircuitBreaker", "EndpointError", "MAX_ANSWER_BYTES", "OpenAIReporter"]
+
+#: The largest answer read from an endpoint (a chat completion of a few hundred tokens is a few kB).
+MAX_ANSWER_BYTES = 8_000_000
+#: The longest Retry-After honoured (seconds); a longer one is waited this long.
+MAX_RETRY_AFTER = 60.0
+
+
+class _TooLarge(Exception):
+    """An answer over :data:`MAX_ANSWER_BYTES`."""
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date; 0 when absent or unreadable.
+    Capped at :data:`MAX_RETRY_AFTER`."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 0.0
+        if when is None:
+            return 0.0
+        seconds = when.timestamp() - time.time()
+    return float(min(max(seconds, 0.0), MAX_RETRY_AFTER))
 
 
 class EndpointError(RuntimeError):
@@ -61,6 +91,7 @@ class CircuitBreaker:
         self.threshold, self.probe_interval, self.slots, self.clock = threshold, probe_interval, slots, clock
         self.failures = self.in_flight = self.requests = self.probes = 0
         self.healthy, self.probing, self.opened_at = False, False, -math.inf
+        self.last_error: str | None = None  # why the last failed request failed (said when the breaker is open)
         self._cond = threading.Condition()
 
     @property
@@ -150,38 +181,70 @@ class OpenAIReporter(Reporter):
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        last = "no attempt"
+        last = self.breaker.last_error or "no attempt"
+        wait = 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(wait if wait > 0 else self.backoff * 2 ** (attempt - 1))
+            wait = 0.0
             if not self.breaker.acquire():
                 raise EndpointError(f"circuit open: {self.breaker.failures} consecutive failed requests to "
-                                    f"{self.base_url} (last: {last}); not called again until a probe succeeds")
+                                    f"{self.base_url} (last: {self.breaker.last_error or last}); not called again "
+                                    "until a probe succeeds")
             ok = False
             request = urllib.request.Request(f"{self.base_url}/chat/completions", data=data, headers=headers)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    body = response.read(1_000_000)
+                body = self._read(request)
                 ok = True
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code} from {self.base_url}"
                 if exc.code == 429 or exc.code >= 500:
+                    wait = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+                    # a rate limit that says when to come back is an endpoint at work, not a failing one
+                    ok = exc.code == 429 and wait > 0
+                    if wait > 0:
+                        last += f" (Retry-After {wait:g} s)"
                     continue
                 ok = True  # the endpoint answered: a request error is ours, not the endpoint's health
                 raise EndpointError(f"{last}: {exc.read(300).decode(errors='replace')}") from None
             except (socket.timeout, TimeoutError):
-                last = f"no answer from {self.base_url} within {self.timeout} s"
+                last = f"no answer from {self.base_url} within {self.timeout:g} s (the whole answer must arrive by then)"
                 continue
-            except (urllib.error.URLError, ConnectionError, OSError) as exc:
-                last = f"cannot reach {self.base_url}: {getattr(exc, 'reason', exc)}"
+            except (urllib.error.URLError, ConnectionError, OSError, http.client.HTTPException) as exc:
+                last = f"cannot reach {self.base_url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}"
                 continue
+            except _TooLarge:
+                ok = True  # it answered, at length
+                raise EndpointError(f"{self.base_url} answered with more than {MAX_ANSWER_BYTES // 1_000_000} MB; "
+                                    "lower max_tokens or check the endpoint") from None
             finally:
+                if not ok:
+                    self.breaker.last_error = last
                 self.breaker.release(ok)
             try:
                 return json.loads(body)
-            except json.JSONDecodeError:
-                raise EndpointError(f"{self.base_url} answered with something that is not JSON") from None
+            except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError), or an event stream
+                start = body[:60].decode("utf-8", errors="replace")
+                raise EndpointError(f"{self.base_url} answered with something that is not JSON (it starts "
+                                    f"{start!r}); cfx asks for a non-streamed chat completion") from None
         raise EndpointError(f"{last} (after {self.retries + 1} attempts)")
+
+    def _read(self, request: urllib.request.Request) -> bytes:
+        """The whole answer within ``timeout`` seconds of sending (a deadline, not a limit per socket read: an
+        endpoint that drips bytes cannot hold a request open), at most :data:`MAX_ANSWER_BYTES`."""
+        deadline = time.monotonic() + self.timeout
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            parts, size = [], 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                chunk = response.read1(65536)
+                if not chunk:
+                    return b"".join(parts)
+                parts.append(chunk)
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise _TooLarge
 
     def explain(self, evidence: Evidence, image: Tensor | None = None,
                 counterfactual: Tensor | None = None) -> Explanation:
@@ -205,10 +268,15 @@ class OpenAIReporter(Reporter):
         try:
             answer = self._post(payload)
             text = answer["choices"][0]["message"]["content"]
-            if not isinstance(text, str):
+            if isinstance(text, list):  # content as a list of parts: their text, in order
+                text = "".join(str(p.get("text", "")) for p in text if isinstance(p, dict) and p.get("type") == "text")
+            if not isinstance(text, str) or not text.strip():
                 raise EndpointError("the answer has no text content")
-        except (EndpointError, KeyError, IndexError, TypeError) as exc:
-            reason = str(exc) if isinstance(exc, EndpointError) else f"malformed answer ({type(exc).__name__})"
+        except Exception as exc:  # noqa: BLE001 - whatever the endpoint did, the sample gets the offline explanation
+            reason = (str(exc) if isinstance(exc, EndpointError) else
+                      "malformed answer: expected {'choices': [{'message': {'content': TEXT}}]}, "
+                      f"{type(exc).__name__}: {exc}" if isinstance(exc, (KeyError, IndexError, TypeError)) else
+                      f"{type(exc).__name__}: {exc}")
             fallback = self.fallback.explain(evidence)
             fallback.backend = f"{fallback.backend} (fallback from {self.backend})"  # why: in fallback.fallback
             fallback.fallback = f"{self.backend}:{self.model} failed: {reason}"[:300]

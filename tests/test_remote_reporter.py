@@ -22,6 +22,7 @@ class _Handler(BaseHTTPRequestHandler):
     in_flight = 0
     max_in_flight = 0
     headers_seen: list = []
+    times: list = []
     lock = threading.Lock()
     last_body: dict = {}
 
@@ -48,6 +49,42 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if cls.mode == "slow":
             time.sleep(1.0)
+        if cls.mode == "badutf8":  # JSON whose bytes are not UTF-8
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"choices": "\xff\xfe"}')
+            return
+        if cls.mode == "garbage":  # not HTTP at all
+            self.wfile.write(b"HELLO THERE\r\n\r\n")
+            return
+        if cls.mode == "drip":  # a valid answer, one byte every 0.1 s: 4 s in all
+            body = json.dumps({"choices": [{"message": {"content": "too bright"}}]}).encode()[:40].ljust(40)
+            self.send_response(200)
+            self.send_header("Content-Length", "40")
+            self.end_headers()
+            try:
+                for b in body:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            return
+        if cls.mode == "ratelimit" and cls.calls == 1:
+            cls.times.append(time.monotonic())
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.end_headers()
+            return
+        if cls.mode == "ratelimit":
+            cls.times.append(time.monotonic())
+        if cls.mode == "parts":
+            body = json.dumps({"choices": [{"message": {"content": [
+                {"type": "text", "text": "The image is far "}, {"type": "text", "text": "too bright."}]}}]}).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if cls.mode == "error500":
             self.send_response(500)
             self.end_headers()
@@ -71,7 +108,7 @@ class _QuietServer(ThreadingHTTPServer):
 @pytest.fixture()
 def server():
     _Handler.mode, _Handler.calls, _Handler.in_flight, _Handler.max_in_flight = "ok", 0, 0, 0
-    _Handler.headers_seen = []
+    _Handler.headers_seen, _Handler.times = [], []
     httpd = _QuietServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -102,6 +139,33 @@ def test_faults_fall_back_to_the_evidence_reporter(server, mode, reason):
     assert reason in e.fallback
     assert e.cause == "brightness"  # the offline reporter's answer from the evidence
     assert _Handler.calls == (2 if mode != "malformed" else 1)  # retried where retrying can help
+
+
+@pytest.mark.parametrize("mode, reason", [("badutf8", "not JSON"), ("garbage", "BadStatusLine"),
+                                          ("drip", "within 0.5 s")])
+def test_answers_that_are_not_http_not_utf8_or_too_slow_in_all_fall_back_with_their_reason(server, mode, reason):
+    # before: a non-UTF-8 body and a non-HTTP answer raised out of the reporter (every explanation of the run was an
+    # error), and an answer dripping a byte at a time held the request for its whole 4 s despite a 0.5 s timeout
+    _Handler.mode = mode
+    rep = OpenAIReporter(server, "tiny-vlm", timeout=0.5, retries=0)
+    e = rep.explain(EVIDENCE)
+    assert e.backend == "evidence (fallback from openai)" and reason in e.fallback, e.fallback
+    assert e.cause == "brightness"
+
+
+def test_a_rate_limit_is_waited_out_as_it_asks_and_does_not_open_the_breaker(server):
+    _Handler.mode = "ratelimit"
+    rep = OpenAIReporter(server, "tiny-vlm", timeout=2, retries=1, backoff=0.01, breaker_threshold=1)
+    e = rep.explain(EVIDENCE)
+    assert e.backend == "openai:tiny-vlm", e.fallback  # the second attempt answered
+    assert _Handler.calls == 2 and _Handler.times[1] - _Handler.times[0] >= 0.95  # Retry-After: 1, not the backoff
+    assert not rep.breaker.open
+
+
+def test_content_given_as_a_list_of_text_parts_is_read(server):
+    _Handler.mode = "parts"
+    e = OpenAIReporter(server, "tiny-vlm", timeout=2, retries=0).explain(EVIDENCE)
+    assert e.backend == "openai:tiny-vlm" and e.text == "The image is far too bright." and e.cause == "brightness"
 
 
 def test_unreachable_endpoint_and_bad_configuration():

@@ -205,6 +205,36 @@ def test_each_chunk_of_explanations_is_stored_when_done_and_large_images_get_sma
     assert run.counts["explained"] == run.counts["flagged"] == 18
 
 
+def test_explanations_a_failed_back_end_could_not_write_are_asked_again_when_the_run_resumes(model_and_production,
+                                                                                            tmp_path):
+    from cfx.prompts import EvidenceReporter
+
+    class Flaky(EvidenceReporter):
+        down = True
+
+        def explain(self, evidence, image=None, counterfactual=None):
+            if Flaky.down:
+                raise ConnectionError("the back-end is down")
+            return super().explain(evidence, image, counterfactual)
+
+    model, prod, _ = model_and_production
+    ids = [f"p-{i:03d}" for i in range(len(prod))]
+    first = cfx.explain(model, TensorSource(prod, ids=ids), None, tmp_path / "run", flag_share=10, progress=False,
+                        reporter=Flaky())
+    store = RunStore(tmp_path / "run")
+    rows = store.explanations()
+    store.close()
+    assert first.counts["flagged"] == 9 and len(rows) == 9
+    assert all(r["error"].startswith("explanation failed: ConnectionError") and r["evidence"] for r in rows.values())
+    Flaky.down = False
+    again = cfx.explain(model, TensorSource(prod, ids=ids), None, tmp_path / "run", flag_share=10, progress=False,
+                        reporter=Flaky())
+    store = RunStore(tmp_path / "run")
+    rows = store.explanations()
+    store.close()
+    assert again.counts["explained"] == 9 and all(r["error"] is None and r["cause"] for r in rows.values())
+
+
 @pytest.mark.slow
 def test_real_efficientnet_on_unlabelled_photographs_without_a_fitted_folder(tmp_path):
     """The real ImageNet EfficientNet-Lite0 at 224 px on crops of scikit-image's photographs (half of them darkened),

@@ -196,7 +196,10 @@ class RunStore:
 
     # ------------------------------------------------------------------ explanations
     def explained_ids(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT id FROM explanations")}
+        """The samples with a stored explanation row, except those whose reporter failed ("explanation failed: …"):
+        a back-end that was down may answer now, so a resumed run asks again."""
+        return {r[0] for r in self.db.execute(
+            "SELECT id FROM explanations WHERE error IS NULL OR error NOT LIKE 'explanation failed:%'")}
 
     def add_explanations(self, rows: Iterable[dict[str, Any]], images: dict[tuple[str, str], Tensor] | None = None
                          ) -> None:
