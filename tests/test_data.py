@@ -224,8 +224,15 @@ def test_tensor_source_layouts():
     recs = list(src)
     assert recs[0].image.shape == (3, 5, 6) and recs[1].image.max() == 1.0
     assert recs[1].label is None and recs[1].metadata == {"site": "b"}
-    grey = TensorSource(torch.rand(3, 7, 7))
-    assert next(iter(grey)).image.shape == (3, 7, 7)
+    grey = TensorSource(torch.rand(4, 7, 7))  # (N, H, W): N grey images
+    assert len(grey) == 4 and next(iter(grey)).image.shape == (3, 7, 7)
+    # (3, H, W) is one RGB image as often as three grey ones: refused with both ways out, not guessed
+    with pytest.raises(DataSourceError, match=r"one RGB image or three grey ones: pass x.unsqueeze\(0\)"):
+        TensorSource(torch.rand(3, 7, 7))
+    assert len(TensorSource(torch.rand(3, 7, 7).unsqueeze(0))) == 1
+    # a repeated id would keep one result for two images: refused
+    with pytest.raises(DataSourceError, match=r"ids must be unique, 1 repeat \(e.g. \['a'\]\)"):
+        TensorSource(torch.rand(3, 3, 4, 4), ids=["a", "a", "b"])
     with pytest.raises(DataSourceError, match=r"in \[0, 1\]"):
         TensorSource(torch.full((1, 3, 4, 4), 2.0))
     with pytest.raises(DataSourceError, match="labels"):

@@ -454,6 +454,9 @@ class TensorSource(ImageSource):
         x = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
         if not isinstance(x, Tensor):
             raise DataSourceError(f"images must be a tensor or numpy array, got {type(images).__name__}")
+        if x.dim() == 3 and x.shape[0] == 3 and min(x.shape[1:]) > 3:
+            raise DataSourceError(f"a {tuple(x.shape)} tensor could be one RGB image or three grey ones: pass "
+                                  "x.unsqueeze(0) for one image, x.unsqueeze(1) for three grey images")
         if x.dim() == 3:
             x = x.unsqueeze(1)  # (N, H, W) grey
         if x.dim() != 4:
@@ -480,6 +483,11 @@ class TensorSource(ImageSource):
         self.sample_ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(n)]
         if len(self.sample_ids) != n:
             raise DataSourceError(f"{len(self.sample_ids)} ids for {n} images")
+        if len(set(self.sample_ids)) != n:  # a run stores one result per id: a repeated one would be lost
+            seen: set[str] = set()
+            repeated = sorted({i for i in self.sample_ids if i in seen or seen.add(i)})
+            raise DataSourceError(f"ids must be unique, {len(repeated)} repeat (e.g. {repeated[:3]}); give each "
+                                  "image its own id")
         if isinstance(metadata, dict):
             metadata = [{k: _plain(v[i]) for k, v in metadata.items()} for i in range(n)]
         self.metadata = list(metadata) if metadata is not None else [{} for _ in range(n)]
