@@ -65,9 +65,14 @@ class _Scorer:
             for i in range(0, len(images), self.batch_size):
                 x = images[i:i + self.batch_size]
                 logits = self.classifier.logits(x)
+                # an edited image the model answers with NaN or infinite logits for has no answer: it restores
+                # nothing (score −inf) and its class probabilities are uniform
+                finite = torch.isfinite(logits).all(1)
+                if not bool(finite.all()):
+                    logits = torch.where(finite.unsqueeze(1), logits, torch.zeros_like(logits))
                 probs.append(torch.softmax(logits, 1).float().cpu())
                 score = self.from_logits(logits, x) if self.from_logits is not None else self.target(x)
-                scores.append(score.float().cpu())
+                scores.append(torch.where(finite, score.float(), torch.full_like(score.float(), -torch.inf)).cpu())
         self.evaluated += len(images)
         return torch.cat(probs), torch.cat(scores)
 

@@ -213,3 +213,31 @@ def test_unchanged_edits_are_exactly_the_equal_images_even_when_sums_tie():
     naive_repeated[:, 1:] = (seq[:, 1:] == seq[:, :-1]).flatten(2).all(2)
     assert original.tolist() == naive_original.tolist() and repeated.tolist() == naive_repeated.tolist()
     assert original.sum() == 1 and repeated.sum() == 1
+
+
+def test_edits_the_model_answers_with_nan_for_restore_nothing_and_the_rest_is_searched(setup):
+    # a model that returns NaN logits for any image brighter than 0.6 on average: brightening edits reach it
+    from cfx.trust.functional import msp
+
+    model, images, _, ranges = setup
+
+    class NaNBright(torch.nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+
+        def forward(self, x):
+            out = self.base(x)
+            return torch.where((x.mean((1, 2, 3)) > 0.6).unsqueeze(1), torch.full_like(out, float("nan")), out)
+
+    flaky = cfx.Classifier.wrap(NaNBright(model.model), preprocessing=model.preprocessing)
+    target = TrustTarget("msp", lambda x: msp(flaky.logits(x)), 0.9, "maximum softmax probability",
+                         lambda logits, x=None: msp(logits))  # cfx's msp refuses non-finite logits
+    sweeps = sweep_edits(flaky, target, images, steps=6, search="full")   # no ranges: brightening goes far
+    table = sweeps.scores["brightness:increase"]
+    bright = torch.stack([(e.clamp(0, 1).mean((1, 2, 3)) > 0.6) for e in
+                          [cfx.generators.parametric_editors()[0].edit(images, s.view(1, 1).expand(len(images), 1))[:, 1]
+                           for s in cfx.generators.parametric_editors()[0].sweep("increase", 6)]], 1)
+    assert bright.any() and torch.isneginf(table[bright]).all() and torch.isfinite(table[~bright]).all()
+    for r in sweeps.restoring:  # what was chosen is never an edit the model had no answer for
+        assert r.property == "none" or np.isfinite(r.score_after)
