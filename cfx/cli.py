@@ -618,6 +618,10 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
     counts = summary["counts"]
     click.echo(f"scored {counts['samples']} samples ({counts['errors']} errors, {counts['labelled']} labelled)"
                + (f", flagged {counts['flagged']}" if counts["flagged"] is not None else ""))
+    if counts["errors"] == counts["samples"]:
+        first = next((f"{i}: {e}" for i, e in zip(table.ids, table.errors) if e), "")
+        raise click.ClickException(f"none of the {counts['samples']} inputs could be scored (the first: {first}); "
+                                   f"every row and its error is in {Path(out) / 'scores.csv'}")
     metrics = table.metrics()
     if metrics:
         ranked = dict(sorted(metrics.items(), key=lambda kv: -(kv[1]["auroc"] if kv[1]["auroc"] == kv[1]["auroc"]

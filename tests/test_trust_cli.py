@@ -204,6 +204,22 @@ def test_score_batch_says_what_is_wrong_with_the_images_not_that_the_model_faile
     assert one.errors == [None]
 
 
+def test_a_run_where_no_input_could_be_scored_fails_and_says_why(tmp_path, monkeypatch):
+    # a manifest whose paths are relative to the working directory, not to the manifest's folder
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "lists").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    (tmp_path / "lists" / "m.csv").write_text("path,label\n" + "".join(f"images/{i}.png,{i}\n" for i in range(3)))
+    r = _run(["--model", f"python:{FACTORIES}:tiny_cnn", "--data", "lists/m.csv", "--out", "t"])
+    assert r.exit_code == 1, r.output
+    assert "none of the 3 inputs could be scored" in r.output
+    assert "relative to the manifest's folder" in r.output and "only relative to the working directory" in r.output
+    assert len(list(csv.DictReader(open(tmp_path / "t" / "scores.csv")))) == 3  # the error rows are kept
+
+
 def test_an_error_after_a_progress_bar_starts_on_a_line_of_its_own():
     import io
 

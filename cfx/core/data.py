@@ -399,7 +399,13 @@ class Manifest(ImageSource):
             if problem:
                 yield Record(rid, None, None, metadata, error=problem)
                 continue
-            yield _file_record(path, rid, label, metadata)
+            record = _file_record(path, rid, label, metadata)
+            given = Path(str(row["path"]))
+            if (record.error or "").endswith("the file does not exist") and not given.is_absolute() and given.is_file():
+                record.error += (f": paths in a manifest are read relative to the manifest's "
+                                f"folder ({self.path.parent}), and {str(given)!r} is there only relative to the "
+                                "working directory; write paths relative to the manifest, or absolute ones")
+            yield record
 
 
 def _as_index(value: Any) -> int | None:
