@@ -456,3 +456,16 @@ def test_suggested_normalisation_finds_the_one_the_statistics_were_kept_under():
     assert ranked[0]["spread_ratio"] == pytest.approx(1.0, abs=0.01) and not ranked[0]["suspicious"]
     assert bare.preprocessing.mean is None  # the classifier itself is left as it was
     assert suggest_normalisation(Classifier.wrap(SmallCNN(num_classes=3)), images) == []
+
+
+def test_a_model_with_integer_outputs_is_refused_when_it_is_loaded():
+    class Rounded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return (self.fc(x.mean((2, 3))) * 100).long()
+
+    with pytest.raises(ClassifierError, match="returns torch.int64 outputs; cfx needs floating-point logits"):
+        Classifier.wrap(Rounded(), example_size=(8, 8))

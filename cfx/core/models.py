@@ -288,6 +288,10 @@ class Classifier:
             if logits.dim() != 2:
                 raise ClassifierError(f"the model returns shape {tuple(logits.shape)}; a classifier must return "
                                       "(N, C) logits")
+            if not logits.is_floating_point():
+                raise ClassifierError(f"the model returns {logits.dtype} outputs; cfx needs floating-point logits "
+                                      "(class indices or rounded scores carry no trust and no gradient): give it the "
+                                      "model before the outputs are turned into integers")
             num_classes = int(logits.shape[1])
             if _looks_like_probabilities(logits):
                 notes.append("the model's outputs look like probabilities (every row is non-negative and sums to "
