@@ -206,7 +206,9 @@ class FactorModel:
     turned grey look typical and a grey image's other factors unreadable. When at least ``GREY_MIN`` reference images,
     and at least ``GREY_SHARE`` of them, are grey (mean saturation under ``GREY_SATURATION``, the level below which
     no colour shows) and as many are in colour, the model is two: one fitted on the colour images (``mean``,
-    ``covariance``, ``paths``) and one on the grey ones (``grey_part``, saturation left out). Each image is measured
+    ``covariance``, ``paths``) and one on the grey ones (``grey_part``, saturation left out). Each part needs
+    ``GREY_MIN`` images, the size below which ``cfx fit`` calls a reference narrow: a part of ten crops of one
+    photograph makes every other photograph's colour look unusual. Each image is measured
     against the part of its own kind: a grey image by its brightness, contrast and detail among grey images, a
     colour image among colour ones, where desaturation and over-saturation stand out.
     """
@@ -220,7 +222,7 @@ class FactorModel:
     STEPS = 8
     SAMPLE = 32
     GREY_SATURATION = 0.02  # mean saturation under which an image (or a whole reference) counts as grey
-    GREY_MIN = 5
+    GREY_MIN = 30  # images in each part: fewer, and that part would itself be a narrow reference (see cfx fit)
     GREY_SHARE = 0.05
 
     @classmethod
