@@ -834,6 +834,8 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
         click.echo(f"  {s['column']} = {s['slice']}: n {s['n']}, accuracy {s['accuracy'] if s['accuracy'] is None else round(s['accuracy'], 3)} "
                    f"(rest {s['accuracy_rest'] if s['accuracy_rest'] is None else round(s['accuracy_rest'], 3)}), "
                    f"flag rate {s['flag_rate']:.3f} (rest {s['flag_rate_rest']:.3f})")
+    if len(bad) > 8:
+        click.echo(f"  … and {len(bad) - 8} more (every slice is in audit.html and audit.json)")
     click.echo(f"wrote {Path(out) / 'audit.html'}, {Path(out) / 'audit.json'}")
 
 
@@ -852,6 +854,12 @@ def report(run_dir: str, max_cards: int) -> None:
             path = render_audit(store, json.loads(audit_json.read_text()))
         click.echo(f"an audit run: wrote {path}")
         return
+    if (Path(run_dir) / "run.sqlite").exists():
+        with RunStore(run_dir) as store:
+            job = (store.config or {}).get("job")
+        if job == "audit":  # an audit that stopped before writing audit.json: nothing to render yet
+            raise click.ClickException(f"{run_dir} holds an audit that has not finished (no audit.json yet); run the "
+                                       "same cfx audit command again to finish it, then its audit.html is written")
     path = render_review(run_dir, max_cards=max_cards)
     status = json.loads((Path(run_dir) / "summary.json").read_text()).get("status", "complete")
     if status != "complete":

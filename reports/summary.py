@@ -47,7 +47,7 @@ def write_summary(store: RunStore) -> dict[str, Any]:
         if r["cause"]:
             causes[r["cause"]] = causes.get(r["cause"], 0) + 1
         if r["backend"]:
-            key = "evidence (fallback)" if r["fallback"] else r["backend"].split(" (fallback")[0]
+            key = r["backend"]  # as each sample says it, e.g. "evidence (fallback from openai)"
             backends[key] = backends.get(key, 0) + 1
     flagged = sum(r["flagged"] for r in rows)
     done = sum(1 for e in explained.values() if e.get("explanation") or e.get("error"))

@@ -287,3 +287,15 @@ def test_the_spectral_null_keeps_the_edits_frequencies_but_not_its_layout():
     assert (noise[:, :, 8:12, 8:24].abs().mean() < 2 * noise.abs().mean())  # not concentrated where the bar was
     with pytest.raises(ValueError, match="smooth or spectral"):
         null_sequence(seq, kind="other")
+
+
+def test_report_on_an_audit_that_stopped_before_its_audit_json_says_so(tmp_path):
+    from click.testing import CliRunner
+
+    from cfx.cli import main
+    from cfx.core.runstore import RunStore
+
+    RunStore(tmp_path / "a", config={"job": "audit", "data": "x"}).close()
+    r = CliRunner().invoke(main, ["report", "--run", str(tmp_path / "a")])
+    assert r.exit_code == 1 and "holds an audit that has not finished" in r.output
+    assert not (tmp_path / "a" / "report.html").exists()
