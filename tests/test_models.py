@@ -469,3 +469,25 @@ def test_a_model_with_integer_outputs_is_refused_when_it_is_loaded():
 
     with pytest.raises(ClassifierError, match="returns torch.int64 outputs; cfx needs floating-point logits"):
         Classifier.wrap(Rounded(), example_size=(8, 8))
+
+
+def test_class_name_files_with_gaps_repeats_or_other_keys_are_refused(tmp_path):
+    import json
+
+    from cfx.core.models import read_class_names
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"1": "dog", "0": "cat", "2": "bird"}))
+    assert read_class_names(good) == ["cat", "dog", "bird"]
+    gap = tmp_path / "gap.json"
+    gap.write_text(json.dumps({"0": "cat", "1": "dog", "3": "bird"}))
+    with pytest.raises(ClassifierError, match=r"without gaps; missing \[2\], and \[3\] are beyond"):
+        read_class_names(gap)
+    twice = tmp_path / "twice.txt"
+    twice.write_text("cat\ndog\ncat\n")
+    with pytest.raises(ClassifierError, match=r"names \['cat'\] more than once"):
+        read_class_names(twice)
+    words = tmp_path / "words.json"
+    words.write_text(json.dumps({"cat": 0}))
+    with pytest.raises(ClassifierError, match="must be class indices"):
+        read_class_names(words)

@@ -673,11 +673,33 @@ def read_class_names(path: str | Path) -> list[str]:
         raise ClassifierError(f"class-names file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ClassifierError(f"class-names file {str(path)!r} is not valid JSON: {exc}") from None
         if isinstance(data, dict):
-            return [str(data[k]) for k in sorted(data, key=lambda k: int(k))]
-        return [str(v) for v in data]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+            try:
+                index = {int(k): str(v) for k, v in data.items()}
+            except ValueError:
+                raise ClassifierError(f"class-names file {str(path)!r}: the keys of a JSON object must be class "
+                                      f"indices, got {sorted(data)[:5]}") from None
+            missing = sorted(set(range(len(index))) - set(index))
+            if missing:
+                raise ClassifierError(f"class-names file {str(path)!r}: the indices must run 0 to {len(index) - 1} "
+                                      f"without gaps; missing {missing[:5]}, and {sorted(set(index) - set(range(len(index))))[:5]} "
+                                      "are beyond them")
+            names = [index[i] for i in range(len(index))]
+        elif isinstance(data, list):
+            names = [str(v) for v in data]
+        else:
+            raise ClassifierError(f"class-names file {str(path)!r} must hold a JSON list or an {{index: name}} object")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ClassifierError(f"class-names file {str(path)!r} names {repeated[:5]} more than once; every class needs "
+                              "its own name (labels given by name would be ambiguous)")
+    return names
 
 
 def _load_python_factory(target: str) -> Callable[[], object]:
