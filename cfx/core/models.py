@@ -695,10 +695,14 @@ def read_class_names(path: str | Path) -> list[str]:
             raise ClassifierError(f"class-names file {str(path)!r} must hold a JSON list or an {{index: name}} object")
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ClassifierError(f"class-names file {str(path)!r} names {repeated[:5]} more than once; every class needs "
-                              "its own name (labels given by name would be ambiguous)")
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    repeated = sorted(n for n, c in counts.items() if c > 1)
+    if repeated:  # ImageNet's own list has two "crane"s and two "maillot"s: allowed, but said
+        warnings.warn(f"class-names file {str(path)!r} names {repeated[:5]} more than once; reports show the same "
+                      "name for those classes, and a label given by such a name is read as its first class",
+                      UserWarning, stacklevel=2)
     return names
 
 
