@@ -656,9 +656,9 @@ def trust(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @click.option("--reporter-key-env", default=None, metavar="VAR",
               help="openai:URL: the name of the environment variable that holds the key (the key itself is never "
                    "stored or printed). Default: $CFX_OPENAI_API_KEY, then $OPENAI_API_KEY, if set.")
-@click.option("--reporter-timeout", type=float, default=None,
-              help="openai:URL: seconds to wait for one answer (default 20).")
-@click.option("--reporter-concurrency", type=int, default=None,
+@click.option("--reporter-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="openai:URL: seconds by which a whole answer must have arrived (default 20).")
+@click.option("--reporter-concurrency", type=click.IntRange(min=1), default=None,
               help="openai:URL: requests in flight at once (default 4).")
 @click.option("--generators", default=None,
               help="Counterfactual generators, any of reco, lgd, lnn (these need --fitted), igd, nn. Default: "
