@@ -299,3 +299,10 @@ def test_report_on_an_audit_that_stopped_before_its_audit_json_says_so(tmp_path)
     r = CliRunner().invoke(main, ["report", "--run", str(tmp_path / "a")])
     assert r.exit_code == 1 and "holds an audit that has not finished" in r.output
     assert not (tmp_path / "a" / "report.html").exists()
+
+
+def test_an_empty_csv_cell_and_a_json_null_are_the_same_missing_slice():
+    from cfx.jobs.auditing import _slices_of
+
+    labels, kind = _slices_of(["a", "", "b", None, "  ", "a"], bins=4)
+    assert kind == "category" and labels == ["a", "missing", "b", "missing", "missing", "a"]

@@ -341,7 +341,9 @@ def _benjamini_hochberg(p: list[float]) -> list[float]:
 
 
 def _slices_of(values: list[Any], bins: int) -> tuple[list[str], str] | None:
-    """Slice labels per row for one column: categories, or quantile bins of a numeric column."""
+    """Slice labels per row for one column: categories, or quantile bins of a numeric column. An empty cell (a CSV
+    writes a missing value so) is missing, as JSON's null is."""
+    values = [None if isinstance(v, str) and not v.strip() else v for v in values]
     present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not present or isinstance(present[0], (dict, list)):
         return None
