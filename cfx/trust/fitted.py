@@ -123,7 +123,8 @@ class PaRCE:
         return self.competency_from(classifier.logits(images), images)
 
     def score(self, classifier: Classifier, images: Tensor, batch_size: int = 256) -> Tensor:
-        """Competency ``(N,)`` in batches under ``torch.inference_mode``."""
+        """Competency ``(N,)`` in batches under ``torch.inference_mode`` (one ``(3, H, W)`` image too)."""
+        images = classifier.check_images(images)
         with torch.inference_mode():
             out = [self.score_torch(classifier, images[i:i + batch_size]).cpu()
                    for i in range(0, len(images), batch_size)]
