@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import pickle
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -170,6 +171,17 @@ def worker_context(engine: RayEngine, classifier: Classifier, fitted: Fitted | N
         spec, options = classifier.origin
         model: Any = spec
         options = dict(options, classes=None)  # the names travel as a list (a --classes file may not be there)
+        # Weights changed after loading (fine-tuned, edited) would not reach the workers, which load the spec: found
+        # here, before any actor starts (an actor that fails to start is restarted by Ray, and can outlive the run)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the load's own warnings were shown when the driver loaded it
+            fresh = load_classifier(spec, **dict(options, device="cpu"))
+        if model_fingerprint(fresh) != model_fingerprint(classifier):
+            raise ValueError(f"the model loaded from {spec!r} was changed after loading (its weights differ from a "
+                             "fresh load): Ray workers load the spec, so they would compute with a model that is "
+                             "not the driver's; pass the model object itself (cfx.Classifier.wrap) or save the "
+                             "changed weights and load those")
+        del fresh
     else:
         try:
             ray.cloudpickle.dumps(classifier)  # what Ray itself sends (classes defined in a function included)
