@@ -203,14 +203,14 @@ class FactorModel:
 
     **Grey and colour images in one reference** (photographs, say, some of them black and white). The log
     saturation of such a reference is two clusters, one at the floor, and a Gaussian over both makes a colour image
-    turned grey look typical and a grey image's other factors unreadable. When at least ``GREY_MIN`` reference images,
-    and at least ``GREY_SHARE`` of them, are grey (mean saturation under ``GREY_SATURATION``, the level below which
-    no colour shows) and as many are in colour, the model is two: one fitted on the colour images (``mean``,
-    ``covariance``, ``paths``) and one on the grey ones (``grey_part``, saturation left out). Each part needs
-    ``GREY_MIN`` images, the size below which ``cfx fit`` calls a reference narrow: a part of ten crops of one
-    photograph makes every other photograph's colour look unusual. Each image is measured
-    against the part of its own kind: a grey image by its brightness, contrast and detail among grey images, a
-    colour image among colour ones, where desaturation and over-saturation stand out.
+    turned grey look typical and a grey image's other factors unreadable. When ``GREY_MIN`` reference images or more
+    are grey (mean saturation under ``GREY_SATURATION``, the level below which no colour shows), at least
+    ``GREY_SHARE`` of them, and as many are in colour, the model is two: one fitted on the colour images (``mean``,
+    ``covariance``, ``paths``) and one on the grey ones (``grey_part``, saturation left out). ``GREY_MIN`` is the size
+    below which ``cfx fit`` calls a reference narrow: a part of ten crops of one photograph makes every other
+    photograph's colour look unusual. Each image is measured against the part of its own kind: a grey image by its
+    brightness, contrast and detail among grey images, a colour image among colour ones, where desaturation and
+    over-saturation stand out.
     """
 
     mean: list[float]
@@ -259,7 +259,8 @@ class FactorModel:
                 moved = shift.transform(sample, k, torch.Generator().manual_seed(seed + j)).clamp(0, 1)
                 path.append((_log_factors(_factor_statistics(moved)) - base).mean(0).tolist())
             paths[f"{change}:{direction}"] = path
-        return cls(x.mean(0).tolist(), cov.tolist(), paths, grey=bool(stats["saturation"].double().mean() < cls.GREY_SATURATION))
+        grey = bool(stats["saturation"].double().mean() < cls.GREY_SATURATION)
+        return cls(x.mean(0).tolist(), cov.tolist(), paths, grey=grey)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FactorModel":

@@ -208,7 +208,8 @@ class OpenAIReporter(Reporter):
                 ok = True  # the endpoint answered: a request error is ours, not the endpoint's health
                 raise EndpointError(f"{last}: {exc.read(300).decode(errors='replace')}") from None
             except (socket.timeout, TimeoutError):
-                last = f"no answer from {self.base_url} within {self.timeout:g} s (the whole answer must arrive by then)"
+                last = (f"no answer from {self.base_url} within {self.timeout:g} s (the whole answer must arrive by "
+                        "then)")
                 continue
             except (urllib.error.URLError, ConnectionError, OSError, http.client.HTTPException) as exc:
                 last = f"cannot reach {self.base_url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}"

@@ -329,16 +329,16 @@ class Classifier:
         if images.dim() == 3:
             images = images.unsqueeze(0)
         if images.dim() == 4 and images.shape[1] != 3 and images.shape[-1] == 3:
-            raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}, which looks like channels "
-                             "last (N, H, W, 3): use x.permute(0, 3, 1, 2)")
+            raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}, which looks like "
+                             "channels last (N, H, W, 3): use x.permute(0, 3, 1, 2)")
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape (N, 3, H, W) with RGB pixels in [0, 1], got "
                              f"{tuple(images.shape)}; grey images: repeat the channel (x.expand(-1, 3, -1, -1))")
         if not images.is_floating_point():
             raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}; divide uint8 by 255")
-        if images.numel() and float(images.detach().amax()) > 1.5:
-            raise ValueError(f"images must have pixels in [0, 1], got values up to {float(images.detach().amax()):.4g}; "
-                             "divide 0-255 images by 255")
+        top = float(images.detach().amax()) if images.numel() else 0.0
+        if top > 1.5:
+            raise ValueError(f"images must have pixels in [0, 1], got values up to {top:.4g}; divide 0-255 images by 255")
         weight = next(iter(self.model.parameters()), None) if isinstance(self.model, nn.Module) else None
         dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
         return images.to(device=self.device, dtype=dtype)

@@ -69,9 +69,9 @@ def with_run_size(classifier: Classifier, fitted: Fitted | None, first: Record) 
     if max(size) > MAX_IMAGE_SIDE:  # a huge first photograph: the run is read at a size that fits in memory
         scale = MAX_IMAGE_SIDE / max(size)
         shrunk = tuple(max(1, int(v * scale)) for v in size)
-        warnings.warn(f"the first image ({first.id}) is {size[0]}x{size[1]} px, larger than cfx takes ({MAX_IMAGE_SIDE} "
-                      f"px a side); every image of this run is read at {shrunk[0]}x{shrunk[1]}. Give the size the "
-                      "model was trained at with --image-size (image_size=...)", stacklevel=2)
+        warnings.warn(f"the first image ({first.id}) is {size[0]}x{size[1]} px, larger than cfx takes "
+                      f"({MAX_IMAGE_SIDE} px a side); every image of this run is read at {shrunk[0]}x{shrunk[1]}. "
+                      "Give the size the model was trained at with --image-size (image_size=...)", stacklevel=2)
         size = shrunk
     return replace(classifier, preprocessing=replace(classifier.preprocessing, size=size))
 
