@@ -181,7 +181,7 @@ class OpenAIReporter(Reporter):
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        last = self.breaker.last_error or "no attempt"
+        last = "no attempt"
         wait = 0.0
         for attempt in range(self.retries + 1):
             if attempt:

@@ -239,7 +239,9 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
     rows = []
     for e in effects:
         # a sample whose edits the model gave NaN or infinite logits for has no EPGM: it is left out and counted
-        measured = torch.isfinite(e.epgm) & (torch.isfinite(e.null_epgm) if e.null_epgm is not None else True)
+        measured = torch.isfinite(e.epgm)
+        if e.null_epgm is not None:
+            measured &= torch.isfinite(e.null_epgm)
         if not bool(measured.all()):
             keep = torch.nonzero(measured).flatten()
             e = replace(e, epgm=e.epgm[keep], p_value=e.p_value[keep], flips=e.flips[keep],
@@ -258,7 +260,7 @@ def rank_properties(effects: Sequence[PropertyEffect], nuisance: Sequence[str] =
             name = class_names[c] if class_names and c < len(class_names) else str(c)
             per_class[name] = float(v[m].mean())
         row = {"property": e.property, "kind": e.kind, "nuisance": e.property in nuisance, "n": len(v),
-               "unmeasured": int((~measured).sum()) if isinstance(measured, Tensor) else 0,
+               "unmeasured": int((~measured).sum()),
                "mean_epgm": float(v.mean()), "std_epgm": float(v.std()) if len(v) > 1 else 0.0,
                "median_epgm": float(v.median()), "share_significant": float(sig.float().mean()),
                "share_flips": float(e.flips.float().mean()),

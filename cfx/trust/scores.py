@@ -252,20 +252,12 @@ def forward_isolating_failures(classifier: Classifier, images: Tensor, need_feat
             half = len(x) // 2
             return isolate(x[:half], offset) + isolate(x[half:], offset + half)
 
-    try:
-        logits, features = forward(images)
-        return logits, features, {}
-    except ClassifierError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        first = exc  # the name bound by ``except`` does not outlive the block
-        if len(images) == 1:
-            parts = [(0, first)]
-        else:
-            half = len(images) // 2
-            parts = isolate(images[:half], 0) + isolate(images[half:], half)
+    parts = isolate(images, 0)
+    if len(parts) == 1 and len(parts[0]) == 3:  # the whole batch at once: the usual case
+        return parts[0][1], parts[0][2], {}
     done = [p for p in parts if len(p) == 3]
     if not done:
+        first = parts[0][1]
         if len(images) > 1:
             raise ClassifierError(f"the model failed on every one of {len(images)} images of a batch "
                                   f"({type(first).__name__}: {first}); check that the model accepts these images "
