@@ -57,12 +57,14 @@ REGION_STATISTICS = ("outside_region_departure", "inside_region_departure")
 #: from its latent index's confident images; versions 3 (before blur's path in the factor model and the two-sided
 #: clipping statistic) and 4 (before the region model) are used as they are, with a warning that says what cannot be
 #: read until the folder is fitted again.
-STATISTICS_VERSION = 6
+STATISTICS_VERSION = 7
 MIN_STATISTICS_VERSION = 3
 _MISSING_BEFORE = {3: "no path for blur and no two-sided clipping, so blurred images cannot be named and clipping is "
                       "not read", 4: "no region model, so a change confined to one region is read as a global one",
                    5: "one factor model for grey and colour images together, so a colour image turned grey can look "
-                      "typical and a grey image's brightness and contrast are misread"}
+                      "typical and a grey image's brightness and contrast are misread",
+                   6: "one region model for grey and colour images together, so a colour image turned grey or more "
+                      "colourful can read as new content in one region"}
 
 _RING = torch.tensor([i for i in range(16) if i // 4 in (0, 3) or i % 4 in (0, 3)])  # border tiles of a 4×4 grid
 
@@ -184,6 +186,29 @@ def _path_strengths(neutral: float, strong: float, steps: int) -> list[float]:
     return [float(strong ** ((j + 1) / steps)) for j in range(steps)]
 
 
+#: Mean saturation (:func:`image_statistics`) under which an image counts as grey: no colour shows.
+GREY_SATURATION = 0.02
+#: Images a reference needs in each kind (and the share of grey ones) before grey and colour images are modelled
+#: apart; fewer, and that part would itself be a narrow reference (the size under which ``cfx fit`` calls one narrow).
+GREY_MIN, GREY_SHARE = 30, 0.05
+
+
+def grey_images(saturation: Tensor) -> Tensor:
+    """Which images ``(N,)`` are grey, from their mean saturation ``(N,)`` (:data:`GREY_SATURATION`)."""
+    return saturation.double() < GREY_SATURATION
+
+
+def grey_and_colour_parts(saturation: Tensor) -> Tensor | None:
+    """The grey images of a reference ``(N,)`` bool when it holds enough of both kinds to model each apart (at least
+    :data:`GREY_MIN` of each and :data:`GREY_SHARE` grey), else None: one model for all. The factor model and the
+    region model split a reference by this one rule, so an image is measured against the same kind by both."""
+    grey = grey_images(saturation)
+    n_grey, n_colour = int(grey.sum()), int((~grey).sum())
+    if min(n_grey, n_colour) >= GREY_MIN and n_grey >= GREY_SHARE * len(grey):
+        return grey
+    return None
+
+
 @dataclass
 class FactorModel:
     """How an image's global look departs from the reference images, one z-score per global change.
@@ -203,14 +228,13 @@ class FactorModel:
 
     **Grey and colour images in one reference** (photographs, say, some of them black and white). The log
     saturation of such a reference is two clusters, one at the floor, and a Gaussian over both makes a colour image
-    turned grey look typical and a grey image's other factors unreadable. When ``GREY_MIN`` reference images or more
-    are grey (mean saturation under ``GREY_SATURATION``, the level below which no colour shows), at least
-    ``GREY_SHARE`` of them, and as many are in colour, the model is two: one fitted on the colour images (``mean``,
-    ``covariance``, ``paths``) and one on the grey ones (``grey_part``, saturation left out). ``GREY_MIN`` is the size
-    below which ``cfx fit`` calls a reference narrow: a part of ten crops of one photograph makes every other
-    photograph's colour look unusual. Each image is measured against the part of its own kind: a grey image by its
-    brightness, contrast and detail among grey images, a colour image among colour ones, where desaturation and
-    over-saturation stand out.
+    turned grey look typical and a grey image's other factors unreadable. When the reference holds enough of both
+    kinds (:func:`grey_and_colour_parts`: at least :data:`GREY_MIN` of each, the size below which ``cfx fit`` calls a
+    reference narrow, since a part of ten crops of one photograph makes every other photograph's colour look
+    unusual), the model is two: one fitted on the colour images (``mean``, ``covariance``, ``paths``) and one on the
+    grey ones (``grey_part``, saturation left out). Each image is measured against the part of its own kind
+    (:data:`GREY_SATURATION`): a grey image by its brightness, contrast and detail among grey images, a colour image
+    among colour ones, where desaturation and over-saturation stand out. :class:`RegionModel` splits by the same rule.
     """
 
     mean: list[float]
@@ -221,9 +245,6 @@ class FactorModel:
 
     STEPS = 8
     SAMPLE = 32
-    GREY_SATURATION = 0.02  # mean saturation under which an image (or a whole reference) counts as grey
-    GREY_MIN = 30  # images in each part: fewer, and that part would itself be a narrow reference (see cfx fit)
-    GREY_SHARE = 0.05
 
     @classmethod
     def measure(cls, images: Tensor, stats: dict[str, Tensor] | None = None, seed: int = 0) -> "FactorModel":
@@ -234,9 +255,8 @@ class FactorModel:
         if stats is None:
             parts = [_factor_statistics(as_float_images(images[i:i + 256])) for i in range(0, len(images), 256)]
             stats = {k: torch.cat([p[k] for p in parts]) for k in _FACTORS}
-        grey = stats["saturation"].double() < cls.GREY_SATURATION
-        n_grey, n_colour = int(grey.sum()), int((~grey).sum())
-        if min(n_grey, n_colour) >= cls.GREY_MIN and n_grey >= cls.GREY_SHARE * len(images):
+        grey = grey_and_colour_parts(stats["saturation"])
+        if grey is not None:
             colour_rows, grey_rows = torch.nonzero(~grey).flatten(), torch.nonzero(grey).flatten()
             part = lambda rows: {k: stats[k][rows] for k in _FACTORS}  # noqa: E731
             model = cls._measure_one(images[colour_rows.to(images.device)], part(colour_rows), seed)
@@ -259,7 +279,7 @@ class FactorModel:
                 moved = shift.transform(sample, k, torch.Generator().manual_seed(seed + j)).clamp(0, 1)
                 path.append((_log_factors(_factor_statistics(moved)) - base).mean(0).tolist())
             paths[f"{change}:{direction}"] = path
-        grey = bool(stats["saturation"].double().mean() < cls.GREY_SATURATION)
+        grey = bool(stats["saturation"].double().mean() < GREY_SATURATION)
         return cls(x.mean(0).tolist(), cov.tolist(), paths, grey=grey)
 
     @classmethod
@@ -275,7 +295,7 @@ class FactorModel:
         """``{change: z (N,)}`` for each change of :data:`FACTOR_CHANGES` (see the class doc)."""
         if self.grey_part is None:
             return self._shifts(stats)
-        grey = stats["saturation"].double() < self.GREY_SATURATION
+        grey = grey_images(stats["saturation"])
         out = self._shifts(stats)
         if bool(grey.any()):
             rows = torch.nonzero(grey).flatten()
@@ -340,15 +360,22 @@ class RegionModel:
     - ``outside_region_departure``: how far the image departs outside its region (low: the rest of the image is
       typical);
     - ``inside_region_departure``: how far the region itself departs from the reference's same window.
+
+    A reference of grey and colour images is modelled as two parts by the rule of :class:`FactorModel`
+    (:func:`grey_and_colour_parts`), each image measured against its own kind, colour left out among grey images.
+    One Gaussian over both would hold colour anywhere between none and full, so that a colour image turned grey, or
+    more colourful, would look typical outside one region and read as new content there.
     """
 
-    outside_mean: list[list[float]]            # (W, 4)
-    outside_precision: list[list[list[float]]]  # (W, 4, 4)
+    outside_mean: list[list[float]]            # (W, F)
+    outside_precision: list[list[list[float]]]  # (W, F, F)
     inside_mean: list[list[float]]
     inside_precision: list[list[list[float]]]
     outside_spread: list[float]                # mean and std of outside departure over the reference
     inside_spread: list[float]
     sizes: list[int] = field(default_factory=lambda: list(RegionModel.SIZES))  # window sides, in tiles
+    factors: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # of brightness, contrast, colour, detail
+    grey_part: dict[str, Any] | None = None  # the model of the reference's grey images, when it also holds colour
 
     GRID = 8
     SIZES = (2, 3, 4, 5, 6, 7)
@@ -411,9 +438,30 @@ class RegionModel:
         if min(images.shape[-2:]) < 2 * cls.GRID:
             raise ValueError(f"a region model needs images of at least {2 * cls.GRID} px a side, got "
                              f"{tuple(images.shape[-2:])}")
-        tiles = torch.cat([cls._tiles(images[i:i + 256]) for i in range(0, len(images), 256)])
-        out, ins = cls._sides(tiles, cls.SIZES)
-        floor = torch.eye(4, dtype=torch.float64) * 1e-4  # no direction is ever exactly fixed
+        tiles, saturation = cls._tiles_and_saturation(images)
+        grey = grey_and_colour_parts(saturation)
+        if grey is None:
+            return cls._measure_tiles(tiles, [0, 1, 2, 3])
+        model = cls._measure_tiles(tiles[~grey], [0, 1, 2, 3])
+        model.grey_part = cls._measure_tiles(tiles[grey], [0, 1, 3]).to_dict()  # grey: no colour to compare
+        return model
+
+    @classmethod
+    def _tiles_and_saturation(cls, images: Tensor, saturation: bool = True) -> tuple[Tensor, Tensor | None]:
+        """:meth:`_tiles` and (with ``saturation``) each image's mean saturation at its own resolution, as
+        :func:`image_statistics` measures it, so the factor model and this one call the same images grey; in chunks."""
+        tiles, sat = [], []
+        for i in range(0, len(images), 256):
+            x = as_float_images(images[i:i + 256])
+            tiles.append(cls._tiles(x))
+            if saturation:
+                sat.append(_chroma(x.float()).mean((1, 2)))
+        return torch.cat(tiles), (torch.cat(sat) if saturation else None)
+
+    @classmethod
+    def _measure_tiles(cls, tiles: Tensor, factors: list[int]) -> "RegionModel":
+        out, ins = (v[..., factors] for v in cls._sides(tiles, cls.SIZES))
+        floor = torch.eye(len(factors), dtype=torch.float64) * 1e-4  # no direction is ever exactly fixed
 
         def fit(v: Tensor) -> tuple[Tensor, Tensor]:
             cov = torch.stack([torch.cov(v[:, w].T) for w in range(v.shape[1])]) + floor
@@ -422,12 +470,14 @@ class RegionModel:
         (om, op), (im, ip) = fit(out), fit(ins)
         d_out, d_in, _ = cls._region_distances(out, ins, (om, op), (im, ip))
         spread = lambda d: [float(d.mean()), max(float(d.std()), 1e-3)]  # noqa: E731
-        return cls(om.tolist(), op.tolist(), im.tolist(), ip.tolist(), spread(d_out), spread(d_in), list(cls.SIZES))
+        return cls(om.tolist(), op.tolist(), im.tolist(), ip.tolist(), spread(d_out), spread(d_in), list(cls.SIZES),
+                   list(factors))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegionModel":
+        optional = {k: data[k] for k in ("factors", "grey_part") if data.get(k) is not None}  # older folders: one part
         return cls(**{k: data[k] for k in ("outside_mean", "outside_precision", "inside_mean", "inside_precision",
-                                           "outside_spread", "inside_spread", "sizes")})
+                                           "outside_spread", "inside_spread", "sizes")}, **optional)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -437,7 +487,20 @@ class RegionModel:
         images ``(N, 3, H, W)`` (see the class doc); ``region_area`` is the share of the image the region covers."""
         if min(images.shape[-2:]) < 2 * self.GRID:
             raise ValueError(f"images must be at least {2 * self.GRID} px a side, got {tuple(images.shape[-2:])}")
-        out, ins = self._sides(self._tiles(images), self.sizes)
+        tiles, saturation = self._tiles_and_saturation(images, saturation=self.grey_part is not None)
+        if saturation is None:
+            return self._departures(tiles)
+        grey = grey_images(saturation)
+        result = self._departures(tiles)
+        if bool(grey.any()):
+            rows = torch.nonzero(grey).flatten()
+            among_grey = RegionModel.from_dict(self.grey_part)._departures(tiles[rows])
+            for key, value in among_grey.items():
+                result[key][rows] = value
+        return result
+
+    def _departures(self, tiles: Tensor) -> dict[str, Tensor]:
+        out, ins = (v[..., self.factors] for v in self._sides(tiles, self.sizes))
         as64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
         d_out, d_in, best = self._region_distances(out, ins, (as64(self.outside_mean), as64(self.outside_precision)),
                                                    (as64(self.inside_mean), as64(self.inside_precision)))
