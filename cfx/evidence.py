@@ -83,6 +83,21 @@ def _chroma(x: Tensor) -> Tensor:
     return smooth.max(1).values - smooth.min(1).values
 
 
+#: The side (px) at which :func:`coarse_saturation` reads colour.
+COARSE_SIDE = 32
+
+
+def coarse_saturation(x: Tensor) -> Tensor:
+    """Mean saturation ``(N,)`` of images ``(N, 3, H, W)`` area-downsampled to at most :data:`COARSE_SIDE` px a side:
+    the colour of regions. Colour noise on a grey image averages away at that scale (σ 0.1 leaves about 0.01), while a
+    colour image desaturated to a tenth keeps its regions' colour. It decides which images are grey."""
+    h, w = x.shape[-2:]
+    if max(h, w) > COARSE_SIDE:
+        scale = COARSE_SIDE / max(h, w)
+        x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+    return _chroma(x).mean((1, 2))
+
+
 def image_statistics(images: Tensor) -> dict[str, Tensor]:
     """Per-image statistics ``(N,)`` of images ``(N, 3, H, W)`` in [0, 1]:
 
@@ -129,7 +144,8 @@ def image_statistics(images: Tensor) -> dict[str, Tensor]:
             / contrast.clamp_min(1e-3),
             "border_detail_imbalance": _imbalance(tiles_full[:, _RING]),
             "two_sided_clipping": torch.minimum((x.amax(1) <= 2 / 255).float().mean((1, 2)),
-                                                (x.amin(1) >= 253 / 255).float().mean((1, 2)))}
+                                                (x.amin(1) >= 253 / 255).float().mean((1, 2))),
+            "coarse_saturation": coarse_saturation(x)}
 
 
 def reference_statistics(reference: Tensor, factors: bool = False):
@@ -170,7 +186,7 @@ def _factor_statistics(x: Tensor) -> dict[str, Tensor]:
     y, lap = luma_and_detail(x)
     chroma = _chroma(x)
     return {"brightness": y.mean((1, 2)), "contrast": y.std((1, 2)), "saturation": chroma.mean((1, 2)),
-            "high_frequency": lap.mean((1, 2))}
+            "high_frequency": lap.mean((1, 2)), "coarse_saturation": coarse_saturation(x)}
 
 
 def _log_factors(stats: dict[str, Tensor]) -> Tensor:
@@ -186,23 +202,28 @@ def _path_strengths(neutral: float, strong: float, steps: int) -> list[float]:
     return [float(strong ** ((j + 1) / steps)) for j in range(steps)]
 
 
-#: Mean saturation (:func:`image_statistics`) under which an image counts as grey: no colour shows.
+#: Mean saturation of regions (:func:`coarse_saturation`) under which an image counts as grey: no colour shows.
 GREY_SATURATION = 0.02
 #: Images a reference needs in each kind (and the share of grey ones) before grey and colour images are modelled
 #: apart; fewer, and that part would itself be a narrow reference (the size under which ``cfx fit`` calls one narrow).
 GREY_MIN, GREY_SHARE = 30, 0.05
 
 
-def grey_images(saturation: Tensor) -> Tensor:
-    """Which images ``(N,)`` are grey, from their mean saturation ``(N,)`` (:data:`GREY_SATURATION`)."""
-    return saturation.double() < GREY_SATURATION
+def _grey_signal(stats: dict[str, Tensor]) -> Tensor:
+    return stats["coarse_saturation"] if "coarse_saturation" in stats else stats["saturation"]
 
 
-def grey_and_colour_parts(saturation: Tensor) -> Tensor | None:
+def grey_images(stats: dict[str, Tensor]) -> Tensor:
+    """Which images ``(N,)`` are grey, from their statistics (:func:`image_statistics`): the saturation of their
+    regions (:func:`coarse_saturation`) under :data:`GREY_SATURATION`; records without it, their mean saturation."""
+    return _grey_signal(stats).double() < GREY_SATURATION
+
+
+def grey_and_colour_parts(stats: dict[str, Tensor]) -> Tensor | None:
     """The grey images of a reference ``(N,)`` bool when it holds enough of both kinds to model each apart (at least
     :data:`GREY_MIN` of each and :data:`GREY_SHARE` grey), else None: one model for all. The factor model and the
     region model split a reference by this one rule, so an image is measured against the same kind by both."""
-    grey = grey_images(saturation)
+    grey = grey_images(stats)
     n_grey, n_colour = int(grey.sum()), int((~grey).sum())
     if min(n_grey, n_colour) >= GREY_MIN and n_grey >= GREY_SHARE * len(grey):
         return grey
@@ -233,8 +254,9 @@ class FactorModel:
     reference narrow, since a part of ten crops of one photograph makes every other photograph's colour look
     unusual), the model is two: one fitted on the colour images (``mean``, ``covariance``, ``paths``) and one on the
     grey ones (``grey_part``, saturation left out). Each image is measured against the part of its own kind
-    (:data:`GREY_SATURATION`): a grey image by its brightness, contrast and detail among grey images, a colour image
-    among colour ones, where desaturation and over-saturation stand out. :class:`RegionModel` splits by the same rule.
+    (:func:`grey_images`: the colour of its regions, so colour noise on a grey image keeps it grey): a grey image by
+    its brightness, contrast and detail among grey images, a colour image among colour ones, where desaturation and
+    over-saturation stand out. :class:`RegionModel` splits by the same rule.
     """
 
     mean: list[float]
@@ -249,16 +271,16 @@ class FactorModel:
     @classmethod
     def measure(cls, images: Tensor, stats: dict[str, Tensor] | None = None, seed: int = 0) -> "FactorModel":
         """Fit on reference images ``(N, 3, H, W)`` (at least 5; uint8 or float in [0, 1]). ``stats``: their
-        statistics when already measured (only the four factors are read)."""
+        statistics when already measured (the four factors and, when there, ``coarse_saturation`` are read)."""
         if len(images) < 5:
             raise ValueError(f"a factor model needs at least 5 reference images, got {len(images)}")
         if stats is None:
             parts = [_factor_statistics(as_float_images(images[i:i + 256])) for i in range(0, len(images), 256)]
-            stats = {k: torch.cat([p[k] for p in parts]) for k in _FACTORS}
-        grey = grey_and_colour_parts(stats["saturation"])
+            stats = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        grey = grey_and_colour_parts(stats)
         if grey is not None:
             colour_rows, grey_rows = torch.nonzero(~grey).flatten(), torch.nonzero(grey).flatten()
-            part = lambda rows: {k: stats[k][rows] for k in _FACTORS}  # noqa: E731
+            part = lambda rows: {k: v[rows] for k, v in stats.items()}  # noqa: E731
             model = cls._measure_one(images[colour_rows.to(images.device)], part(colour_rows), seed)
             model.grey_part = cls._measure_one(images[grey_rows.to(images.device)], part(grey_rows), seed).to_dict()
             return model
@@ -279,7 +301,7 @@ class FactorModel:
                 moved = shift.transform(sample, k, torch.Generator().manual_seed(seed + j)).clamp(0, 1)
                 path.append((_log_factors(_factor_statistics(moved)) - base).mean(0).tolist())
             paths[f"{change}:{direction}"] = path
-        grey = bool(stats["saturation"].double().mean() < GREY_SATURATION)
+        grey = bool(_grey_signal(stats).double().mean() < GREY_SATURATION)
         return cls(x.mean(0).tolist(), cov.tolist(), paths, grey=grey)
 
     @classmethod
@@ -295,7 +317,7 @@ class FactorModel:
         """``{change: z (N,)}`` for each change of :data:`FACTOR_CHANGES` (see the class doc)."""
         if self.grey_part is None:
             return self._shifts(stats)
-        grey = grey_images(stats["saturation"])
+        grey = grey_images(stats)
         out = self._shifts(stats)
         if bool(grey.any()):
             rows = torch.nonzero(grey).flatten()
@@ -362,9 +384,10 @@ class RegionModel:
     - ``inside_region_departure``: how far the region itself departs from the reference's same window.
 
     A reference of grey and colour images is modelled as two parts by the rule of :class:`FactorModel`
-    (:func:`grey_and_colour_parts`), each image measured against its own kind, colour left out among grey images.
-    One Gaussian over both would hold colour anywhere between none and full, so that a colour image turned grey, or
-    more colourful, would look typical outside one region and read as new content there.
+    (:func:`grey_and_colour_parts`). One Gaussian over both would hold colour anywhere between none and full, so a
+    colour image turned grey, or more colourful, would look typical outside one region and read as new content there.
+    Each image is measured against the part it is closer to *outside its region*: a grey photograph with a colour
+    patch pasted on it is grey outside the patch, so among grey images, where the patch's colour stands out inside.
     """
 
     outside_mean: list[list[float]]            # (W, F)
@@ -439,23 +462,23 @@ class RegionModel:
             raise ValueError(f"a region model needs images of at least {2 * cls.GRID} px a side, got "
                              f"{tuple(images.shape[-2:])}")
         tiles, saturation = cls._tiles_and_saturation(images)
-        grey = grey_and_colour_parts(saturation)
+        grey = grey_and_colour_parts({"coarse_saturation": saturation})
         if grey is None:
             return cls._measure_tiles(tiles, [0, 1, 2, 3])
         model = cls._measure_tiles(tiles[~grey], [0, 1, 2, 3])
-        model.grey_part = cls._measure_tiles(tiles[grey], [0, 1, 3]).to_dict()  # grey: no colour to compare
+        model.grey_part = cls._measure_tiles(tiles[grey], [0, 1, 2, 3]).to_dict()
         return model
 
     @classmethod
     def _tiles_and_saturation(cls, images: Tensor, saturation: bool = True) -> tuple[Tensor, Tensor | None]:
-        """:meth:`_tiles` and (with ``saturation``) each image's mean saturation at its own resolution, as
+        """:meth:`_tiles` and (with ``saturation``) each image's :func:`coarse_saturation`, as
         :func:`image_statistics` measures it, so the factor model and this one call the same images grey; in chunks."""
         tiles, sat = [], []
         for i in range(0, len(images), 256):
             x = as_float_images(images[i:i + 256])
             tiles.append(cls._tiles(x))
             if saturation:
-                sat.append(_chroma(x.float()).mean((1, 2)))
+                sat.append(coarse_saturation(x.float()))
         return torch.cat(tiles), (torch.cat(sat) if saturation else None)
 
     @classmethod
@@ -487,16 +510,12 @@ class RegionModel:
         images ``(N, 3, H, W)`` (see the class doc); ``region_area`` is the share of the image the region covers."""
         if min(images.shape[-2:]) < 2 * self.GRID:
             raise ValueError(f"images must be at least {2 * self.GRID} px a side, got {tuple(images.shape[-2:])}")
-        tiles, saturation = self._tiles_and_saturation(images, saturation=self.grey_part is not None)
-        if saturation is None:
-            return self._departures(tiles)
-        grey = grey_images(saturation)
+        tiles, _ = self._tiles_and_saturation(images, saturation=False)
         result = self._departures(tiles)
-        if bool(grey.any()):
-            rows = torch.nonzero(grey).flatten()
-            among_grey = RegionModel.from_dict(self.grey_part)._departures(tiles[rows])
-            for key, value in among_grey.items():
-                result[key][rows] = value
+        if self.grey_part is not None:  # each image among the kind it is closest to outside its region
+            among_grey = RegionModel.from_dict(self.grey_part)._departures(tiles)
+            closer = among_grey["outside_region_departure"] < result["outside_region_departure"]
+            result = {k: torch.where(closer, among_grey[k], v) for k, v in result.items()}
         return result
 
     def _departures(self, tiles: Tensor) -> dict[str, Tensor]:
