@@ -19,6 +19,10 @@ def tiny_cnn() -> nn.Module:
     return TinyCNN()
 
 
+def tiny_cnn_float64() -> nn.Module:
+    return tiny_cnn().double()
+
+
 def two_class_cnn() -> nn.Module:
     """A binary classifier (two logits)."""
     torch.manual_seed(3)

@@ -276,3 +276,39 @@ def test_demo_fitted_oracle_and_table(shapes_models):
     torch.testing.assert_close(fitted.oracle.score(px), torch.sigmoid(raw))
     m = misprediction_metrics(fitted.oracle.score(px), correct, threshold=0.5)
     assert m["auroc"] > 0.6 and m["tnr"] > 0.3
+
+
+def test_a_float64_model_is_scored_and_explained_with_its_fitted_folder(tmp_path):
+    # The autoencoder is float32. A float64 classifier's images reached it as float64 and every use of the folder
+    # stopped with "Input type (double) and bias type (float) should be the same".
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate("abcd"):
+        (data / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    model = f"python:{FACTORIES}:tiny_cnn_float64"
+    out = tmp_path / "fitted"
+    r = CliRunner().invoke(main, ["fit", "--model", model, "--train", str(data), "--out", str(out), "--ae-epochs", "1",
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["trust", "--model", model, "--data", str(data), "--fitted", str(out), "--methods",
+                                  "parce,msp", "--quiet", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    # against the competency computed by hand with the images cast to the autoencoder's float32
+    clf = load_classifier(model)
+    fitted = Fitted.load(out, clf)
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(data / "a" / f"{i}.png"), dtype=np.float64) / 255)
+                     .permute(2, 0, 1) for i in range(8)])
+    with torch.inference_mode():
+        logits = clf.logits(x)
+        loss = (fitted.autoencoder(x.float()) - x.float()).pow(2).flatten(1).mean(1)
+        by_hand = fitted.parce._competency(torch.softmax(logits, 1), loss, fitted.parce.z_star_)
+        got = fitted.parce.score(clf, x)
+    assert logits.dtype == torch.float64 and torch.allclose(got.double(), by_hand.double(), atol=1e-6)
+    r = CliRunner().invoke(main, ["explain", "--model", model, "--data", str(data), "--fitted", str(out),
+                                  "--generators", "reco,lgd,lnn", "--flag-share", "25", "--quiet",
+                                  "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["counts"]["explained"] == 8 and not summary["counts"].get("errors"), summary["counts"]

@@ -80,8 +80,9 @@ class ConvAutoencoder(nn.Module):
         )
 
     def encode(self, x: Tensor) -> Tensor:
-        """Images ``(N, C, H, W)`` in [0, 1] → latents ``(N, latent_dim)``."""
-        return self.encoder(x)
+        """Images ``(N, C, H, W)`` in [0, 1] → latents ``(N, latent_dim)``. Images of another floating dtype (a
+        float64 or bfloat16 classifier's) are cast to the autoencoder's own."""
+        return self.encoder(x.to(self.decoder_fc[0].weight.dtype))
 
     def decode(self, z: Tensor) -> Tensor:
         """Latents ``(N, latent_dim)`` → images ``(N, C, H, W)`` in [0, 1]."""
