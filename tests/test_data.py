@@ -297,3 +297,33 @@ def test_a_single_image_file_is_a_source_of_one(tmp_path):
     records = list(open_source(str(tmp_path / "one image.png")))
     assert [(r.id, r.label, r.error) for r in records] == [("one image.png", None, None)]
     np.testing.assert_allclose(records[0].image.numpy(), 200 / 255, atol=1e-6)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_written_with_its_bytes_escaped(tmp_path):
+    # A name with the byte 0xff (not UTF-8) reached scores.csv, summary.json and run.sqlite as a lone surrogate, and
+    # cfx trust, explain and audit stopped after scoring with "surrogates not allowed".
+    import io
+    import os
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from cfx.cli import main
+
+    folder = tmp_path / "data"
+    (folder / "cl\xe9").mkdir(parents=True)  # a class folder of plain non-ASCII text stays as it is
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 90, dtype=np.uint8)).save(buffer, format="PNG")
+    with open(os.path.join(os.fsencode(folder / "cl\xe9"), b"x\xff.png"), "wb") as f:  # the raw bytes as the name
+        f.write(buffer.getvalue())
+    Image.fromarray(np.full((16, 16, 3), 160, dtype=np.uint8)).save(folder / "cl\xe9" / "plain.png")
+    flat = FlatFolder(folder)
+    assert sorted(flat.ids()) == ["cl\xe9/plain.png", "cl\xe9/x\\xff.png"]
+    records = list(flat)
+    assert all(r.error is None and r.image is not None for r in records)  # read from the real name
+    assert sorted(r.id for r in records) == sorted(flat.ids())
+    factories = Path(__file__).parent / "factories.py"
+    r = CliRunner().invoke(main, ["trust", "--model", f"python:{factories}:tiny_cnn", "--data", str(folder),
+                                  "--out", str(tmp_path / "t"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "cl\xe9/x\\xff.png" in (tmp_path / "t" / "scores.csv").read_text(encoding="utf-8")

@@ -132,11 +132,22 @@ def decode_image(source: str | Path | bytes | Image.Image) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not valid UTF-8 (which Python keeps as lone surrogates) written
+    as ``\\xNN``: ids, paths and class names go to CSV, JSON, SQLite and HTML, which cannot hold surrogates."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _relative_id(path: Path, root: Path) -> str:
+    return printable(path.relative_to(root).as_posix())
+
+
 def _file_record(path: Path, rid: str, label: int | None, metadata: dict[str, Any]) -> Record:
+    metadata = {k: printable(v) if isinstance(v, str) else v for k, v in metadata.items()}
     try:
         return Record(rid, decode_image(path), label, metadata)
     except ValueError as exc:
-        return Record(rid, None, label, metadata, error=f"{path}: {exc}")
+        return Record(rid, None, label, metadata, error=printable(f"{path}: {exc}"))
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -235,15 +246,16 @@ class ImageFolder(ImageSource):
                 raise DataSourceError(f"sub-folders {too_high} are not class indices of a {num_classes}-class model "
                                       f"(0 to {num_classes - 1})")
         else:
-            self.class_names = list(class_names) if class_names is not None else folders
-            unknown = [f for f in folders if f not in self.class_names]
+            names = list(class_names) if class_names is not None else folders
+            unknown = [printable(f) for f in folders if f not in names]
             if unknown:
-                raise DataSourceError(f"sub-folders {unknown} are not among the class names {self.class_names}")
-            if num_classes is not None and len(self.class_names) > num_classes:
-                raise DataSourceError(f"{str(self.root)!r} has {len(self.class_names)} class sub-folders but the "
+                raise DataSourceError(f"sub-folders {unknown} are not among the class names {names}")
+            if num_classes is not None and len(names) > num_classes:
+                raise DataSourceError(f"{str(self.root)!r} has {len(names)} class sub-folders but the "
                                       f"model has {num_classes} classes; name the sub-folders by class index "
                                       f"(0 to {num_classes - 1}) or give the model's class names (--classes)")
-            index = {name: i for i, name in enumerate(self.class_names)}
+            index = {name: i for i, name in enumerate(names)}
+            self.class_names = [printable(name) for name in names]
         self.items = [(p, index[folder]) for folder in folders for p in _image_files(self.root / folder)]
 
     def __len__(self) -> int:
@@ -253,13 +265,13 @@ class ImageFolder(ImageSource):
         return self.take(range(len(self.items)))
 
     def ids(self) -> list[str]:
-        return [path.relative_to(self.root).as_posix() for path, _ in self.items]
+        return [_relative_id(path, self.root) for path, _ in self.items]
 
     def take(self, positions: Iterable[int]) -> Iterator[Record]:
         for position in positions:
             path, label = self.items[position]
-            rid = path.relative_to(self.root).as_posix()
-            yield _file_record(path, rid, label, {"path": str(path), "class_folder": path.relative_to(self.root).parts[0]})
+            yield _file_record(path, _relative_id(path, self.root), label,
+                               {"path": str(path), "class_folder": path.relative_to(self.root).parts[0]})
 
 
 class FlatFolder(ImageSource):
@@ -283,12 +295,12 @@ class FlatFolder(ImageSource):
         return self.take(range(len(self.items)))
 
     def ids(self) -> list[str]:
-        return [path.relative_to(self.root).as_posix() for path in self.items]
+        return [_relative_id(path, self.root) for path in self.items]
 
     def take(self, positions: Iterable[int]) -> Iterator[Record]:
         for position in positions:
             path = self.items[position]
-            yield _file_record(path, path.relative_to(self.root).as_posix(), None, {"path": str(path)})
+            yield _file_record(path, _relative_id(path, self.root), None, {"path": str(path)})
 
 
 class Manifest(ImageSource):
