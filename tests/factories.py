@@ -19,6 +19,23 @@ def tiny_cnn() -> nn.Module:
     return TinyCNN()
 
 
+class _EvenBatches(nn.Module):
+    """A model that raises on a batch of an odd size (as exported models with a fixed batch dimension do)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if x.shape[0] % 2:
+            raise RuntimeError(f"this export takes even batches, got {x.shape[0]}")
+        return self.inner(x)
+
+
+def even_batch_cnn() -> nn.Module:
+    return _EvenBatches(tiny_cnn())
+
+
 def tiny_cnn_float64() -> nn.Module:
     return tiny_cnn().double()
 

@@ -10,6 +10,7 @@ from PIL import Image
 from scipy.stats import norm
 from torch import nn
 
+import cfx
 from cfx.cli import main
 from cfx.core.data import TensorSource
 from cfx.jobs import fit
@@ -215,6 +216,31 @@ def test_fitted_folder_round_trip_and_integrity_errors(tiny_fitted, tmp_path):
         Fitted.load(fitted.path, other)
     with pytest.raises(FittedError, match="does not exist"):
         Fitted.load(tmp_path / "nope", clf)
+    # the same weights fed another way: the calibration does not hold (it flagged 46 % at a "10th percentile")
+    with pytest.raises(FittedError, match="fitted with the model fed size as read, mean None"):
+        Fitted.load(fitted.path, load_classifier(f"python:{FACTORIES}:tiny_cnn", mean=(0.5,) * 3, std=(0.5,) * 3))
+    # a folder loaded without a model is checked against the model it is used with
+    unchecked = Fitted.load(fitted.path)
+    with pytest.raises(FittedError, match="another model"):
+        cfx.score_source(other, TensorSource(images[:4]), ["msp"], fitted=unchecked, progress=False)
+    with pytest.raises(FittedError, match="another model"):
+        cfx.explain(other, TensorSource(images[:4]), unchecked, tmp_path / "ex", progress=False)
+
+    # a manifest edited by hand: one line saying so, never a traceback or a check switched off
+    def edited(change):
+        target = copy()
+        manifest = json.loads((target / "manifest.json").read_text())
+        change(manifest)
+        (target / "manifest.json").write_text(json.dumps(manifest))
+        return target
+
+    for change, message in ((lambda m: m.pop("model_fingerprint"), "corrupted"),
+                            (lambda m: m["autoencoder"].update(latent_dim=-1), "latent size -1"),
+                            (lambda m: m.update(files={}), "does not list"),
+                            (lambda m: m["files"].update({"../elsewhere.pt": "00"}), "outside the folder"),
+                            (lambda m: m.update(format=str(m["format"])), "format '2'")):
+        with pytest.raises(FittedError, match=message):
+            Fitted.load(edited(change), clf)
 
 
 def test_fit_wants_every_label_or_none(tmp_path):

@@ -189,6 +189,40 @@ def test_an_image_the_model_raises_on_is_an_error_row_and_the_rest_is_scored_as_
     assert [e["id"] for e in manifest["errors"]] == ["blank.png"]
 
 
+def test_a_model_that_takes_only_even_batches_is_not_blamed_on_an_image(tmp_path):
+    # an export with a fixed batch dimension raised on a last batch of one (or on the odd halves of the search for
+    # a failing image), and good images became error rows saying the model failed on them
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from factories import even_batch_cnn, tiny_cnn
+
+    images = torch.rand(15, 3, 16, 16)
+    table = score_source(Classifier.wrap(even_batch_cnn(), num_classes=4), TensorSource(images), ["msp"],
+                         batch_size=7, progress=False)
+    assert table.errors == [None] * 15
+    reference = score_source(Classifier.wrap(tiny_cnn(), num_classes=4), TensorSource(images), ["msp"],
+                             progress=False)  # the same weights without the batch rule
+    torch.testing.assert_close(table.scores["msp"], reference.scores["msp"])
+
+
+def test_the_api_says_what_a_data_source_is(tmp_path):
+    import cfx
+    from cfx.core.data import DataSourceError
+
+    clf = Classifier.wrap(_RaisesOnWhite(), num_classes=5)
+    with pytest.raises(DataSourceError, match="TensorSource"):
+        cfx.open_source(torch.rand(2, 3, 8, 8))
+    with pytest.raises(DataSourceError, match="empty string"):
+        cfx.open_source("")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    table = score_source(clf, str(folder), "msp", progress=False)  # a folder given as text, one score as text
+    assert sorted(table.ids) == ["0.png", "1.png", "2.png"] and list(table.scores) == ["msp"]
+
+
 def test_score_batch_says_what_is_wrong_with_the_images_not_that_the_model_failed():
     from cfx.trust.scores import score_batch
 

@@ -616,7 +616,12 @@ def open_source(spec: str | Path | ImageSource, class_names: Sequence[str] | Non
     """
     if isinstance(spec, ImageSource):
         return spec
+    if not isinstance(spec, (str, Path)):
+        raise DataSourceError(f"a data source is a folder, a CSV/JSONL manifest or KIND:TARGET, got a "
+                              f"{type(spec).__name__}; wrap images already in memory in TensorSource(images, labels)")
     text = str(spec)
+    if not text.strip():
+        raise DataSourceError("the data source is an empty string; give a folder, a CSV/JSONL manifest or KIND:TARGET")
     kind, sep, _ = text.partition(":")
     if sep and len(kind) > 1 and not Path(text).exists():  # KIND:TARGET (a one-letter kind is a Windows drive)
         opener = SOURCE_KINDS.find(kind.lower())

@@ -19,7 +19,7 @@ from cfx.core.models import MAX_IMAGE_SIDE, Classifier, advise_on_inputs, checks
 from cfx.core.runstore import RunStore, png_bytes
 from cfx.evidence import RunReference
 from cfx.trust.scoring import ScoreTable
-from cfx.trust.fitted import Fitted
+from cfx.trust.fitted import Fitted, check_model_for_folder
 from cfx.trust.scores import SCORES, applicable_scores, default_scores, score_batch
 from cfx.trust.threshold import (
     AUTO,
@@ -102,6 +102,8 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
     classifier = load_classifier(model, **model_options) if not isinstance(model, Classifier) else model
     if fitted is not None and not isinstance(fitted, Fitted):
         fitted = Fitted.load(fitted, classifier)
+    elif fitted is not None:  # loaded without a model, or for another one: checked against this one
+        check_model_for_folder(fitted.manifest, classifier, fitted.path)
     if flag_score != AUTO and flag_score not in SCORES:
         raise ValueError(f"unknown flag score {flag_score!r}; choose from auto, {', '.join(SCORES)}")
     if fitted is None and flag_percentile is not None:

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,40 @@ __all__ = ["FORMAT_VERSION", "Fitted", "FittedError", "Mahalanobis", "PaRCE", "T
            "steep_slope_loss"]
 
 FORMAT_VERSION = 2  # 2: edit ranges calibrated on the reference images (manifest["edit_ranges"])
+#: Files every fitted folder has, whatever its manifest lists.
+REQUIRED_FILES = ("autoencoder.pt", "parce.json", "calibration_scores.pt")
+
+
+def _preprocessing_of(classifier: Classifier) -> dict[str, Any]:
+    p = classifier.preprocessing
+    listed = lambda v: None if v is None else [float(x) for x in v]  # noqa: E731
+    return {"size": None if p.size is None else [int(v) for v in p.size], "mean": listed(p.mean),
+            "std": listed(p.std)}
+
+
+def check_model_for_folder(manifest: dict[str, Any], classifier: Classifier, path: str | Path) -> None:
+    """Raise :class:`FittedError` unless ``classifier`` is the model a fitted folder was made for, fed the way it was
+    fed then: the same weights (fingerprint), input size and normalisation. Calibration percentiles, PaRCE and the
+    reference statistics hold only for that; another size or normalisation gives other scores (a 10th-percentile
+    threshold flagged 46 % of a run at twice the fitted size)."""
+    fp = model_fingerprint(classifier)
+    if fp != manifest.get("model_fingerprint"):
+        raise FittedError(f"{str(path)!r} was fitted for another model (fingerprint "
+                          f"{manifest.get('model_fingerprint')}, this model {fp}); run cfx fit for this model")
+    stored = (manifest.get("model") or {}).get("preprocessing")
+    if not isinstance(stored, dict):
+        return  # folders written before the preprocessing was recorded
+    now = _preprocessing_of(classifier)
+    size_differs = stored.get("size") is not None and now["size"] is not None and \
+        [int(v) for v in stored["size"]] != now["size"]
+    norm_differs = any((stored.get(k) is None) != (now[k] is None) or (stored.get(k) is not None and not all(
+        math.isclose(float(a), b, rel_tol=1e-6) for a, b in zip(stored[k], now[k]))) for k in ("mean", "std"))
+    if size_differs or norm_differs:
+        show = lambda d: (f"size {'×'.join(map(str, d['size'])) if d.get('size') else 'as read'}, mean "  # noqa: E731
+                          f"{d.get('mean')}, std {d.get('std')}")
+        raise FittedError(f"{str(path)!r} was fitted with the model fed {show(stored)}; this run feeds it "
+                          f"{show(now)}. Its calibration holds only for the first: load the model as it was fitted "
+                          "(--image-size, --mean/--std) or run cfx fit again")
 
 
 class FittedError(ValueError):
@@ -400,16 +435,26 @@ class Fitted:
             raise FittedError(f"fitted folder {str(path)!r} does not exist; make one with cfx fit")
         if not manifest_path.is_file():
             raise FittedError(f"{str(path)!r} has no manifest.json: it is not a fitted folder (make one with cfx fit)")
+        corrupted = lambda what: FittedError(f"the manifest of {str(path)!r} is corrupted ({what}); "  # noqa: E731
+                                             "run cfx fit again")
         try:
             manifest = json.loads(manifest_path.read_text())
-            files = manifest["files"]
-            version = manifest["format"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise FittedError(f"the manifest of {str(path)!r} is corrupted ({type(exc).__name__}: {exc}); "
-                              "run cfx fit again") from None
-        if version != FORMAT_VERSION:
-            raise FittedError(f"{str(path)!r} has fitted-folder format {version}, this cfx reads {FORMAT_VERSION}; "
+            files, version = manifest["files"], manifest["format"]
+            fingerprint, ae_cfg = manifest["model_fingerprint"], manifest["autoencoder"]
+            ae_size, latent_dim = tuple(int(v) for v in ae_cfg["image_size"]), int(ae_cfg["latent_dim"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise corrupted(f"{type(exc).__name__}: {exc}") from None
+        if type(version) is not int or version != FORMAT_VERSION:
+            raise FittedError(f"{str(path)!r} has fitted-folder format {version!r}, this cfx reads {FORMAT_VERSION}; "
                               "run cfx fit again")
+        if not isinstance(files, dict) or not isinstance(fingerprint, str):
+            raise corrupted("its file list or model fingerprint is not what cfx fit writes")
+        if len(ae_size) != 2 or min(ae_size) < 16 or latent_dim < 1:
+            raise corrupted(f"autoencoder size {ae_size} and latent size {latent_dim} are not what cfx fit writes")
+        outside = [n for n in files if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts]
+        missing = [n for n in REQUIRED_FILES if n not in files]
+        if outside or missing:
+            raise corrupted(f"files outside the folder {outside}" if outside else f"it does not list {missing}")
         for name, digest in files.items():
             f = path / name
             if not f.is_file():
@@ -418,18 +463,18 @@ class Fitted:
                 raise FittedError(f"{name} in {str(path)!r} does not match its checksum in the manifest (corrupted "
                                   "or modified); run cfx fit again")
         if classifier is not None:
-            fp = model_fingerprint(classifier)
-            if fp != manifest["model_fingerprint"]:
-                raise FittedError(f"{str(path)!r} was fitted for another model (fingerprint "
-                                  f"{manifest['model_fingerprint']}, this model {fp}); run cfx fit for this model")
-        ae_cfg = manifest["autoencoder"]
-        ae = ConvAutoencoder(tuple(ae_cfg["image_size"]), ae_cfg["latent_dim"])
-        ae.load_state_dict(torch.load(path / "autoencoder.pt", map_location="cpu", weights_only=True))
+            check_model_for_folder(manifest, classifier, path)
+        ae = ConvAutoencoder(ae_size, latent_dim)
+        try:
+            ae.load_state_dict(torch.load(path / "autoencoder.pt", map_location="cpu", weights_only=True))
+            parce = PaRCE.from_state(ae, json.loads((path / "parce.json").read_text()))
+            maha = (Mahalanobis.from_state(torch.load(path / "mahalanobis.pt", map_location="cpu", weights_only=True))
+                    if "mahalanobis.pt" in files else None)
+            cal = torch.load(path / "calibration_scores.pt", map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+            raise FittedError(f"{str(path)!r} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); run cfx fit "
+                              "again") from None
         ae.eval()
-        parce = PaRCE.from_state(ae, json.loads((path / "parce.json").read_text()))
-        maha = (Mahalanobis.from_state(torch.load(path / "mahalanobis.pt", map_location="cpu", weights_only=True))
-                if "mahalanobis.pt" in files else None)
-        cal = torch.load(path / "calibration_scores.pt", map_location="cpu", weights_only=True)
         oracle = None
         if "oracle" in manifest and classifier is not None:
             oracle = TrustOracle(**{k: tuple(v) if k == "slope" else v for k, v in manifest["oracle"].items()})

@@ -231,7 +231,9 @@ def forward_isolating_failures(classifier: Classifier, images: Tensor, need_feat
                                 ) -> tuple[Tensor, Tensor | None, dict[int, str]]:
     """Logits (and features) of ``images`` on the CPU in float32, and ``{position: error}`` for the images the model
     raised an exception on. When the batch fails, its halves are tried in turn until the failing images are found,
-    so one bad image costs a few extra passes and the rest of the batch is scored; their rows get NaN. cfx's own
+    so one bad image costs a few extra passes and the rest of the batch is scored; their rows get NaN. An image that
+    fails alone is tried once more as a batch of two copies of itself: models that cannot take a batch of one (or
+    of an odd size) are not blamed on the image. cfx's own
     input errors (:class:`ClassifierError`) and a model that fails on every image of a batch of several stop the
     run instead: that is not one bad sample."""
 
@@ -248,7 +250,13 @@ def forward_isolating_failures(classifier: Classifier, images: Tensor, need_feat
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own failure on this input
             if len(x) == 1:
-                return [(offset, exc)]
+                try:  # a model that cannot take a batch of one (or of an odd size) is not failing on the image
+                    logits, features = forward(x.expand(2, *x.shape[1:]))
+                    return [(offset, logits[:1], None if features is None else features[:1])]
+                except ClassifierError:
+                    raise
+                except Exception:  # noqa: BLE001 - the image itself: its first error is the one reported
+                    return [(offset, exc)]
             half = len(x) // 2
             return isolate(x[:half], offset) + isolate(x[half:], offset + half)
 

@@ -19,9 +19,10 @@ from torch import Tensor
 
 from tqdm.auto import tqdm
 
-from cfx.core.data import ImageSource, Record, TensorSource, iter_batches
+from cfx.core.data import ImageSource, Record, TensorSource, iter_batches, open_source
 from cfx.core.models import Classifier
 
+from .fitted import check_model_for_folder
 from .metrics import misprediction_metrics
 from .plots import risk_coverage_plot, roc_plot
 from .scores import SCORES, applicable_scores, score_batch
@@ -84,7 +85,14 @@ def score_source(classifier: Classifier, source: ImageSource | Iterable[Record],
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    methods = list(methods) if methods is not None else applicable_scores(classifier, score_options.get("fitted"))
+    if isinstance(source, (str, Path)):  # a folder, a manifest or KIND:TARGET, as the CLI's --data
+        source = open_source(source, classifier.class_names, classifier.num_classes)
+    fitted = score_options.get("fitted")
+    if fitted is not None:  # a folder loaded without a model (or for another) is checked against this one
+        check_model_for_folder(fitted.manifest, classifier, fitted.path)
+    if isinstance(methods, str):
+        methods = [methods]  # one name, not its letters
+    methods = list(methods) if methods is not None else applicable_scores(classifier, fitted)
     unknown = [m for m in methods if m not in SCORES]
     if unknown:
         raise ValueError(f"unknown score(s) {unknown}; known: {', '.join(SCORES)}")
