@@ -304,3 +304,28 @@ def test_images_of_many_sizes_are_scored_and_explained_at_one_size(tmp_path):
         quoted = row["evidence"]["scores"]
         assert quoted["msp"] == pytest.approx(scored[sid]["msp"], abs=1e-4), sid  # 8-bit storage: ~1e-5
     assert summary["image_size"] == [20, 28]  # the first image's, recorded with the run
+
+
+def test_a_run_resumes_from_any_spelling_of_its_folder_but_not_after_its_images_changed(tmp_path, monkeypatch):
+    # The stored config held the data's spelling: `inc/` then `./inc` was refused as another config, while a folder
+    # whose images were replaced under the same spelling was resumed, with rows for images no longer there.
+    from cfx.cli import main
+
+    factories = Path(__file__).parent / "factories.py"
+    data = tmp_path / "inc"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    args = ["explain", "--model", f"python:{factories}:tiny_cnn", "--out", str(tmp_path / "e"), "--flag-share", "25",
+            "--generators", "igd", "--quiet"]
+    r = CliRunner().invoke(main, [*args, "--data", "inc/"])
+    assert r.exit_code == 0, r.output
+    for spelling in ("./inc", str(data), "../" + tmp_path.name + "/inc/"):
+        r = CliRunner().invoke(main, [*args, "--data", spelling])
+        assert r.exit_code == 0, (spelling, r.output)
+    (data / "0.png").unlink()
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / "new.png")
+    r = CliRunner().invoke(main, [*args, "--data", "inc/"])
+    assert r.exit_code != 0 and "changed: data" in r.output and "--restart" in r.output

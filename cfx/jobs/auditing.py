@@ -450,7 +450,7 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
     _check_property_names(properties, nuisance)  # before the run store exists: a typo must not block the rerun
     job = open_job_inputs(model, data, fitted, flag_score, flag_below, flag_percentile, data_spec, model_spec,
                           model_options, flag_share)
-    config = {"job": "audit", "model": model_fingerprint(job.classifier), "data": job.data_name,
+    config = {"job": "audit", "model": model_fingerprint(job.classifier), "data": job.data_identity,
               "fitted": job.fitted.manifest.get("config_hash") if job.fitted is not None else None,
               "threshold": job.threshold.to_dict(),
               "methods": job.methods, "nuisance": sorted(nuisance), "sample": sample,

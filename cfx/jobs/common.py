@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -52,6 +53,7 @@ class JobInputs:
     data_name: str
     model_name: str
     flag_choice: FlagScoreChoice
+    data_identity: str = ""  # what a resumed run must find again (see :func:`data_identity`)
 
 
 def with_run_size(classifier: Classifier, fitted: Fitted | None, first: Record) -> Classifier:
@@ -130,7 +132,21 @@ def open_job_inputs(model: Any, data: Any, fitted: Any, flag_score: str, flag_be
     classifier = with_run_size(classifier, fitted, first)
     data_name = data_spec or (data if isinstance(data, str) else f"{type(source).__name__} of {len(source)} images")
     model_name = model_spec or (model if isinstance(model, str) else type(classifier.model).__name__)
-    return JobInputs(classifier, fitted, source, threshold, methods, data_name, model_name, choice)
+    return JobInputs(classifier, fitted, source, threshold, methods, data_name, model_name, choice,
+                     data_identity(data_name, source))
+
+
+def data_identity(name: str, source: ImageSource) -> str:
+    """What a run's data is, for resuming: a path as its absolute, resolved form (``inc/``, ``./inc`` and
+    ``/tmp/inc`` from any working folder are one folder), and a digest of the source's ids, so a folder whose images
+    were added or removed since the run began is not resumed as if it were the same."""
+    path = Path(name)
+    where = str(path.resolve()) if path.exists() else name
+    ids = source.ids() if hasattr(source, "ids") else None
+    if ids is None:
+        return where
+    digest = hashlib.sha256("\n".join(ids).encode("utf-8", "backslashreplace")).hexdigest()[:16]
+    return f"{where} ({len(ids)} images, ids {digest})"
 
 
 def score_into_store(store: RunStore, classifier: Classifier, fitted: Fitted | None, source: ImageSource,

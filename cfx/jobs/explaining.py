@@ -117,7 +117,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     if edit_search == "auto":  # the screen was measured against PaRCE, the target of a fitted folder
         edit_search = "screened" if fitted is not None else "full"
     reporter = make_reporter(reporter, dataset_description, reporter_options)
-    config = {"model": model_fingerprint(job.classifier), "data": job.data_name,
+    config = {"model": model_fingerprint(job.classifier), "data": job.data_identity,
               "fitted": fitted.manifest.get("config_hash") if fitted is not None else None,
               "threshold": job.threshold.to_dict(), "generators": list(generators),
               "reporter": reporter_name(reporter), "methods": job.methods, "edit_range": edit_range,
