@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .core.data import DataSourceError, iter_batches, open_source
 from .core.images import is_grey
-from .core.models import ClassifierError, advise_on_inputs, load_classifier, suggest_normalisation
+from .core.models import ClassifierError, advise_on_inputs, check_device, load_classifier, suggest_normalisation
 from .core.registry import load_plugins
 from .core.runstore import RunStore, RunStoreError
 from .core.shifts import CAUSES, SHIFTS, apply_shift
@@ -118,19 +119,20 @@ def _check_out(out: str | Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise click.BadParameter(f"{existing} is not writable: choose an output folder you can write to",
                                  param_hint="--out")
+    try:  # what access() cannot tell (a root user, a file system that refuses files): write a file where it goes
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write under {existing} ({exc.strerror or exc}): choose an output folder "
+                                 "you can write to", param_hint="--out") from None
 
 
 def _check_device(device: str) -> None:
     try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError):
-        raise click.BadParameter(f"{device!r} is not a device; use cpu, cuda or cuda:N", param_hint="--device") \
+        check_device(device)
+    except ClassifierError as exc:
+        raise click.BadParameter(str(exc).replace("use device cpu", "use --device cpu"), param_hint="--device") \
             from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("no CUDA GPU is available to this torch; use --device cpu", param_hint="--device")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise click.BadParameter("no Apple GPU (MPS) is available to this torch; use --device cpu",
-                                 param_hint="--device")
 
 
 def _load_model(model_spec: str, image_size: str | None, mean: str | None, std: str | None, classes: str | None,
@@ -496,7 +498,7 @@ def fit(model_spec: str, image_size: str | None, mean: str | None, std: str | No
     summary = {"command": "fit", "fitted": str(Path(out).resolve()),
                **{k: v for k, v in m.items() if k not in ("files", "calibration_percentiles")}}
     _write_json(Path(out) / "summary.json", summary)
-    click.echo(f"wrote {out}/manifest.json")
+    click.echo(f"wrote {Path(out) / 'manifest.json'}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -842,7 +844,8 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
 @main.command(context_settings=CONTEXT)
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="An output folder of cfx explain (it holds run.sqlite).")
-@click.option("--max-cards", default=200, show_default=True, help="Flagged samples shown as cards.")
+@click.option("--max-cards", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Flagged samples shown as cards.")
 @_friendly_errors
 def report(run_dir: str, max_cards: int) -> None:
     """Re-render RUN/report.html and RUN/summary.json from the run store, without recomputing anything.

@@ -103,7 +103,8 @@ def _sparkline(values: list[float], width: int = 90, height: int = 24) -> str:
 def review_context(store, max_cards: int = 200, summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the review template shows, read from a :class:`~cfx.runstore.RunStore` (``summary``: the one
     :func:`cfx.reports.summary.write_summary` just wrote, else it is written again)."""
-
+    if isinstance(max_cards, bool) or not isinstance(max_cards, int) or max_cards < 0:
+        raise ValueError(f"max_cards must be a whole number of at least 0, got {max_cards!r}")
     config = store.config
     summary = summary if summary is not None else write_summary(store)
     samples = store.samples()

@@ -351,3 +351,24 @@ def test_scores_csv_keeps_file_names_that_look_like_formulas_as_text(tmp_path):
     assert all(isinstance(float(row[m]), float) for row in rows for m in ("msp", "energy", "max_logit"))  # numbers
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert "=HYPERLINK(1).png" in [s["id"] for s in summary["samples"]]  # the JSON keeps the real name
+
+
+def test_the_api_refuses_common_mistakes_with_what_to_do(tmp_path):
+    import cfx
+    from cfx.core.models import ClassifierError, Preprocessing
+    from cfx.trust.threshold import Threshold
+
+    factories = Path(__file__).parent / "factories.py"
+    spec = f"python:{factories}:tiny_cnn"
+    if not torch.cuda.is_available():
+        with pytest.raises(ClassifierError, match="no CUDA GPU.*use device cpu"):
+            cfx.load_classifier(spec, device="cuda")
+        with pytest.raises(ClassifierError, match="no CUDA GPU"):
+            cfx.load_classifier(spec).to("cuda")
+    with pytest.raises(ClassifierError, match="not a device"):
+        cfx.load_classifier(spec, device="banana")
+    with pytest.raises(ClassifierError, match="mean and std together"):
+        cfx.load_classifier(spec, mean=(0.5, 0.5, 0.5))
+    assert Preprocessing(size=32).size == (32, 32)
+    with pytest.raises(ValueError, match="'score' and 'value'"):
+        Threshold.from_dict({})

@@ -344,8 +344,8 @@ class Manifest(ImageSource):
         self.rows = rows
         # ids: the given one, else the path; a path listed again without an id gets "#2", "#3", … so no row is lost
         self._ids, taken = [], Counter()
-        for row in rows:
-            rid = str(row["id"]) if "id" in row else str(row["path"])
+        for n, row in enumerate(rows, 1):
+            rid = str(row["id"]) if "id" in row else (str(row["path"]).strip() or f"(row {n}: no path)")
             taken[rid] += 1
             if "id" not in row and taken[rid] > 1:
                 rid = f"{rid}#{taken[rid]}"
@@ -408,6 +408,8 @@ class Manifest(ImageSource):
             rid = self._ids[position]
             metadata = {k: v for k, v in row.items() if k not in ("path", "label", "id")}
             label, problem = self._label(row.get("label"))
+            if not str(row["path"]).strip() or str(row["path"]).strip().lower() == "nan":
+                problem = f"row {position + 1} of {self.path.name} has an empty path"
             if problem:
                 yield Record(rid, None, None, metadata, error=problem)
                 continue

@@ -79,8 +79,10 @@ class Preprocessing:
     channels: int = 3
 
     def __post_init__(self) -> None:
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            object.__setattr__(self, "size", (self.size, self.size))  # one number: a square (a frozen dataclass)
         if self.size is not None:
-            if len(self.size) != 2 or min(self.size) < 1:
+            if not isinstance(self.size, (tuple, list)) or len(self.size) != 2 or min(self.size) < 1:
                 raise ClassifierError(f"image size must be two positive integers (H, W), got {self.size!r}")
         if self.channels not in (1, 3):
             raise ClassifierError(f"channels must be 1 (a grey model) or 3 (RGB), got {self.channels!r}")
@@ -316,6 +318,7 @@ class Classifier:
 
     def to(self, device: str | torch.device) -> "Classifier":
         """Move the model to ``device`` (in place) and return self."""
+        check_device(device)
         self.model.to(device)
         return self
 
@@ -871,6 +874,18 @@ for _kind, _loader in (("torchscript", _load_torchscript), ("hf", _load_hf), ("p
     MODEL_KINDS.register(_kind, _loader)
 
 
+def check_device(device: str | torch.device) -> None:
+    """Raise :class:`ClassifierError` unless ``device`` names a device this torch can use, saying what to use."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ClassifierError(f"{device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ClassifierError("no CUDA GPU is available to this torch; use device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ClassifierError("no Apple GPU (MPS) is available to this torch; use device cpu")
+
+
 def load_classifier(spec: str | nn.Module | Classifier, *, image_size: str | tuple[int, int] | None = None,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                     classes: str | Path | Sequence[str] | None = None, head: str | None = None,
@@ -892,6 +907,9 @@ def load_classifier(spec: str | nn.Module | Classifier, *, image_size: str | tup
     (one per line, or JSON). The model is loaded on CPU and moved to ``device``.
     """
     size = parse_image_size(image_size)
+    if (mean is None) != (std is None):
+        raise ClassifierError("give mean and std together (the normalisation is (x - mean) / std), or neither")
+    check_device(device)
     names = read_class_names(classes) if isinstance(classes, (str, Path)) else (list(classes) if classes else None)
     options = ModelOptions(size=size, mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
                            class_names=names, head=head, device=device)

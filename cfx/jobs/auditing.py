@@ -443,6 +443,8 @@ def audit(model, data, fitted, out: str | Path, nuisance: Sequence[str] = (), sa
     and edits on a Ray actor pool, with the same results (see docs/scale.md)."""
     t0 = time.perf_counter()
     engine = resolve_engine(engine)
+    nuisance = [nuisance] if isinstance(nuisance, str) else nuisance  # one name, not its letters
+    properties = [properties] if isinstance(properties, str) else properties
     if sample is not None and sample < 1:
         raise ValueError(f"sample must be a positive number of images (or None for all), got {sample}")
     if steps < 2 or batch_size < 1:

@@ -97,6 +97,7 @@ def explain(model: str | torch.nn.Module | Classifier, data: str | ImageSource, 
     """
     t_start = time.perf_counter()
     engine = resolve_engine(engine)
+    generators = [generators] if isinstance(generators, str) else generators  # one name, not its letters
     if batch_size < 1 or (explain_batch_size is not None and explain_batch_size < 1):
         raise ValueError(f"batch_size and explain_batch_size must be at least 1, got {batch_size} and "
                          f"{explain_batch_size}")

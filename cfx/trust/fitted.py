@@ -463,6 +463,9 @@ class Fitted:
                 raise FittedError(f"{name} in {str(path)!r} does not match its checksum in the manifest (corrupted "
                                   "or modified); run cfx fit again")
         if classifier is not None:
+            if not isinstance(classifier, Classifier):
+                raise TypeError(f"classifier must be a cfx Classifier (cfx.load_classifier(...) or "
+                                f"cfx.Classifier.wrap(module)), got a {type(classifier).__name__}")
             check_model_for_folder(manifest, classifier, path)
         ae = ConvAutoencoder(ae_size, latent_dim)
         try:

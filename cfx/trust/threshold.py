@@ -151,7 +151,11 @@ class Threshold:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Threshold":
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"not a threshold as Threshold.to_dict writes it ({exc}); needs at least 'score' and "
+                             "'value'") from None
 
 
 def resolve_threshold(score: str, below: float | None = None, percentile: float | None = None, *,
