@@ -255,3 +255,20 @@ def test_demo_models_load_from_cache(shapes_models):
 def test_digits_classifier(digits_models):
     x, y = digits_models.data.split("test")
     assert (digits_models.classifier.predict(x) == y).float().mean() >= 0.95
+
+
+def test_an_unwritable_demo_cache_is_refused_before_any_training(tmp_path, monkeypatch):
+    # load_demo trained both models (minutes on 2 cores) and only then found it could not keep them
+    import cfx.demo.models as demo_models
+    from cfx.core.models import ClassifierError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CFX_CACHE_DIR", str(blocker / "cache"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the cache")
+
+    monkeypatch.setattr(demo_models, "train_model", no_training)
+    with pytest.raises(ClassifierError, match="cannot be written.*CFX_CACHE_DIR"):
+        demo_models.load_demo("digits", progress=False)

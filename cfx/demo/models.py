@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from cfx.core.models import Classifier, Preprocessing
+from cfx.core.models import Classifier, ClassifierError, Preprocessing
 from cfx.core.nets import ConvAutoencoder, SmallCNN
 from cfx.core.training import train_model
 from cfx.evidence import STATISTICS_VERSION
@@ -28,6 +30,10 @@ from .world import DemoData, WorldConfig, digits_data, shapes_data
 
 __all__ = ["DATASETS", "DemoModels", "TrainingConfig", "default_cache_dir", "demo_config", "demo_fitted",
            "load_demo"]
+
+
+class DemoCacheError(ClassifierError):
+    """The demo's model cache cannot be written (before any training starts)."""
 
 
 def default_cache_dir() -> Path:
@@ -102,6 +108,15 @@ def load_demo(name: str = "shapes", seed: int = 0, bias_rate: float = 0.9, cache
         except Exception:  # a corrupt or stale cache entry is retrained, never trusted
             loaded = False
     if not loaded:
+        try:  # before minutes of training: the models must be kept somewhere
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            raise DemoCacheError(f"the demo models are cached in {path}, which cannot be written "
+                                 f"({exc.strerror or exc}); set CFX_CACHE_DIR to a folder you can write to") from None
+        if progress:
+            print(f"training the {name} demo models once (cached in {path})", file=sys.stderr)
         tc = TrainingConfig(**config["training"])
         x_train, y_train = data.split("train")
         torch.manual_seed(tc.seed)
