@@ -838,6 +838,8 @@ def audit(model_spec: str, image_size: str | None, mean: str | None, std: str | 
                    f"flag rate {s['flag_rate']:.3f} (rest {s['flag_rate_rest']:.3f})")
     if len(bad) > 8:
         click.echo(f"  … and {len(bad) - 8} more (every slice is in audit.html and audit.json)")
+    for column, why in result.columns_left_out.items():
+        click.echo(f"metadata column {column!r} not sliced: {why}")
     click.echo(f"wrote {Path(out) / 'audit.html'}, {Path(out) / 'audit.json'}")
 
 

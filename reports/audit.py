@@ -99,6 +99,7 @@ def render_audit(store, result: dict[str, Any], path: str | Path | None = None) 
                     "q": f"{min(r.get('accuracy_q', 1.0), r.get('flag_rate_q', 1.0)):.1e}"}
                    for r in result["slices"][:60]],
         "hidden_slices": max(0, len(result["slices"]) - 60), "neighbours": result["neighbours"],
+        "columns_left_out": result.get("columns_left_out") or {},
         "flag_score": result.get("flag_score") or {},
         "errors": result["errors"], "timing": result["timing"],
     }

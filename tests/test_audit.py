@@ -306,3 +306,14 @@ def test_an_empty_csv_cell_and_a_json_null_are_the_same_missing_slice():
 
     labels, kind = _slices_of(["a", "", "b", None, "  ", "a"], bins=4)
     assert kind == "category" and labels == ["a", "missing", "b", "missing", "missing", "a"]
+
+
+def test_metadata_columns_that_cannot_be_sliced_are_named_with_why():
+    # a constant column, an identifier column and an empty one were dropped from the audit without a word
+    from cfx.jobs.auditing import columns_left_out
+
+    rows = [{"site": "A" if i % 2 else "B", "camera": "cam-1", "serial": f"sn{i:03d}", "note": None,
+             "exposure": float(i % 3)} for i in range(60)]
+    left = columns_left_out(rows)
+    assert set(left) == {"camera", "serial", "note"}  # site and exposure are sliced
+    assert "for every image" in left["camera"] and "60 distinct values" in left["serial"] and "missing" in left["note"]

@@ -342,26 +342,44 @@ def _benjamini_hochberg(p: list[float]) -> list[float]:
     return out.tolist()
 
 
-def _slices_of(values: list[Any], bins: int) -> tuple[list[str], str] | None:
-    """Slice labels per row for one column: categories, or quantile bins of a numeric column. An empty cell (a CSV
-    writes a missing value so) is missing, as JSON's null is."""
+MAX_CATEGORIES = 40  # a text column with more distinct values is an identifier, not a slice
+
+
+def _slices_of(values: list[Any], bins: int) -> tuple[list[str], str] | str:
+    """Slice labels per row for one column: categories, or quantile bins of a numeric column; or, when the column
+    cannot be sliced, why (a sentence). An empty cell (a CSV writes a missing value so) is missing, as JSON's null
+    is."""
     values = [None if isinstance(v, str) and not v.strip() else v for v in values]
     present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not present or isinstance(present[0], (dict, list)):
-        return None
+    if not present:
+        return "every value is missing"
+    if isinstance(present[0], (dict, list)):
+        return "its values are nested (lists or objects), not categories or numbers"
     distinct = sorted({str(v) for v in present})
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
     if numeric and len(distinct) > 12:
         arr = np.array([float(v) if v is not None else np.nan for v in values])
         edges = np.unique(np.nanquantile(arr, np.linspace(0, 1, bins + 1)))
         if len(edges) < 3:
-            return None
+            return "its numbers are nearly all the same value: no two bins to compare"
         which = np.clip(np.searchsorted(edges, arr, side="right") - 1, 0, len(edges) - 2)
         labels = [f"{edges[w]:.3g}–{edges[w + 1]:.3g}" if not np.isnan(a) else "missing" for w, a in zip(which, arr)]
         return labels, "binned"
-    if len(distinct) < 2 or len(distinct) > 40:
-        return None
+    if len(distinct) < 2:
+        missing = len(values) - len(present)
+        return (f"one value ({distinct[0][:40]!r})" + (f", missing for {missing} images" if missing else
+                                                      " for every image") + ": nothing to compare it with")
+    if len(distinct) > MAX_CATEGORIES:
+        return (f"{len(distinct)} distinct values, more than {MAX_CATEGORIES}: an identifier rather than a group "
+                "(group its values into a coarser column to audit them)")
     return ["missing" if v is None else str(v) for v in values], "category"
+
+
+def columns_left_out(metadata: Sequence[dict[str, Any]], bins: int = 4) -> dict[str, str]:
+    """The metadata columns :func:`slice_analysis` cannot slice, each with why."""
+    columns = list(dict.fromkeys(k for row in metadata for k in row))
+    reasons = {k: _slices_of([row.get(k) for row in metadata], bins) for k in columns}
+    return {k: why for k, why in reasons.items() if isinstance(why, str)}
 
 
 def slice_analysis(metadata: Sequence[dict[str, Any]], correct: Sequence[bool | None], trust: Sequence[float],
@@ -389,7 +407,7 @@ def slice_analysis(metadata: Sequence[dict[str, Any]], correct: Sequence[bool | 
     rows, pvals = [], []
     for column, values in table.items():
         sliced = _slices_of(values, bins)
-        if sliced is None:
+        if isinstance(sliced, str):  # cannot be sliced (columns_left_out says why)
             continue
         labels, how = sliced
         labels_arr = np.array(labels)
@@ -578,7 +596,8 @@ def _audit(store, classifier, fitted, source, threshold, methods, nuisance, samp
                    "flagged": sum(s["flagged"] for s in good), "property_sample": len(picked_ids),
                    "accuracy": float(np.mean([c for c in correct if c is not None])) if any(
                        c is not None for c in correct) else None},
-        "properties": ranking, "slices": slices, "neighbours": neighbours,
+        "properties": ranking, "slices": slices, "columns_left_out": columns_left_out(meta_rows),
+        "neighbours": neighbours,
         "errors": [{"id": s["id"], "reason": s["error"]} for s in samples if s["error"]],
         "flag_score": store.get_meta("flag_score"),
         "image_size": store.get_meta("image_size"),  # (H, W) every image was read at

@@ -415,6 +415,7 @@ class AuditResult(_Result):
     input_check: dict[str, Any] | None = None  # the normalisation against the model's first batch norm
     image_size: list[int] | None = None  # (H, W) every image was read at
     model_notes: list[str] = field(default_factory=list)  # what is wrong with the model's outputs, if anything
+    columns_left_out: dict[str, str] = field(default_factory=dict)  # metadata columns not sliced, and why
 
     @property
     def report_path(self) -> Path | None:
