@@ -338,3 +338,21 @@ def test_a_float64_model_is_scored_and_explained_with_its_fitted_folder(tmp_path
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["counts"]["explained"] == 8 and not summary["counts"].get("errors"), summary["counts"]
+
+
+def test_an_under_confident_model_is_told_that_parce_is_its_top_probability(tmp_path):
+    # Competency is at most the top probability: for a model less sure than it is right, no z* brings its mean up
+    # to the accuracy, the autoencoder's term has no weight and competency ranks as msp does. cfx fit said nothing.
+    clf = load_classifier(f"python:{FACTORIES}:tiny_cnn")
+    with torch.no_grad():
+        clf.model.fc.weight.mul_(0.01)
+        clf.model.fc.bias.mul_(0.01)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(60, 3, 16, 16, generator=g)
+    with torch.inference_mode():
+        labels = clf.logits(images).argmax(1)  # always right, never sure: top probability about 1/4
+    with pytest.warns(RuntimeWarning, match="less confident than it is accurate"):
+        fitted = fit(clf, TensorSource(images, labels), tmp_path / "f", ae_epochs=1, progress=False)
+    with torch.inference_mode():
+        top = torch.softmax(clf.logits(images), 1).max(1).values  # the independent reference: msp
+    assert torch.allclose(fitted.parce.score(clf, images).double(), top.double(), atol=0.01)

@@ -128,6 +128,20 @@ def reference_coverage(trusted_predicted: Tensor, all_predicted: Tensor) -> dict
     return {"classes": classes, "classes_in_reference": seen, "narrow": narrow}
 
 
+
+def _warn_if_parce_is_msp(parce: PaRCE, probs: Tensor, losses: Tensor) -> None:
+    """Warn when PaRCE's competency on the calibration images is their top probability (the autoencoder's term has
+    no weight at the chosen z*) and misses their accuracy: the model is less confident than it is accurate, no z*
+    on the grid can bring competency up to the accuracy, and PaRCE then adds nothing to msp."""
+    competency = parce._competency(probs, losses.double(), parce.z_star_)
+    top = probs.max(1).values
+    if float((competency - top).abs().max()) < 0.01 and parce.calibration_gap_ > 0.05:
+        warnings.warn(f"PaRCE's competency on the calibration images is their top probability (z* = "
+                      f"{parce.z_star_:.2f}; the autoencoder's term has no weight) and its mean misses the calibration "
+                      f"accuracy by {parce.calibration_gap_:.3f}: the model is less confident than it is accurate, "
+                      "and PaRCE ranks images as msp does. Its values are not probabilities of being right",
+                      RuntimeWarning, stacklevel=3)
+
 def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str | Path,
         calibration: ImageSource | Iterable[Record] | None = None, calibration_fraction: float = 0.2,
         ae_size: int | tuple[int, int] | None = None, ae_epochs: int = 25, ae_batch_size: int = 64,
@@ -203,6 +217,7 @@ def fit(classifier: Classifier, train: ImageSource | Iterable[Record], out: str 
     cal_probs = torch.softmax(cal["logits"].double(), 1)
     if labelled:
         parce.fit(cal_probs, rec, cal["labels"])
+        _warn_if_parce_is_msp(parce, cal_probs, rec)
     else:
         # Without labels: per-class reconstruction statistics by predicted class, and z* matched to the model's own
         # mean top probability instead of its (unknown) accuracy. The ranking holds; the values are not
