@@ -390,14 +390,13 @@ class RegionModel:
     patch pasted on it is grey outside the patch, so among grey images, where the patch's colour stands out inside.
     """
 
-    outside_mean: list[list[float]]            # (W, F)
-    outside_precision: list[list[list[float]]]  # (W, F, F)
+    outside_mean: list[list[float]]            # (W, 4)
+    outside_precision: list[list[list[float]]]  # (W, 4, 4)
     inside_mean: list[list[float]]
     inside_precision: list[list[list[float]]]
     outside_spread: list[float]                # mean and std of outside departure over the reference
     inside_spread: list[float]
     sizes: list[int] = field(default_factory=lambda: list(RegionModel.SIZES))  # window sides, in tiles
-    factors: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # of brightness, contrast, colour, detail
     grey_part: dict[str, Any] | None = None  # the model of the reference's grey images, when it also holds colour
 
     GRID = 8
@@ -464,9 +463,9 @@ class RegionModel:
         tiles, saturation = cls._tiles_and_saturation(images)
         grey = grey_and_colour_parts({"coarse_saturation": saturation})
         if grey is None:
-            return cls._measure_tiles(tiles, [0, 1, 2, 3])
-        model = cls._measure_tiles(tiles[~grey], [0, 1, 2, 3])
-        model.grey_part = cls._measure_tiles(tiles[grey], [0, 1, 2, 3]).to_dict()
+            return cls._measure_tiles(tiles)
+        model = cls._measure_tiles(tiles[~grey])
+        model.grey_part = cls._measure_tiles(tiles[grey]).to_dict()  # colour kept: a colour patch stands out there
         return model
 
     @classmethod
@@ -482,9 +481,9 @@ class RegionModel:
         return torch.cat(tiles), (torch.cat(sat) if saturation else None)
 
     @classmethod
-    def _measure_tiles(cls, tiles: Tensor, factors: list[int]) -> "RegionModel":
-        out, ins = (v[..., factors] for v in cls._sides(tiles, cls.SIZES))
-        floor = torch.eye(len(factors), dtype=torch.float64) * 1e-4  # no direction is ever exactly fixed
+    def _measure_tiles(cls, tiles: Tensor) -> "RegionModel":
+        out, ins = cls._sides(tiles, cls.SIZES)
+        floor = torch.eye(4, dtype=torch.float64) * 1e-4  # no direction is ever exactly fixed
 
         def fit(v: Tensor) -> tuple[Tensor, Tensor]:
             cov = torch.stack([torch.cov(v[:, w].T) for w in range(v.shape[1])]) + floor
@@ -493,14 +492,13 @@ class RegionModel:
         (om, op), (im, ip) = fit(out), fit(ins)
         d_out, d_in, _ = cls._region_distances(out, ins, (om, op), (im, ip))
         spread = lambda d: [float(d.mean()), max(float(d.std()), 1e-3)]  # noqa: E731
-        return cls(om.tolist(), op.tolist(), im.tolist(), ip.tolist(), spread(d_out), spread(d_in), list(cls.SIZES),
-                   list(factors))
+        return cls(om.tolist(), op.tolist(), im.tolist(), ip.tolist(), spread(d_out), spread(d_in), list(cls.SIZES))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegionModel":
-        optional = {k: data[k] for k in ("factors", "grey_part") if data.get(k) is not None}  # older folders: one part
         return cls(**{k: data[k] for k in ("outside_mean", "outside_precision", "inside_mean", "inside_precision",
-                                           "outside_spread", "inside_spread", "sizes")}, **optional)
+                                           "outside_spread", "inside_spread", "sizes")},
+                   grey_part=data.get("grey_part"))  # older folders: one part
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -519,7 +517,7 @@ class RegionModel:
         return result
 
     def _departures(self, tiles: Tensor) -> dict[str, Tensor]:
-        out, ins = (v[..., self.factors] for v in self._sides(tiles, self.sizes))
+        out, ins = self._sides(tiles, self.sizes)
         as64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
         d_out, d_in, best = self._region_distances(out, ins, (as64(self.outside_mean), as64(self.outside_precision)),
                                                    (as64(self.inside_mean), as64(self.inside_precision)))
