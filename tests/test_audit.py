@@ -313,7 +313,7 @@ def test_metadata_columns_that_cannot_be_sliced_are_named_with_why():
     from cfx.jobs.auditing import columns_left_out
 
     rows = [{"site": "A" if i % 2 else "B", "camera": "cam-1", "serial": f"sn{i:03d}", "note": None,
-             "exposure": float(i % 3)} for i in range(60)]
+             "exposure": float(i % 3), "path": f"/data/{i}.png"} for i in range(60)]  # path: the folder's own
     left = columns_left_out(rows)
     assert set(left) == {"camera", "serial", "note"}  # site and exposure are sliced
     assert "for every image" in left["camera"] and "60 distinct values" in left["serial"] and "missing" in left["note"]

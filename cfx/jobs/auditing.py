@@ -376,8 +376,9 @@ def _slices_of(values: list[Any], bins: int) -> tuple[list[str], str] | str:
 
 
 def columns_left_out(metadata: Sequence[dict[str, Any]], bins: int = 4) -> dict[str, str]:
-    """The metadata columns :func:`slice_analysis` cannot slice, each with why."""
-    columns = list(dict.fromkeys(k for row in metadata for k in row))
+    """The metadata columns :func:`slice_analysis` cannot slice, each with why; not ``path``, which image folders
+    add to every image themselves (a file path is never a group)."""
+    columns = [k for k in dict.fromkeys(k for row in metadata for k in row) if k != "path"]
     reasons = {k: _slices_of([row.get(k) for row in metadata], bins) for k in columns}
     return {k: why for k, why in reasons.items() if isinstance(why, str)}
 
