@@ -251,13 +251,18 @@ def test_fit_wants_every_label_or_none(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_fit_then_trust_with_fitted_scores(tmp_path):
-    data = tmp_path / "data"
+def _random_class_folder(data: Path, per_class: int) -> Path:
+    """Classes a–d, ``per_class`` random 16-px images each."""
     rng = np.random.default_rng(0)
-    for k, cls in enumerate("abcd"):
+    for cls in "abcd":
         (data / cls).mkdir(parents=True)
-        for i in range(12):
+        for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    return data
+
+
+def test_cli_fit_then_trust_with_fitted_scores(tmp_path):
+    data = _random_class_folder(tmp_path / "data", 12)
     (data / "a" / "bad.png").write_bytes(b"")
     out = tmp_path / "fitted"
     r = CliRunner().invoke(main, ["fit", "--model", f"python:{FACTORIES}:tiny_cnn", "--train", str(data),
@@ -307,12 +312,7 @@ def test_demo_fitted_oracle_and_table(shapes_models):
 def test_a_float64_model_is_scored_and_explained_with_its_fitted_folder(tmp_path):
     # The autoencoder is float32. A float64 classifier's images reached it as float64 and every use of the folder
     # stopped with "Input type (double) and bias type (float) should be the same".
-    data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for k, cls in enumerate("abcd"):
-        (data / cls).mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    data = _random_class_folder(tmp_path / "data", 8)
     model = f"python:{FACTORIES}:tiny_cnn_float64"
     out = tmp_path / "fitted"
     r = CliRunner().invoke(main, ["fit", "--model", model, "--train", str(data), "--out", str(out), "--ae-epochs", "1",

@@ -345,7 +345,7 @@ class Manifest(ImageSource):
         # ids: the given one, else the path; a path listed again without an id gets "#2", "#3", … so no row is lost
         self._ids, taken = [], Counter()
         for n, row in enumerate(rows, 1):
-            rid = str(row["id"]) if "id" in row else (str(row["path"]).strip() or f"(row {n}: no path)")
+            rid = str(row["id"]) if "id" in row else (f"(row {n}: no path)" if _no_path(row) else str(row["path"]))
             taken[rid] += 1
             if "id" not in row and taken[rid] > 1:
                 rid = f"{rid}#{taken[rid]}"
@@ -408,7 +408,7 @@ class Manifest(ImageSource):
             rid = self._ids[position]
             metadata = {k: v for k, v in row.items() if k not in ("path", "label", "id")}
             label, problem = self._label(row.get("label"))
-            if not str(row["path"]).strip() or str(row["path"]).strip().lower() == "nan":
+            if _no_path(row):
                 problem = f"row {position + 1} of {self.path.name} has an empty path"
             if problem:
                 yield Record(rid, None, None, metadata, error=problem)
@@ -420,6 +420,12 @@ class Manifest(ImageSource):
                                 f"folder ({self.path.parent}), and {str(given)!r} is there only relative to the "
                                 "working directory; write paths relative to the manifest, or absolute ones")
             yield record
+
+
+def _no_path(row: dict[str, Any]) -> bool:
+    """A manifest row whose path cell is empty (CSV) or NaN (how pandas reads an empty cell)."""
+    text = str(row["path"]).strip()
+    return not text or text.lower() == "nan"
 
 
 def _as_index(value: Any) -> int | None:
